@@ -1,18 +1,26 @@
 # katalyst.colocation — the two commands a newcomer needs:
 #   make demo   site.yml against the embedded sandbox (twice: the second run must say changed=0)
-#   make test   sanity, units, lint, pytest (unit + integration), molecule tiers when root
+#   make test   sanity, units, ansible-lint, pytest (unit + integration), molecule tiers when root
 SHELL := /bin/bash
 PY ?= python3
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 BUILD := $(CURDIR)/.build
 COLL := $(BUILD)/collections/ansible_collections
+DEPS := $(BUILD)/deps
 STAMP := $(VENV)/.installed
-export ANSIBLE_COLLECTIONS_PATH := $(BUILD)/collections:$(BUILD)/deps
+# Collections from the `ansible` package on the package index (Galaxy is not reachable here).
+ANSIBLE_BUNDLE := ansible==12.3.0
+DEP_COLLECTIONS := ansible/posix community/general community/crypto kubernetes/core
+SANDBOX_STATE := $(CURDIR)/.sandbox
+export ANSIBLE_COLLECTIONS_PATH := $(BUILD)/collections:$(DEPS)
 export PYTHONPATH := $(BUILD)/collections:$(CURDIR)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(BIN):$(PATH)
 
-.PHONY: venv links deps demo test unit integration sanity lint units sandbox-up sandbox-down clean
+.PHONY: all venv links deps demo test unit integration sanity units lint pytest sandbox-up sandbox-down clean benchmarks
+
+all: test
 
 $(STAMP): requirements.txt test-requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,11 +35,49 @@ $(COLL)/katalyst/colocation:
 	mkdir -p $(COLL)/katalyst
 	ln -sfn $(CURDIR) $@
 
-unit: venv links
+deps: $(DEPS)/.installed
+$(DEPS)/.installed: $(STAMP)
+	rm -rf $(DEPS) $(BUILD)/wheel && mkdir -p $(DEPS) $(BUILD)/wheel
+	$(BIN)/pip download -q --no-deps -d $(BUILD)/wheel $(ANSIBLE_BUNDLE)
+	$(BIN)/python scripts/extract_collections.py $(BUILD)/wheel $(DEPS) $(DEP_COLLECTIONS)
+	rm -rf $(BUILD)/wheel
+	touch $@
+
+setup: venv links deps
+
+# --- tests -------------------------------------------------------------------------------------
+test: setup sanity units lint pytest
+
+sanity: setup
+	scripts/ansible-test.sh sanity --venv --python 3.11
+
+units: setup
+	scripts/ansible-test.sh units --venv --python 3.11
+
+lint: setup
+	$(BIN)/ansible-lint --offline
+
+pytest: setup
+	$(BIN)/python -m pytest -q -n 2 tests/unit tests/integration
+
+unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: venv links
+integration: setup
 	$(BIN)/python -m pytest -q tests/integration
 
-clean:
-	rm -rf $(BUILD) tests/output .pytest_cache
+benchmarks: setup
+	for b in tests/benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# --- the embedded sandbox ------------------------------------------------------------------------
+sandbox-up: setup
+	$(BIN)/python -m sandbox up --state-dir $(SANDBOX_STATE)
+
+sandbox-down:
+	-$(BIN)/python -m sandbox down --state-dir $(SANDBOX_STATE)
+
+demo: setup sandbox-up
+	$(BIN)/python -m sandbox demo --state-dir $(SANDBOX_STATE)
+
+clean: sandbox-down
+	rm -rf $(BUILD) tests/output .pytest_cache $(SANDBOX_STATE)

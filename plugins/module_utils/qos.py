@@ -141,10 +141,9 @@ def pod_oom_priority(annotations):
 
 
 def is_numa_binding(annotations):
-    values, _ = memory_enhancement(annotations)
-    return values.get("numa_binding") == "true"
+    return memory_enhancement(annotations)[0].get("numa_binding") == "true"
 
 
 def is_numa_exclusive(annotations):
-    values, _ = memory_enhancement(annotations)
+    values = memory_enhancement(annotations)[0]
     return values.get("numa_binding") == "true" and values.get("numa_exclusive") == "true"
