@@ -1,0 +1,179 @@
+"""Bring the embedded sandbox up and down, and run the demo against it.
+
+    python -m sandbox up     [--state-dir .sandbox]   API emulator + node sysroots + kubelets + scheduler
+    python -m sandbox status [--state-dir .sandbox]
+    python -m sandbox demo   [--state-dir .sandbox]   ansible-playbook playbooks/site.yml, then a summary
+    python -m sandbox down   [--state-dir .sandbox]
+
+The emulator keeps its objects in STATE_DIR/apiserver.json, so `down` then `up` (or a second
+`make demo`) finds the cluster as it was left.
+"""
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INVENTORY = os.path.join(TOP, "inventories", "sandbox", "hosts.yml")
+PLAYBOOK = os.path.join(TOP, "playbooks", "site.yml")
+RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+                   r"\s+failed=(?P<failed>\d+)")
+
+
+def inventory_nodes(path=INVENTORY):
+    with open(path) as handle:
+        inventory = yaml.safe_load(handle)
+    hosts = inventory["all"]["children"]["katalyst_nodes"]["hosts"]
+    return sorted(hosts)
+
+
+def pid_alive(pidfile):
+    try:
+        with open(pidfile) as handle:
+            pid = int(handle.read().strip())
+        os.kill(pid, 0)
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return pid if b"sandbox" in handle.read() else None
+    except (OSError, ValueError):
+        return None
+
+
+def start_process(args, pidfile, logfile):
+    with open(logfile, "ab") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, cwd=TOP)
+    with open(pidfile, "w") as handle:
+        handle.write(str(process.pid))
+    return process
+
+
+def stop_process(pidfile, name, timeout=15.0):
+    pid = pid_alive(pidfile)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.time() + timeout
+        while time.time() < deadline and pid_alive(pidfile):
+            time.sleep(0.1)
+        if pid_alive(pidfile):
+            os.kill(pid, signal.SIGKILL)
+        print("stopped %s (pid %d)" % (name, pid))
+    if os.path.exists(pidfile):
+        os.unlink(pidfile)
+
+
+def kube_client(kubeconfig):
+    from kubernetes import client, config  # pylint: disable=import-outside-toplevel
+    return client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    last_error = None
+    while time.time() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as exc:  # pylint: disable=broad-except
+            last_error = exc
+        time.sleep(0.2)
+    sys.exit("sandbox: timed out waiting for %s%s" % (what, " (%s)" % last_error if last_error else ""))
+
+
+def nodes_ready(kubeconfig, names):
+    core = kube_client(kubeconfig)
+    ready = set()
+    for node in core.list_node().items:
+        for condition in (node.status.conditions or []) if node.status else []:
+            if condition.type == "Ready" and condition.status == "True":
+                ready.add(node.metadata.name)
+    return set(names) <= ready
+
+
+def cmd_up(args):
+    from sandbox.sysroot import build_sysroot  # pylint: disable=import-outside-toplevel
+    state = os.path.abspath(args.state_dir)
+    os.makedirs(state, exist_ok=True)
+    nodes = inventory_nodes()
+    for name in nodes:
+        build_sysroot(os.path.join(state, "nodes", name, "sysroot"))
+    kubeconfig = os.path.join(state, "kubeconfig")
+    api_pidfile = os.path.join(state, "apiserver.pid")
+    if not pid_alive(api_pidfile):
+        if os.path.exists(kubeconfig):
+            os.unlink(kubeconfig)
+        start_process([sys.executable, "-m", "sandbox.kubeapi", "--port", "0", "--state", os.path.join(state, "apiserver.json"),
+                       "--kubeconfig", kubeconfig, "--pidfile", api_pidfile], api_pidfile, os.path.join(state, "apiserver.log"))
+        wait_for(lambda: os.path.exists(kubeconfig) and kube_client(kubeconfig).list_namespace() is not None, 30, "the API emulator")
+        print("sandbox: API emulator up (kubeconfig %s)" % kubeconfig)
+    cluster_pidfile = os.path.join(state, "cluster.pid")
+    if not pid_alive(cluster_pidfile):
+        command = [sys.executable, "-m", "sandbox.cluster", "--state-dir", state, "--kubeconfig", kubeconfig,
+                   "--scheduler-config", os.path.join(state, "kube-scheduler-config.yaml")]
+        for name in nodes:
+            command += ["--node", name]
+        start_process(command, cluster_pidfile, os.path.join(state, "cluster.log"))
+    wait_for(lambda: nodes_ready(kubeconfig, nodes), 60, "%d Ready nodes" % len(nodes))
+    print("sandbox: %d nodes Ready: %s" % (len(nodes), ", ".join(nodes)))
+    return 0
+
+
+def cmd_down(args):
+    state = os.path.abspath(args.state_dir)
+    stop_process(os.path.join(state, "cluster.pid"), "sandbox kubelets and scheduler")
+    stop_process(os.path.join(state, "apiserver.pid"), "API emulator")
+    return 0
+
+
+def cmd_status(args):
+    state = os.path.abspath(args.state_dir)
+    for name, pidfile in (("API emulator", "apiserver.pid"), ("kubelets+scheduler", "cluster.pid")):
+        pid = pid_alive(os.path.join(state, pidfile))
+        print("%-20s %s" % (name, "running (pid %d)" % pid if pid else "stopped"))
+    return 0
+
+
+def summarize(output_lines, kubeconfig):
+    hosts = [match.groupdict() for match in (RECAP.match(line.strip()) for line in output_lines) if match]
+    print("\n=== katalyst.colocation demo summary ===")
+    for host in hosts:
+        print("  %-18s ok=%-3s changed=%-3s failed=%s" % (host["host"], host["ok"], host["changed"], host["failed"]))
+    total_changed = sum(int(h["changed"]) for h in hosts)
+    print("  %d hosts, %d changes%s" % (len(hosts), total_changed, " (converged: nothing to change)" if not total_changed else ""))
+    try:
+        from kubernetes import client, config  # pylint: disable=import-outside-toplevel
+        api = config.new_client_from_config(config_file=kubeconfig)
+        crds = client.ApiextensionsV1Api(api).list_custom_resource_definition().items
+        print("  cluster: %d nodes, CRDs: %s" % (len(client.CoreV1Api(api).list_node().items),
+                                                 ", ".join(sorted(c.metadata.name for c in crds)) or "none"))
+    except Exception as exc:  # pylint: disable=broad-except
+        print("  cluster: unavailable (%s)" % exc)
+    return total_changed
+
+
+def cmd_demo(args):
+    state = os.path.abspath(args.state_dir)
+    command = ["ansible-playbook", "-i", INVENTORY, PLAYBOOK] + list(args.extra)
+    print("sandbox: %s" % " ".join(command))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=TOP)
+    lines = []
+    for line in process.stdout:
+        sys.stdout.write(line)
+        lines.append(line)
+    rc = process.wait()
+    summarize(lines, os.path.join(state, "kubeconfig"))
+    return rc
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("up", "down", "status", "demo"))
+    parser.add_argument("--state-dir", default=os.path.join(TOP, ".sandbox"))
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="extra ansible-playbook arguments (demo)")
+    args = parser.parse_args(argv)
+    return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "demo": cmd_demo}[args.command](args)

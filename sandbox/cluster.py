@@ -1,0 +1,62 @@
+"""The sandbox cluster process: one sandbox kubelet per node plus the sandbox scheduler.
+
+Run by `python -m sandbox up` in the background as `python -m sandbox.cluster --state-dir DIR`;
+SIGTERM stops it cleanly.
+"""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+import yaml
+
+from sandbox.kubelet import SandboxKubelet
+from sandbox.scheduler import SandboxScheduler, load_extenders
+
+LOG = logging.getLogger("sandbox.cluster")
+
+
+def load_scheduler_config(path):
+    """The `extenders` of a KubeSchedulerConfiguration file, or none when the file is absent."""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def run(state_dir, node_names, kubeconfig, heartbeat_seconds=5.0, scheduler_config=None):
+    from kubernetes import client, config  # pylint: disable=import-outside-toplevel
+    api_client = config.new_client_from_config(config_file=kubeconfig)
+    core = client.CoreV1Api(api_client)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    for name in node_names:
+        sysroot = os.path.join(state_dir, "nodes", name, "sysroot")
+        SandboxKubelet(core, name, sysroot, heartbeat_seconds=heartbeat_seconds).start(stop)
+    extenders = load_extenders(load_scheduler_config(scheduler_config))
+    SandboxScheduler(core, extenders=extenders).start(stop)
+    LOG.info("sandbox cluster running: %d kubelets, scheduler with %d extender(s)", len(node_names), len(extenders))
+    while not stop.wait(1.0):
+        pass
+    LOG.info("sandbox cluster stopped")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m sandbox.cluster")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--node", action="append", required=True, dest="nodes")
+    parser.add_argument("--heartbeat-seconds", type=float, default=5.0)
+    parser.add_argument("--scheduler-config", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run(args.state_dir, args.nodes, args.kubeconfig, args.heartbeat_seconds, args.scheduler_config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
