@@ -4,6 +4,12 @@
     python -m sandbox status [--state-dir .sandbox]
     python -m sandbox demo   [--state-dir .sandbox]   ansible-playbook playbooks/site.yml, then a summary
     python -m sandbox down   [--state-dir .sandbox]
+    python -m sandbox service ensure|restart|stop NAME [--fingerprint F] -- COMMAND...
+
+`service` is the sandbox's stand-in for systemd: the roles start their daemons with it when
+`katalyst_service_manager: sandbox` (there is no systemd on the sandbox's machine). `ensure` starts
+the daemon unless it already runs with the same fingerprint (a hash of its config and code), and
+prints `changed` or `unchanged` so Ansible can report it honestly.
 
 The emulator keeps its objects in STATE_DIR/apiserver.json, so `down` then `up` (or a second
 `make demo`) finds the cluster as it was left.
@@ -33,13 +39,14 @@ def inventory_nodes(path=INVENTORY):
     return sorted(hosts)
 
 
-def pid_alive(pidfile):
+def pid_alive(pidfile, marker=b"sandbox"):
+    """The pid in ``pidfile`` if that process runs and its command line contains ``marker``."""
     try:
         with open(pidfile) as handle:
             pid = int(handle.read().strip())
         os.kill(pid, 0)
         with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            return pid if b"sandbox" in handle.read() else None
+            return pid if marker in handle.read() else None
     except (OSError, ValueError):
         return None
 
@@ -53,14 +60,14 @@ def start_process(args, pidfile, logfile):
     return process
 
 
-def stop_process(pidfile, name, timeout=15.0):
-    pid = pid_alive(pidfile)
+def stop_process(pidfile, name, timeout=15.0, marker=b"sandbox"):
+    pid = pid_alive(pidfile, marker)
     if pid:
         os.kill(pid, signal.SIGTERM)
         deadline = time.time() + timeout
-        while time.time() < deadline and pid_alive(pidfile):
+        while time.time() < deadline and pid_alive(pidfile, marker):
             time.sleep(0.1)
-        if pid_alive(pidfile):
+        if pid_alive(pidfile, marker):
             os.kill(pid, signal.SIGKILL)
         print("stopped %s (pid %d)" % (name, pid))
     if os.path.exists(pidfile):
@@ -123,8 +130,52 @@ def cmd_up(args):
     return 0
 
 
+def service_files(state, name):
+    base = os.path.join(state, "services", name)
+    return base + ".pid", base + ".fingerprint", base + ".log"
+
+
+def cmd_service(args):
+    state = os.path.abspath(args.state_dir)
+    if len(args.extra) < 2:
+        sys.exit("usage: python -m sandbox service ensure|restart|stop NAME [--fingerprint F] -- COMMAND...")
+    action, name, rest = args.extra[0], args.extra[1], args.extra[2:]
+    fingerprint = ""
+    if rest[:1] == ["--fingerprint"]:
+        fingerprint, rest = rest[1], rest[2:]
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    os.makedirs(os.path.join(state, "services"), exist_ok=True)
+    pidfile, fingerprint_file, logfile = service_files(state, name)
+    marker = b"katalyst"   # every service the roles start is one of our katalyst-* daemons
+    running = pid_alive(pidfile, marker)
+    current = open(fingerprint_file).read() if os.path.exists(fingerprint_file) else None
+    if action == "stop":
+        stop_process(pidfile, name, marker=marker)
+        print("changed" if running else "unchanged")
+        return 0
+    if action == "ensure" and running and current == fingerprint:
+        print("unchanged")
+        return 0
+    if not rest:
+        sys.exit("sandbox service %s: no command given" % name)
+    stop_process(pidfile, name, marker=marker)
+    start_process(rest, pidfile, logfile)
+    with open(fingerprint_file, "w") as handle:
+        handle.write(fingerprint)
+    time.sleep(0.5)
+    if not pid_alive(pidfile, marker):
+        sys.exit("sandbox service %s exited at once; see %s" % (name, logfile))
+    print("changed")
+    return 0
+
+
 def cmd_down(args):
     state = os.path.abspath(args.state_dir)
+    services = os.path.join(state, "services")
+    for entry in sorted(os.listdir(services)) if os.path.isdir(services) else []:
+        if entry.endswith(".pid"):
+            stop_process(os.path.join(services, entry), entry[:-4], marker=b"katalyst")
     stop_process(os.path.join(state, "cluster.pid"), "sandbox kubelets and scheduler")
     stop_process(os.path.join(state, "apiserver.pid"), "API emulator")
     return 0
@@ -172,8 +223,9 @@ def cmd_demo(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("up", "down", "status", "demo"))
+    parser.add_argument("command", choices=("up", "down", "status", "demo", "service"))
     parser.add_argument("--state-dir", default=os.path.join(TOP, ".sandbox"))
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="extra ansible-playbook arguments (demo)")
     args = parser.parse_args(argv)
-    return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "demo": cmd_demo}[args.command](args)
+    handlers = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "demo": cmd_demo, "service": cmd_service}
+    return handlers[args.command](args)
