@@ -1,0 +1,153 @@
+# Copyright: katalyst.colocation contributors
+# Apache License 2.0 (see LICENSE)
+"""katalyst-agent: keeps one node converged between playbook runs.
+
+    python -m katalyst_colocation.daemons.agent --config /etc/katalyst/agent.yaml
+
+It watches this node's pods (``spec.nodeName`` field selector, periodic resync), runs one loop per
+enabled feature (each loop calls the same engine functions as the modules do, then applies the
+Plan, writing only what differs), serves ``/healthz`` and Prometheus ``/metrics``, re-reads its
+configuration on SIGHUP and stops cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+
+from . import service
+from .informer import Informer
+from .. import cgroups, nodeinfo
+from ..reconcile import PlanError
+from ..sysfs import SysFS
+
+try:
+    import prometheus_client
+except ImportError:  # pragma: no cover
+    prometheus_client = None
+
+LOG = logging.getLogger("katalyst.agent")
+
+DEFAULTS = {
+    "node_name": "",
+    "kubeconfig": "",
+    "sysroot": "/",
+    "state_dir": "/var/lib/katalyst",
+    "listen_address": "127.0.0.1",
+    "port": 9316,
+    "log_level": "info",
+    "json_logs": True,
+    "resync_seconds": 60,
+    "qos_cgroups_enabled": True,
+    "qos_cgroups_period_seconds": 30,
+    "cgroup_driver": "cgroupfs",
+    "reclaim_root": "/kubepods/besteffort",
+    "reclaimed_cpu_shares": 2,
+}
+
+
+class Agent:
+    def __init__(self, config_path, kube_api_client=None):
+        self.config_path = config_path
+        self.config = service.load_config(config_path, DEFAULTS)
+        if not self.config["node_name"]:
+            raise ValueError("%s: node_name is required" % config_path)
+        self.daemon = service.Daemon("katalyst-agent")
+        self.daemon.on_reload(self.reload)
+        self.lock = threading.Lock()
+        self.api_client = kube_api_client
+        self.pods = None
+        self.metrics = {}
+        if prometheus_client is not None:
+            self.metrics["writes"] = prometheus_client.Counter(
+                "katalyst_agent_writes_total", "Kernel or API writes by loop", ["loop"], registry=self.daemon.registry)
+            self.metrics["plan_errors"] = prometheus_client.Counter(
+                "katalyst_agent_plan_errors_total", "Plans that failed and were rolled back", ["loop"], registry=self.daemon.registry)
+
+    # -- configuration ------------------------------------------------------------------------
+    def reload(self):
+        fresh = service.load_config(self.config_path, DEFAULTS)
+        if fresh["node_name"] != self.config["node_name"]:
+            raise ValueError("node_name cannot change on reload (restart the agent instead)")
+        with self.lock:
+            self.config = fresh
+        logging.getLogger().setLevel(getattr(logging, str(fresh["log_level"]).upper(), logging.INFO))
+
+    @property
+    def sysfs(self):
+        return SysFS(self.config["sysroot"])
+
+    # -- loops --------------------------------------------------------------------------------
+    def record(self, loop, applied):
+        if self.metrics and applied:
+            self.metrics["writes"].labels(loop).inc(len(applied))
+        for change in applied:
+            LOG.info("%s: %s %s %r -> %r", loop, change.action, change.target, change.before, change.after,
+                     extra={"loop": loop, "target": change.target})
+
+    def converge_qos_cgroups(self):
+        """The QoS cgroups of the qos_cgroups module, kept converged between playbook runs."""
+        if not self.config["qos_cgroups_enabled"]:
+            return
+        fs = self.sysfs
+        facts = nodeinfo.gather(fs)
+        desired = cgroups.desired_qos_cgroups(facts, driver=self.config["cgroup_driver"], reclaim_root=self.config["reclaim_root"],
+                                              cpu_shares=self.config["reclaimed_cpu_shares"])
+        plan = cgroups.plan_qos_cgroups(desired, cgroups.read_cgroup_state(fs, desired))
+        try:
+            applied = plan.apply(cgroups.applier(fs))
+        except PlanError:
+            if self.metrics:
+                self.metrics["plan_errors"].labels("qos_cgroups").inc()
+            raise
+        self.record("qos_cgroups", applied)
+
+    # -- wiring -------------------------------------------------------------------------------
+    def build(self):
+        cfg = self.config
+        self.daemon.add_loop(service.Loop("qos_cgroups", cfg["qos_cgroups_period_seconds"], self.converge_qos_cgroups))
+        if self.api_client is None and cfg["kubeconfig"]:
+            from kubernetes import config as kube_config  # pylint: disable=import-outside-toplevel
+            self.api_client = kube_config.new_client_from_config(config_file=cfg["kubeconfig"])
+        if self.api_client is not None:
+            from kubernetes import client  # pylint: disable=import-outside-toplevel
+            core = client.CoreV1Api(self.api_client)
+            self.pods = Informer(core.list_pod_for_all_namespaces, handler=self.on_pod_event,
+                                 list_kwargs={"field_selector": "spec.nodeName=%s" % cfg["node_name"]},
+                                 resync_seconds=cfg["resync_seconds"], name="agent-pods")
+        return self
+
+    def on_pod_event(self, event_type, pod):
+        LOG.debug("pod %s %s/%s", event_type, pod["metadata"].get("namespace"), pod["metadata"].get("name"))
+        for loop in self.daemon.loops:
+            if loop.name in ("oom_priority",):
+                loop.trigger()
+
+    def run(self):
+        port = self.daemon.serve_http(self.config["listen_address"], int(self.config["port"]))
+        LOG.info("katalyst-agent for node %s serving /healthz and /metrics on %s:%d", self.config["node_name"],
+                 self.config["listen_address"], port, extra={"node": self.config["node_name"]})
+        if self.pods is not None:
+            self.pods.start(self.daemon.stop_event)
+        self.daemon.install_signal_handlers()
+        self.daemon.run_forever()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="katalyst-agent")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    try:
+        agent = Agent(args.config)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write("katalyst-agent: %s\n" % exc)
+        return 2
+    service.setup_logging(agent.config["log_level"], agent.config["json_logs"])
+    agent.build().run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
