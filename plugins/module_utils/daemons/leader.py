@@ -11,6 +11,7 @@ the Lease (empty holder) so a standby takes over at once.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import threading
 import time
@@ -79,7 +80,6 @@ class LeaderElector:
         from kubernetes.client.rest import ApiException  # pylint: disable=import-outside-toplevel
         try:
             response = self.api.read_namespaced_lease(self.name, self.namespace, _preload_content=False)
-            import json  # pylint: disable=import-outside-toplevel
             lease = json.loads(response.data)
         except ApiException as exc:
             if exc.status != 404:
@@ -110,7 +110,6 @@ class LeaderElector:
     def release(self):
         from kubernetes.client.rest import ApiException  # pylint: disable=import-outside-toplevel
         try:
-            import json  # pylint: disable=import-outside-toplevel
             lease = json.loads(self.api.read_namespaced_lease(self.name, self.namespace, _preload_content=False).data)
             if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
                 return
