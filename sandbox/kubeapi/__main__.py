@@ -1,0 +1,39 @@
+"""python -m sandbox.kubeapi --port 0 --state FILE --kubeconfig OUT [--pidfile F]"""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from sandbox.kubeapi.server import KubeAPIServer, write_kubeconfig
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m sandbox.kubeapi", description="Kubernetes API emulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--state", default=None, help="JSON file the objects are kept in across restarts")
+    parser.add_argument("--kubeconfig", default=None, help="write a kubeconfig pointing at this server")
+    parser.add_argument("--pidfile", default=None)
+    parser.add_argument("--history-limit", type=int, default=10000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server = KubeAPIServer(state_file=args.state, host=args.host, port=args.port, history_limit=args.history_limit).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.pidfile:
+        with open(args.pidfile, "w") as handle:
+            handle.write(str(os.getpid()))
+    if args.kubeconfig:
+        write_kubeconfig(args.kubeconfig, server.url)
+    print("sandbox API emulator serving on %s" % server.url, flush=True)
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

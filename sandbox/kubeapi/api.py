@@ -1,0 +1,395 @@
+"""The emulator's API semantics, independent of HTTP: create/get/list/update/patch/delete/watch.
+
+Behaviour follows the real API server where our clients can see it: optimistic concurrency (409 on a
+stale resourceVersion), no-op updates that keep the resourceVersion, ``generation`` bumped on spec
+changes only, status subresources, finalizers and ``deletionTimestamp``, CRD schema validation,
+mutating admission webhooks, server-side dry-run, and watches that resume from a resourceVersion.
+"""
+
+import copy
+import datetime
+import random
+import string
+import threading
+import time
+import uuid
+
+from ansible_collections.katalyst.colocation.plugins.module_utils.selectors import parse_field_selector, parse_label_selector
+from sandbox.kubeapi import admission, patching, schema
+from sandbox.kubeapi.resources import Registry
+from sandbox.kubeapi.store import Store
+
+CRD_KEY = "apiextensions.k8s.io/customresourcedefinitions"
+MUTATING_KEY = "admissionregistration.k8s.io/mutatingwebhookconfigurations"
+NAMESPACE_KEY = "/namespaces"
+DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+def now_rfc3339():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class APIError(Exception):
+    """An error the API answers with a ``Status`` object."""
+
+    def __init__(self, code, reason, message, details=None):
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = details or {}
+
+    def status(self):
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": self.message,
+                "reason": self.reason, "details": self.details, "code": self.code}
+
+
+def not_found(rtype, name):
+    return APIError(404, "NotFound", '%s "%s" not found' % (rtype.plural + ("." + rtype.group if rtype.group else ""), name),
+                    {"name": name, "group": rtype.group, "kind": rtype.plural})
+
+
+def conflict(rtype, name, why):
+    return APIError(409, "Conflict", 'Operation cannot be fulfilled on %s "%s": %s'
+                    % (rtype.plural + ("." + rtype.group if rtype.group else ""), name, why),
+                    {"name": name, "group": rtype.group, "kind": rtype.plural})
+
+
+def invalid(rtype, name, causes):
+    message = '%s "%s" is invalid: %s' % (rtype.kind, name, "; ".join(causes))
+    return APIError(422, "Invalid", message, {"name": name, "group": rtype.group, "kind": rtype.kind,
+                                               "causes": [{"reason": "FieldValueInvalid", "message": c,
+                                                           "field": c.split(":")[0]} for c in causes]})
+
+
+def _spec_part(obj):
+    """What ``generation`` tracks: everything but metadata and status."""
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+
+
+def _comparable(obj):
+    clean = copy.deepcopy(obj)
+    clean.get("metadata", {}).pop("resourceVersion", None)
+    clean.get("metadata", {}).pop("managedFields", None)
+    return clean
+
+
+class KubeAPI:
+    def __init__(self, history_limit=10000):
+        self.registry = Registry()
+        self.store = Store(history_limit=history_limit)
+        self.write_lock = threading.RLock()
+        for name in DEFAULT_NAMESPACES:
+            self._ensure_namespace(name)
+
+    def _ensure_namespace(self, name):
+        if self.store.get(NAMESPACE_KEY, "", name) is None:
+            self.store.put(NAMESPACE_KEY, {"apiVersion": "v1", "kind": "Namespace",
+                                           "metadata": {"name": name, "uid": str(uuid.uuid4()), "creationTimestamp": now_rfc3339()},
+                                           "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}, "ADDED")
+
+    def restore(self, data):
+        """Load persisted state and serve the CRDs it holds again."""
+        self.store.load(data)
+        for crd in self.store.list(CRD_KEY)[0]:
+            self.registry.register_crd(crd)
+        for name in DEFAULT_NAMESPACES:
+            self._ensure_namespace(name)
+
+    # -- reads --------------------------------------------------------------------------------
+    def get(self, rtype, namespace, name):
+        obj = self.store.get(rtype.storage_key, namespace, name)
+        if obj is None:
+            raise not_found(rtype, name)
+        return self._present(rtype, obj)
+
+    def _present(self, rtype, obj):
+        obj["apiVersion"] = rtype.api_version
+        obj["kind"] = rtype.kind
+        return obj
+
+    def list(self, rtype, namespace, label_selector=None, field_selector=None):
+        labels, fields = self._selectors(label_selector, field_selector)
+        items, rv = self.store.list(rtype.storage_key, namespace)
+        items = [self._present(rtype, o) for o in items if labels.matches(o["metadata"].get("labels")) and fields.matches(o)]
+        return {"kind": rtype.kind + "List", "apiVersion": rtype.api_version, "metadata": {"resourceVersion": str(rv)},
+                "items": items}
+
+    @staticmethod
+    def _selectors(label_selector, field_selector):
+        try:
+            return parse_label_selector(label_selector), parse_field_selector(field_selector)
+        except ValueError as exc:
+            raise APIError(400, "BadRequest", str(exc))
+
+    # -- writes -------------------------------------------------------------------------------
+    def create(self, rtype, namespace, body, dry_run=False):
+        if not isinstance(body, dict):
+            raise APIError(400, "BadRequest", "the request body must be a JSON object")
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(5))
+        if not meta.get("name"):
+            raise invalid(rtype, "", ["metadata.name: Required value: name or generateName is required"])
+        if rtype.namespaced:
+            if namespace is None:
+                raise APIError(405, "MethodNotAllowed", "create needs a namespace in the path for %s" % rtype.plural)
+            if meta.get("namespace") not in (None, "", namespace):
+                raise APIError(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
+            if self.store.get(NAMESPACE_KEY, "", namespace) is None:
+                raise APIError(404, "NotFound", 'namespaces "%s" not found' % namespace, {"name": namespace, "kind": "namespaces"})
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        with self.write_lock:
+            if self.store.get(rtype.storage_key, namespace if rtype.namespaced else "", meta["name"]) is not None:
+                raise APIError(409, "AlreadyExists", '%s "%s" already exists' % (rtype.plural, meta["name"]),
+                               {"name": meta["name"], "group": rtype.group, "kind": rtype.plural})
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = now_rfc3339()
+            for field in ("resourceVersion", "deletionTimestamp", "managedFields"):
+                meta.pop(field, None)
+            if rtype.generation:
+                meta["generation"] = 1
+            if rtype.crd and rtype.status:
+                obj.pop("status", None)
+            if rtype.kind == "Pod":
+                obj["status"] = {"phase": "Pending"}
+            obj = self._admit_and_validate(rtype, obj, None, "CREATE", "", dry_run)
+            if rtype.kind == "CustomResourceDefinition":
+                obj = self._establish_crd(obj)
+            obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
+            if dry_run:
+                return obj
+            stored = self.store.put(rtype.storage_key, obj, "ADDED")
+            if rtype.kind == "CustomResourceDefinition":
+                self.registry.register_crd(stored)
+            return stored
+
+    def update(self, rtype, namespace, name, body, dry_run=False, subresource=""):
+        if not isinstance(body, dict):
+            raise APIError(400, "BadRequest", "the request body must be a JSON object")
+        with self.write_lock:
+            old = self.store.get(rtype.storage_key, namespace if rtype.namespaced else "", name)
+            if old is None:
+                raise not_found(rtype, name)
+            body_name = (body.get("metadata") or {}).get("name")
+            if body_name not in (None, name):
+                raise APIError(400, "BadRequest", "the name of the object (%s) does not match the name on the URL (%s)" % (body_name, name))
+            wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
+            if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
+                raise conflict(rtype, name, "the object has been modified; please apply your changes to the latest version and try again")
+            return self._write(rtype, old, copy.deepcopy(body), subresource, dry_run)
+
+    def patch(self, rtype, namespace, name, patch_body, content_type, dry_run=False, subresource=""):
+        with self.write_lock:
+            old = self.store.get(rtype.storage_key, namespace if rtype.namespaced else "", name)
+            if old is None:
+                raise not_found(rtype, name)
+            current = self._present(rtype, copy.deepcopy(old))
+            try:
+                new = patching.apply_patch(current, patch_body, content_type, rtype.kind if not rtype.crd else None)
+            except patching.PatchError as exc:
+                raise APIError(exc.code, {415: "UnsupportedMediaType", 400: "BadRequest"}.get(exc.code, "Invalid"), exc.message)
+            wanted_rv = (new.get("metadata") or {}).get("resourceVersion")
+            if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
+                raise conflict(rtype, name, "the object has been modified; please apply your changes to the latest version and try again")
+            return self._write(rtype, old, new, subresource, dry_run)
+
+    def _write(self, rtype, old, new, subresource, dry_run):
+        """Shared update path: subresource rules, metadata, validation, admission, generation, finalizers."""
+        if subresource == "status":
+            merged = copy.deepcopy(old)
+            if "status" in new:
+                merged["status"] = new["status"]
+            else:
+                merged.pop("status", None)
+            new = merged
+        elif rtype.status:
+            if "status" in old:
+                new["status"] = copy.deepcopy(old["status"])
+            else:
+                new.pop("status", None)
+        meta = new.setdefault("metadata", {})
+        old_meta = old["metadata"]
+        for field in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "generation"):
+            if field in old_meta:
+                meta[field] = old_meta[field]
+            else:
+                meta.pop(field, None)
+        meta["resourceVersion"] = old_meta["resourceVersion"]
+        new = self._admit_and_validate(rtype, new, old, "UPDATE", subresource, dry_run)
+        if rtype.generation and _spec_part(new) != _spec_part(old):
+            meta = new["metadata"]
+            meta["generation"] = int(old_meta.get("generation") or 1) + 1
+        new["apiVersion"], new["kind"] = rtype.api_version, rtype.kind
+        if rtype.kind == "CustomResourceDefinition" and subresource != "status":
+            new = self._establish_crd(new)
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            if dry_run:
+                return new
+            return self._remove(rtype, new)
+        if _comparable(new) == _comparable(self._present(rtype, copy.deepcopy(old))):
+            return self._present(rtype, old)      # a no-op keeps the resourceVersion, as on a real server
+        if dry_run:
+            return new
+        stored = self.store.put(rtype.storage_key, new, "MODIFIED")
+        if rtype.kind == "CustomResourceDefinition":
+            self.registry.register_crd(stored)
+        return stored
+
+    def _admit_and_validate(self, rtype, obj, old, operation, subresource, dry_run):
+        if rtype.crd:
+            crd = self.store.get(CRD_KEY, "", rtype.crd)
+            obj, errors = schema.validate_and_default(crd, rtype.version, obj)
+            if errors:
+                raise invalid(rtype, obj["metadata"].get("name", ""), errors)
+        if rtype.group != "admissionregistration.k8s.io":
+            configs = self.store.list(MUTATING_KEY)[0]
+            if configs:
+                request = {"operation": operation, "subResource": subresource, "dryRun": bool(dry_run),
+                           "resource": {"group": rtype.group, "version": rtype.version, "resource": rtype.plural},
+                           "kind": {"group": rtype.group, "version": rtype.version, "kind": rtype.kind},
+                           "name": obj["metadata"].get("name"), "namespace": obj["metadata"].get("namespace", ""),
+                           "object": self._present(rtype, copy.deepcopy(obj)),
+                           "oldObject": self._present(rtype, copy.deepcopy(old)) if old else None,
+                           "userInfo": {"username": "system:admin", "groups": ["system:masters"]}}
+                try:
+                    obj = admission.run_mutating_webhooks(configs, request)
+                except admission.AdmissionDenied as exc:
+                    raise APIError(exc.code, "Forbidden" if exc.code < 500 else "InternalError", exc.message)
+        return obj
+
+    def _establish_crd(self, crd):
+        spec = crd.get("spec") or {}
+        names = spec.get("names") or {}
+        expected = "%s.%s" % (names.get("plural"), spec.get("group"))
+        if crd["metadata"]["name"] != expected:
+            raise invalid(self.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions"), crd["metadata"]["name"],
+                          ['metadata.name: Invalid value: "%s": must be spec.names.plural+"."+spec.group' % crd["metadata"]["name"]])
+        stamp = now_rfc3339()
+        crd["status"] = {"acceptedNames": copy.deepcopy(names),
+                         "storedVersions": [v["name"] for v in spec.get("versions") or [] if v.get("storage")],
+                         "conditions": [{"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+                                         "message": "no conflicts found", "lastTransitionTime": stamp},
+                                        {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                                         "message": "the initial names have been accepted", "lastTransitionTime": stamp}]}
+        old = self.store.get(CRD_KEY, "", crd["metadata"]["name"])
+        if old and (old.get("status") or {}).get("conditions"):
+            # keep transition times when nothing changed, so re-applying a CRD is a no-op
+            crd["status"]["conditions"] = old["status"]["conditions"]
+        return crd
+
+    def _remove(self, rtype, obj):
+        meta = obj["metadata"]
+        removed = self.store.remove(rtype.storage_key, meta.get("namespace"), meta["name"])
+        if rtype.kind == "CustomResourceDefinition":
+            for served in [t for t in self.registry.types.values() if t.crd == meta["name"]][:1]:
+                self.store.drop_type(served.storage_key)
+            self.registry.unregister_crd(meta["name"])
+        return removed
+
+    def delete(self, rtype, namespace, name, dry_run=False, preconditions=None):
+        with self.write_lock:
+            old = self.store.get(rtype.storage_key, namespace if rtype.namespaced else "", name)
+            if old is None:
+                raise not_found(rtype, name)
+            wanted = (preconditions or {}).get("resourceVersion")
+            if wanted and wanted != old["metadata"]["resourceVersion"]:
+                raise conflict(rtype, name, "the ResourceVersion in the precondition does not match")
+            wanted_uid = (preconditions or {}).get("uid")
+            if wanted_uid and wanted_uid != old["metadata"].get("uid"):
+                raise conflict(rtype, name, "the UID in the precondition does not match")
+            old = self._present(rtype, old)
+            if old["metadata"].get("finalizers"):
+                if old["metadata"].get("deletionTimestamp") or dry_run:
+                    return old
+                old["metadata"]["deletionTimestamp"] = now_rfc3339()
+                old["metadata"]["deletionGracePeriodSeconds"] = 0
+                return self.store.put(rtype.storage_key, old, "MODIFIED")
+            if dry_run:
+                return old
+            return self._remove(rtype, old)
+
+    def delete_collection(self, rtype, namespace, label_selector=None, field_selector=None, dry_run=False):
+        deleted = []
+        for obj in self.list(rtype, namespace, label_selector, field_selector)["items"]:
+            try:
+                deleted.append(self.delete(rtype, obj["metadata"].get("namespace"), obj["metadata"]["name"], dry_run))
+            except APIError as exc:
+                if exc.code != 404:
+                    raise
+        return {"kind": rtype.kind + "List", "apiVersion": rtype.api_version, "metadata": {}, "items": deleted}
+
+    def bind(self, namespace, name, binding, dry_run=False):
+        """POST pods/<name>/binding: what kube-scheduler does to place a pod."""
+        pods = self.registry.get("", "v1", "pods")
+        target = (binding.get("target") or {}).get("name")
+        if not target:
+            raise invalid(pods, name, ["target.name: Required value"])
+        with self.write_lock:
+            pod = self.store.get(pods.storage_key, namespace, name)
+            if pod is None:
+                raise not_found(pods, name)
+            if (pod.get("spec") or {}).get("nodeName"):
+                raise conflict(pods, name, "pod %s is already assigned to node \"%s\"" % (name, pod["spec"]["nodeName"]))
+            pod["spec"]["nodeName"] = target
+            conditions = [c for c in (pod.setdefault("status", {}).get("conditions") or []) if c.get("type") != "PodScheduled"]
+            conditions.append({"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()})
+            pod["status"]["conditions"] = conditions
+            if not dry_run:
+                self.store.put(pods.storage_key, self._present(pods, pod), "MODIFIED")
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+
+    # -- watch --------------------------------------------------------------------------------
+    def watch(self, rtype, namespace, resource_version, label_selector=None, field_selector=None, timeout=60.0,
+              bookmarks=False, stopped=lambda: False, bookmark_interval=5.0):
+        """Yield watch events (dicts) until ``timeout`` or ``stopped()``."""
+        labels, fields = self._selectors(label_selector, field_selector)
+
+        def visible(obj):
+            return obj is not None and (namespace is None or obj["metadata"].get("namespace") == namespace) \
+                and labels.matches(obj["metadata"].get("labels")) and fields.matches(obj)
+
+        deadline = time.monotonic() + timeout
+        if resource_version in (None, "", "0"):
+            listing = self.list(rtype, namespace, label_selector, field_selector)
+            for item in listing["items"]:
+                yield {"type": "ADDED", "object": item}
+            last_rv = int(listing["metadata"]["resourceVersion"])
+        else:
+            try:
+                last_rv = int(resource_version)
+            except ValueError:
+                raise APIError(400, "BadRequest", "invalid resourceVersion %r" % resource_version)
+        last_sent = time.monotonic()
+        while not stopped():
+            events = self.store.events_after(last_rv)
+            if events is None:
+                yield {"type": "ERROR", "object": APIError(410, "Expired", "too old resource version: %d (%d)"
+                                                           % (last_rv, self.store.compacted_rv)).status()}
+                return
+            for event in events:
+                last_rv = event.rv
+                if event.storage_key != rtype.storage_key:
+                    continue
+                now_visible, was_visible = visible(event.obj), visible(event.old)
+                if event.type == "DELETED":
+                    kind = "DELETED" if was_visible else None
+                elif event.type == "ADDED":
+                    kind = "ADDED" if now_visible else None
+                else:
+                    kind = {(True, True): "MODIFIED", (True, False): "ADDED", (False, True): "DELETED"}.get((now_visible, was_visible))
+                if kind:
+                    obj = self._present(rtype, copy.deepcopy(event.obj))
+                    yield {"type": kind, "object": obj}
+                    last_sent = time.monotonic()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if bookmarks and time.monotonic() - last_sent >= bookmark_interval:
+                yield {"type": "BOOKMARK", "object": {"kind": rtype.kind, "apiVersion": rtype.api_version,
+                                                      "metadata": {"resourceVersion": str(max(last_rv, self.store.rv))}}}
+                last_sent = time.monotonic()
+            self.store.wait_for_change(last_rv, min(remaining, 0.5))

@@ -1,0 +1,257 @@
+"""HTTP front of the emulator: routing, discovery, JSON responses, chunked watch streams, persistence.
+
+    server = KubeAPIServer(state_file=None, port=0).start()
+    server.url            # http://127.0.0.1:<port>
+    write_kubeconfig(path, server.url)
+    server.stop()         # saves the state file when one was given
+"""
+
+import json
+import logging
+import os
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from sandbox.kubeapi.api import APIError, KubeAPI
+
+LOG = logging.getLogger("sandbox.kubeapi")
+VERSION_INFO = {"major": "1", "minor": "30", "gitVersion": "v1.30.0-katalyst-sandbox", "gitCommit": "", "gitTreeState": "clean",
+                "buildDate": "2026-11-24T00:00:00Z", "goVersion": "go1.22", "compiler": "gc", "platform": "linux/amd64"}
+
+
+def write_kubeconfig(path, url, context="sandbox"):
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": context,
+              "clusters": [{"name": context, "cluster": {"server": url}}],
+              "users": [{"name": context, "user": {"token": "sandbox"}}],
+              "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": "default"}}]}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(config, handle, indent=2)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "katalyst-sandbox-apiserver"
+
+    def log_message(self, fmt, *args):  # noqa: A003 (http.server naming)
+        LOG.debug("%s %s", self.address_string(), fmt % args)
+
+    @property
+    def api(self):
+        return self.server.api
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _send_json(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise APIError(400, "BadRequest", "the request body is not valid JSON: %s" % exc)
+
+    def _dispatch(self, method):
+        parsed = urllib.parse.urlsplit(self.path)
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query, keep_blank_values=True).items()}
+        try:
+            result = self._route(method, [p for p in parsed.path.split("/") if p], query)
+            if result is not None:
+                code, body = result
+                self._send_json(code, body)
+        except APIError as exc:
+            self._send_json(exc.code, exc.status())
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception as exc:  # pylint: disable=broad-except
+            LOG.exception("internal error on %s %s", method, self.path)
+            self._send_json(500, APIError(500, "InternalError", "internal error: %s" % exc).status())
+
+    def do_GET(self):  # noqa: N802
+        self._dispatch("GET")
+
+    def do_POST(self):  # noqa: N802
+        self._dispatch("POST")
+
+    def do_PUT(self):  # noqa: N802
+        self._dispatch("PUT")
+
+    def do_PATCH(self):  # noqa: N802
+        self._dispatch("PATCH")
+
+    def do_DELETE(self):  # noqa: N802
+        self._dispatch("DELETE")
+
+    # -- routing ------------------------------------------------------------------------------
+    def _route(self, method, parts, query):
+        if parts == ["version"]:
+            return 200, VERSION_INFO
+        if parts in (["healthz"], ["readyz"], ["livez"]):
+            data = b"ok"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return None
+        if parts == ["api"]:
+            return 200, {"kind": "APIVersions", "versions": ["v1"],
+                         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.server.server_address[0]}]}
+        if parts == ["apis"]:
+            return 200, {"kind": "APIGroupList", "apiVersion": "v1",
+                         "groups": [self._group_doc(g, vs) for g, vs in sorted(self.api.registry.groups().items())]}
+        if parts[:1] == ["api"] and len(parts) >= 2:
+            group, version, rest = "", parts[1], parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 2:
+            if len(parts) == 2:
+                versions = self.api.registry.groups().get(parts[1])
+                if not versions:
+                    raise APIError(404, "NotFound", "the server could not find the requested resource")
+                return 200, self._group_doc(parts[1], versions)
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise APIError(404, "NotFound", "the server could not find the requested resource")
+        if not rest:
+            types = self.api.registry.in_group_version(group, version)
+            if not types:
+                raise APIError(404, "NotFound", "the server could not find the requested resource")
+            resources = [entry for rtype in types for entry in rtype.discovery()]
+            return 200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": types[0].api_version, "resources": resources}
+        return self._resource(method, group, version, rest, query)
+
+    @staticmethod
+    def _group_doc(group, versions):
+        entries = [{"groupVersion": "%s/%s" % (group, v), "version": v} for v in versions]
+        return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": entries, "preferredVersion": entries[0]}
+
+    def _resource(self, method, group, version, rest, query):
+        namespace = None
+        registry = self.api.registry
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            candidate = registry.get(group, version, rest[2])
+            if candidate is not None and candidate.namespaced:
+                namespace, rest = rest[1], rest[2:]
+        rtype = registry.get(group, version, rest[0])
+        if rtype is None:
+            raise APIError(404, "NotFound", "the server could not find the requested resource")
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else ""
+        dry_run = query.get("dryRun") == "All"
+        if sub and sub != "status" and not (sub == "binding" and rtype.kind == "Pod"):
+            raise APIError(404, "NotFound", "the server could not find the requested resource")
+        if sub == "status" and not rtype.status:
+            raise APIError(404, "NotFound", "the server could not find the requested resource")
+        if name is None:
+            if method == "GET":
+                if query.get("watch") in ("true", "1"):
+                    self._stream_watch(rtype, namespace, query)
+                    return None
+                return 200, self.api.list(rtype, namespace, query.get("labelSelector"), query.get("fieldSelector"))
+            if method == "POST":
+                return 201, self.api.create(rtype, namespace, self._body(), dry_run)
+            if method == "DELETE":
+                return 200, self.api.delete_collection(rtype, namespace, query.get("labelSelector"), query.get("fieldSelector"), dry_run)
+            raise APIError(405, "MethodNotAllowed", "method %s is not allowed on a collection" % method)
+        if method == "GET":
+            return 200, self.api.get(rtype, namespace, name)
+        if method == "PUT":
+            return 200, self.api.update(rtype, namespace, name, self._body(), dry_run, sub)
+        if method == "PATCH":
+            content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+            return 200, self.api.patch(rtype, namespace, name, self._body(), content_type, dry_run, sub)
+        if method == "DELETE":
+            options = self._body() or {}
+            return 200, self.api.delete(rtype, namespace, name, dry_run or "All" in (options.get("dryRun") or []),
+                                        options.get("preconditions"))
+        if method == "POST" and sub == "binding":
+            return 201, self.api.bind(namespace, name, self._body() or {}, dry_run)
+        raise APIError(405, "MethodNotAllowed", "method %s is not allowed here" % method)
+
+    def _stream_watch(self, rtype, namespace, query):
+        timeout = float(query.get("timeoutSeconds") or 1800)
+        events = self.api.watch(rtype, namespace, query.get("resourceVersion"), query.get("labelSelector"), query.get("fieldSelector"),
+                                timeout=timeout, bookmarks=query.get("allowWatchBookmarks") in ("true", "1"),
+                                stopped=lambda: self.server.stopping.is_set(), bookmark_interval=self.server.bookmark_interval)
+        first = next(events, None)   # selector errors surface before the 200 is sent
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            if first is not None:
+                self._chunk(first)
+                for event in events:
+                    self._chunk(event)
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+    def _chunk(self, event):
+        data = json.dumps(event).encode() + b"\n"
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+
+class KubeAPIServer:
+    """The emulator: an HTTP server over a KubeAPI, optionally persisted to ``state_file``."""
+
+    def __init__(self, state_file=None, host="127.0.0.1", port=0, history_limit=10000, save_interval=1.0,
+                 bookmark_interval=5.0):
+        self.api = KubeAPI(history_limit=history_limit)
+        self.state_file = state_file
+        if state_file and os.path.exists(state_file):
+            with open(state_file) as handle:
+                self.api.restore(json.load(handle))
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.api = self.api
+        self.httpd.stopping = threading.Event()
+        self.httpd.bookmark_interval = bookmark_interval
+        self.save_interval = save_interval
+        self.threads = []
+
+    @property
+    def store(self):
+        return self.api.store
+
+    @property
+    def url(self):
+        host, port = self.httpd.server_address[:2]
+        return "http://%s:%d" % (host, port)
+
+    def _saver(self):
+        while not self.httpd.stopping.wait(self.save_interval):
+            if self.store.dirty:
+                self.save()
+
+    def save(self):
+        if self.state_file:
+            self.store.save(self.state_file)
+
+    def start(self):
+        serve = threading.Thread(target=self.httpd.serve_forever, name="kubeapi-http", daemon=True)
+        serve.start()
+        self.threads.append(serve)
+        if self.state_file:
+            saver = threading.Thread(target=self._saver, name="kubeapi-saver", daemon=True)
+            saver.start()
+            self.threads.append(saver)
+        return self
+
+    def stop(self):
+        self.httpd.stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.save()
