@@ -209,7 +209,8 @@ def summarize(output_lines, kubeconfig):
 
 def cmd_demo(args):
     state = os.path.abspath(args.state_dir)
-    command = ["ansible-playbook", "-i", INVENTORY, PLAYBOOK] + list(args.extra)
+    # All sandbox nodes at once (serial is a play keyword: inventory variables cannot set it).
+    command = ["ansible-playbook", "-i", INVENTORY, PLAYBOOK, "-e", "katalyst_node_serial=100%"] + list(args.extra)
     print("sandbox: %s" % " ".join(command))
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=TOP)
     lines = []
@@ -222,10 +223,19 @@ def cmd_demo(args):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --state-dir may come anywhere before a "--"; everything else after the command is passed through.
+    state_dir = os.path.join(TOP, ".sandbox")
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--state-dir" in argv[:end]:
+        index = argv.index("--state-dir")
+        state_dir = argv[index + 1]
+        del argv[index:index + 2]
     parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("up", "down", "status", "demo", "service"))
-    parser.add_argument("--state-dir", default=os.path.join(TOP, ".sandbox"))
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="extra ansible-playbook arguments (demo)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv[:1])
+    args.extra = argv[1:]
+    args.state_dir = state_dir
     handlers = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "demo": cmd_demo, "service": cmd_service}
     return handlers[args.command](args)

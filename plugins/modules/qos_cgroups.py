@@ -1,0 +1,123 @@
+#!/usr/bin/python
+# Copyright: katalyst.colocation contributors
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: qos_cgroups
+short_description: Converge the cgroups for reclaimed (offline) workloads on cgroup v1 and v2
+version_added: 0.1.0
+description:
+  - Converges the reclaimed root cgroup (C(/kubepods/besteffort) by default) with the reclaimed tier's CPU weight and an
+    optional memory limit (C(memory.max) plus C(memory.high) at 0.95x on v2, C(memory.limit_in_bytes) on v1), and creates
+    one sibling per NUMA node, C(<root>-<N>), pinned to that NUMA node's CPUs (C(cpuset.cpus)) and memory (C(cpuset.mems)).
+  - Katalyst writes the per-NUMA cgroups only if something else created them; this module creates them.
+  - Writes only what differs. O(state=absent) removes only the cgroups this module created and restores values it changed.
+  - If a write fails (read-only cgroupfs, a value the kernel refuses), the writes already made are undone and the task fails
+    naming the file and the value.
+options:
+  state:
+    description: V(present) converges; V(absent) undoes what this module did.
+    type: str
+    choices: [present, absent]
+    default: present
+  sysroot:
+    description: Root under which C(/sys/fs/cgroup) and C(/var/lib/katalyst) live (a directory on sandbox nodes).
+    type: path
+    default: /
+  driver:
+    description: The kubelet's cgroup driver (decides C(kubepods) versus C(kubepods.slice) naming).
+    type: str
+    choices: [cgroupfs, systemd]
+    default: cgroupfs
+  reclaim_root:
+    description: Relative path of the reclaimed root cgroup (Katalyst's C(--reclaim-relative-root-cgroup-path)).
+    type: str
+    default: /kubepods/besteffort
+  cpu_shares:
+    description: CPU shares of the reclaimed tier (v2 C(cpu.weight) uses runc's conversion). 2-262144.
+    type: int
+    default: 2
+  memory_limit_bytes:
+    description: Memory limit of the reclaimed root. Omit to leave it to the agent's memory guard.
+    type: int
+  reserved_cpus:
+    description: CPUs (kernel list syntax) kept out of the per-NUMA reclaimed cpusets, for example the system-reserved ones.
+    type: str
+    default: ""
+attributes:
+  check_mode:
+    support: full
+    description: Reports what would change without writing.
+  diff_mode:
+    support: full
+    description: Shows every cgroup file before and after.
+  platform:
+    support: full
+    platforms: posix
+author:
+  - katalyst.colocation developers
+"""
+
+EXAMPLES = r"""
+- name: Reclaimed cgroups with a 64 GiB memory cap, keeping CPUs 0-1 for the system
+  katalyst.colocation.qos_cgroups:
+    memory_limit_bytes: "{{ 64 * 1024 ** 3 }}"
+    reserved_cpus: "0-1"
+
+- name: Undo
+  katalyst.colocation.qos_cgroups:
+    state: absent
+"""
+
+RETURN = r"""
+changes:
+  description: Every change planned (kind, target, action, before, after).
+  returned: always
+  type: list
+  elements: dict
+cgroup_version:
+  description: The hierarchy written (v1 or v2).
+  returned: success
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.katalyst.colocation.plugins.module_utils import cgroups, nodeinfo
+from ansible_collections.katalyst.colocation.plugins.module_utils.reconcile import PlanError
+from ansible_collections.katalyst.colocation.plugins.module_utils.sysfs import SysFS, SysFSError
+
+
+def main():
+    module = AnsibleModule(argument_spec={
+        "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+        "sysroot": {"type": "path", "default": "/"},
+        "driver": {"type": "str", "choices": ["cgroupfs", "systemd"], "default": "cgroupfs"},
+        "reclaim_root": {"type": "str", "default": "/kubepods/besteffort"},
+        "cpu_shares": {"type": "int", "default": 2},
+        "memory_limit_bytes": {"type": "int"},
+        "reserved_cpus": {"type": "str", "default": ""},
+    }, supports_check_mode=True)
+    params = module.params
+    fs = SysFS(params["sysroot"])
+    try:
+        facts = nodeinfo.gather(fs)
+        desired = cgroups.desired_qos_cgroups(facts, params["driver"], params["reclaim_root"], params["cpu_shares"],
+                                              params["memory_limit_bytes"], params["reserved_cpus"])
+        plan = cgroups.plan_qos_cgroups(desired, cgroups.read_cgroup_state(fs, desired), params["state"])
+        plan.apply(cgroups.applier(fs), dry_run=module.check_mode)
+    except (cgroups.CgroupError, SysFSError, ValueError) as exc:
+        module.fail_json(msg=str(exc))
+    except PlanError as exc:
+        module.fail_json(msg="%s; %d change(s) already made were undone" % (exc, len(exc.rolled_back)),
+                         changes=[c.as_dict() for c in exc.applied])
+    result = {"changed": plan.changed, "changes": plan.as_list(), "cgroup_version": desired["version"]}
+    if module._diff:
+        result["diff"] = plan.diff()
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
