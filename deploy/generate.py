@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Write deploy/crds/*.yaml from plugins/module_utils/crd_manifests.py (for kubectl users).
 
 Usage: python deploy/generate.py [--check]   (--check fails when the files are out of date)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Extract chosen collections from the `ansible` package's wheel into a collections path.
 
 Usage: extract_collections.py WHEEL_DIR DEST NAMESPACE/NAME [...]

@@ -18,15 +18,16 @@ import time
 import uuid
 
 try:
-    import kubernetes
     from kubernetes import client as kube_client, config as kube_config
     from kubernetes.client.rest import ApiException
     from kubernetes.dynamic import DynamicClient
     HAS_KUBERNETES = True
     KUBERNETES_IMPORT_ERROR = None
 except ImportError as _import_error:  # pragma: no cover - reported by the caller
-    kubernetes = kube_client = kube_config = DynamicClient = None
-    ApiException = Exception
+    kube_client = kube_config = DynamicClient = None
+
+    class ApiException(Exception):
+        status = None
     HAS_KUBERNETES = False
     KUBERNETES_IMPORT_ERROR = _import_error
 

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: katalyst.colocation contributors
-# Apache License 2.0 (see LICENSE)
+# Apache License 2.0 (see LICENSE); modules are also offered under the
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import annotations
 
@@ -52,9 +53,10 @@ attributes:
     description: Shows each CRD's definition before and after.
   platform:
     support: full
+    description: Runs against the Kubernetes API.
     platforms: kubernetes
 author:
-  - katalyst.colocation developers
+  - katalyst.colocation developers (@katalyst-colocation)
 """
 
 EXAMPLES = r"""

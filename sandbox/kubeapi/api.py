@@ -57,9 +57,8 @@ def conflict(rtype, name, why):
 
 def invalid(rtype, name, causes):
     message = '%s "%s" is invalid: %s' % (rtype.kind, name, "; ".join(causes))
-    return APIError(422, "Invalid", message, {"name": name, "group": rtype.group, "kind": rtype.kind,
-                                               "causes": [{"reason": "FieldValueInvalid", "message": c,
-                                                           "field": c.split(":")[0]} for c in causes]})
+    causes = [{"reason": "FieldValueInvalid", "message": c, "field": c.split(":")[0]} for c in causes]
+    return APIError(422, "Invalid", message, {"name": name, "group": rtype.group, "kind": rtype.kind, "causes": causes})
 
 
 def _spec_part(obj):
@@ -129,7 +128,7 @@ class KubeAPI:
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(5))
+            meta["name"] = meta["generateName"] + "".join(random.choice(string.ascii_lowercase + string.digits) for _index in range(5))
         if not meta.get("name"):
             raise invalid(rtype, "", ["metadata.name: Required value: name or generateName is required"])
         if rtype.namespaced:

@@ -182,7 +182,7 @@ class Handler(BaseHTTPRequestHandler):
         timeout = float(query.get("timeoutSeconds") or 1800)
         events = self.api.watch(rtype, namespace, query.get("resourceVersion"), query.get("labelSelector"), query.get("fieldSelector"),
                                 timeout=timeout, bookmarks=query.get("allowWatchBookmarks") in ("true", "1"),
-                                stopped=lambda: self.server.stopping.is_set(), bookmark_interval=self.server.bookmark_interval)
+                                stopped=self.server.stopping.is_set, bookmark_interval=self.server.bookmark_interval)
         first = next(events, None)   # selector errors surface before the 200 is sent
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

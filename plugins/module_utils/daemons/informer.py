@@ -18,7 +18,9 @@ try:
     from kubernetes.client.rest import ApiException
 except ImportError:  # pragma: no cover - reported when an informer is built
     kube_watch = None
-    ApiException = Exception
+
+    class ApiException(Exception):
+        status = None
 
 LOG = logging.getLogger(__name__)
 

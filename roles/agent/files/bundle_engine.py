@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Pack the collection's engine (plugins/module_utils) as the `katalyst_colocation` package, reproducibly.
 
 Usage: bundle_engine.py MODULE_UTILS_DIR OUT_DIR  ->  prints {"path": ..., "version": ...} as JSON.

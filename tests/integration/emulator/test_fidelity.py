@@ -169,8 +169,8 @@ def test_watch_resume_bookmarks_and_selectors(core):
     selected = [(e["type"], e["raw_object"]["metadata"]["name"])
                 for e in watch.Watch().stream(core.list_node, label_selector="pool=a", resource_version=start_rv, timeout_seconds=1)]
     assert selected == [("DELETED", "n1")]
-    kinds = [e["type"] for e in watch.Watch().stream(core.list_node, resource_version=start_rv, allow_watch_bookmarks=True,
-                                                      timeout_seconds=1)]
+    stream = watch.Watch().stream(core.list_node, resource_version=start_rv, allow_watch_bookmarks=True, timeout_seconds=1)
+    kinds = [e["type"] for e in stream]
     assert "BOOKMARK" in kinds
 
 

@@ -121,5 +121,5 @@ def test_selecting_crds_by_name():
 
 
 def test_deploy_yaml_in_sync():
-    result = subprocess.run([sys.executable, os.path.join(REPO, "deploy", "generate.py"), "--check"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, os.path.join(REPO, "deploy", "generate.py"), "--check"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
