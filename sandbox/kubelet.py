@@ -11,6 +11,7 @@ import logging
 import threading
 
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.informer import Informer
+from ansible_collections.katalyst.colocation.plugins.module_utils.podcgroups import qos_class
 from ansible_collections.katalyst.colocation.plugins.module_utils.sysfs import SysFS
 
 LOG = logging.getLogger("sandbox.kubelet")
@@ -134,21 +135,3 @@ class SandboxKubelet:
         thread.start()
         return thread
 
-
-def qos_class(pod):
-    """Kubernetes QoS class of a pod from its containers' requests and limits."""
-    containers = pod["spec"].get("containers", []) + pod["spec"].get("initContainers", [])
-    requests_any = limits_all = False
-    guaranteed = True
-    for container in containers:
-        resources = container.get("resources") or {}
-        requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
-        if requests or limits:
-            requests_any = True
-        for name in ("cpu", "memory"):
-            if name not in limits or requests.get(name, limits[name]) != limits[name]:
-                guaranteed = False
-        limits_all = limits_all or bool(limits)
-    if not requests_any:
-        return "BestEffort"
-    return "Guaranteed" if guaranteed and limits_all else "Burstable"

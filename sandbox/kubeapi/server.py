@@ -187,6 +187,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")   # the stream ends the connection; clients must not reuse it
         self.end_headers()
         try:
             if first is not None:

@@ -19,7 +19,8 @@ import threading
 
 from . import service
 from .informer import Informer
-from .. import cgroups, nodeinfo
+from .. import cgroups, nodeinfo, podcgroups, tcpmem
+from ..quantity import parse_quantity
 from ..reconcile import PlanError
 from ..sysfs import SysFS
 
@@ -45,6 +46,9 @@ DEFAULTS = {
     "cgroup_driver": "cgroupfs",
     "reclaim_root": "/kubepods/besteffort",
     "reclaimed_cpu_shares": 2,
+    "tcp_memory_enabled": False,
+    "tcp_memory_period_seconds": 240,
+    "tcp_memory_cgroup_ratio": 100,
 }
 
 
@@ -104,10 +108,36 @@ class Agent:
             raise
         self.record("qos_cgroups", applied)
 
+    def active_pods(self):
+        return [p for p in (self.pods.items() if self.pods else []) if (p.get("status") or {}).get("phase") == "Running"]
+
+    def converge_tcp_memory(self):
+        """memory.kmem.tcp.limit_in_bytes of every container from its own memory limit (cgroup v1 only)."""
+        if not self.config["tcp_memory_enabled"]:
+            return
+        fs = self.sysfs
+        version = "v2" if nodeinfo.gather(fs)["cgroup"]["mode"] == "v2" else "v1"
+        containers = []
+        for pod in self.active_pods():
+            limits = {c["name"]: ((c.get("resources") or {}).get("limits") or {}).get("memory") for c in pod["spec"].get("containers", [])}
+            for name, relative in podcgroups.container_cgroup_paths(pod, self.config["cgroup_driver"]).items():
+                path = "/sys/fs/cgroup/memory" + relative
+                if not limits.get(name) or not fs.isdir(path):
+                    continue
+                current = fs.read_text(path + "/memory.kmem.tcp.limit_in_bytes", default="")
+                containers.append({"path": path, "memory_limit_bytes": parse_quantity(str(limits[name])).value(),
+                                   "tcp_limit_bytes": int(current) if current.isdigit() else None})
+        plan, report = tcpmem.plan_tcp_limits(version, containers, self.config["tcp_memory_cgroup_ratio"])
+        if not report["supported"]:
+            LOG.info(report["reason"], extra={"loop": "tcp_memory"})
+            return
+        self.record("tcp_memory", plan.apply(cgroups.applier(fs)))
+
     # -- wiring -------------------------------------------------------------------------------
     def build(self):
         cfg = self.config
         self.daemon.add_loop(service.Loop("qos_cgroups", cfg["qos_cgroups_period_seconds"], self.converge_qos_cgroups))
+        self.daemon.add_loop(service.Loop("tcp_memory", cfg["tcp_memory_period_seconds"], self.converge_tcp_memory))
         if self.api_client is None and cfg["kubeconfig"]:
             from kubernetes import config as kube_config  # pylint: disable=import-outside-toplevel
             self.api_client = kube_config.new_client_from_config(config_file=cfg["kubeconfig"])
@@ -122,7 +152,7 @@ class Agent:
     def on_pod_event(self, event_type, pod):
         LOG.debug("pod %s %s/%s", event_type, pod["metadata"].get("namespace"), pod["metadata"].get("name"))
         for loop in self.daemon.loops:
-            if loop.name in ("oom_priority",):
+            if loop.name in ("oom_priority", "tcp_memory"):
                 loop.trigger()
 
     def run(self):
@@ -133,6 +163,8 @@ class Agent:
             self.pods.start(self.daemon.stop_event)
         self.daemon.install_signal_handlers()
         self.daemon.run_forever()
+        if self.pods is not None:
+            self.pods.stop()
 
 
 def main(argv=None):
@@ -146,7 +178,7 @@ def main(argv=None):
         return 2
     service.setup_logging(agent.config["log_level"], agent.config["json_logs"])
     agent.build().run()
-    return 0
+    return service.exit_cleanly(0)
 
 
 if __name__ == "__main__":

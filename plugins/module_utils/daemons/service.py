@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,6 +65,21 @@ def load_config(path, defaults):
     config = dict(defaults)
     config.update(loaded)
     return config
+
+
+def exit_cleanly(code):
+    """End the process now that every loop has stopped.
+
+    Watch and HTTP threads are daemon threads blocked in socket reads; letting the interpreter tear
+    them down can abort the process while one holds the stderr lock, so flush and leave directly.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)  # pylint: disable=protected-access
 
 
 class Loop:
