@@ -46,7 +46,7 @@ $(DEPS)/.installed: $(STAMP)
 setup: venv links deps
 
 # --- tests -------------------------------------------------------------------------------------
-test: setup sanity units lint pytest
+test: setup sanity units lint pytest molecule
 
 sanity: setup
 	scripts/ansible-test.sh sanity --venv --python 3.11
@@ -78,6 +78,8 @@ sandbox-down:
 
 demo: setup sandbox-up
 	$(BIN)/python -m sandbox demo --state-dir $(SANDBOX_STATE)
+
+include mk/molecule.mk
 
 clean: sandbox-down
 	rm -rf $(BUILD) tests/output .pytest_cache $(SANDBOX_STATE)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 
@@ -138,7 +139,9 @@ class Agent:
         cfg = self.config
         self.daemon.add_loop(service.Loop("qos_cgroups", cfg["qos_cgroups_period_seconds"], self.converge_qos_cgroups))
         self.daemon.add_loop(service.Loop("tcp_memory", cfg["tcp_memory_period_seconds"], self.converge_tcp_memory))
-        if self.api_client is None and cfg["kubeconfig"]:
+        if self.api_client is None and cfg["kubeconfig"] and not os.path.exists(cfg["kubeconfig"]):
+            LOG.warning("kubeconfig %s does not exist: running the node-local loops only", cfg["kubeconfig"])
+        elif self.api_client is None and cfg["kubeconfig"]:
             from kubernetes import config as kube_config  # pylint: disable=import-outside-toplevel
             self.api_client = kube_config.new_client_from_config(config_file=cfg["kubeconfig"])
         if self.api_client is not None:
