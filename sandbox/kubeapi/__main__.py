@@ -18,9 +18,13 @@ def main(argv=None):
     parser.add_argument("--kubeconfig", default=None, help="write a kubeconfig pointing at this server")
     parser.add_argument("--pidfile", default=None)
     parser.add_argument("--history-limit", type=int, default=10000)
+    parser.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", default=None)
+    parser.add_argument("--ca-file", default=None, help="CA bundle written into the kubeconfig (with --tls-cert)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server = KubeAPIServer(state_file=args.state, host=args.host, port=args.port, history_limit=args.history_limit).start()
+    server = KubeAPIServer(state_file=args.state, host=args.host, port=args.port, history_limit=args.history_limit,
+                           tls_cert=args.tls_cert, tls_key=args.tls_key).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -28,7 +32,7 @@ def main(argv=None):
         with open(args.pidfile, "w") as handle:
             handle.write(str(os.getpid()))
     if args.kubeconfig:
-        write_kubeconfig(args.kubeconfig, server.url)
+        write_kubeconfig(args.kubeconfig, server.url, ca_file=args.ca_file)
     print("sandbox API emulator serving on %s" % server.url, flush=True)
     stop.wait()
     server.stop()

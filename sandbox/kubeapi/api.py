@@ -6,8 +6,10 @@ changes only, status subresources, finalizers and ``deletionTimestamp``, CRD sch
 mutating admission webhooks, server-side dry-run, and watches that resume from a resourceVersion.
 """
 
+import base64
 import copy
 import datetime
+import json
 import random
 import string
 import threading
@@ -107,12 +109,25 @@ class KubeAPI:
         obj["kind"] = rtype.kind
         return obj
 
-    def list(self, rtype, namespace, label_selector=None, field_selector=None):
+    def list(self, rtype, namespace, label_selector=None, field_selector=None, limit=None, continue_token=None):
         labels, fields = self._selectors(label_selector, field_selector)
         items, rv = self.store.list(rtype.storage_key, namespace)
         items = [self._present(rtype, o) for o in items if labels.matches(o["metadata"].get("labels")) and fields.matches(o)]
-        return {"kind": rtype.kind + "List", "apiVersion": rtype.api_version, "metadata": {"resourceVersion": str(rv)},
-                "items": items}
+        meta = {"resourceVersion": str(rv)}
+        if continue_token:
+            # the token holds the last key served; items are sorted by (namespace, name), so resume after it
+            try:
+                after = json.loads(base64.urlsafe_b64decode(continue_token.encode()))
+                after = (after["ns"], after["name"])
+            except (ValueError, KeyError, TypeError):
+                raise APIError(400, "BadRequest", "invalid continue token")
+            items = [o for o in items if (o["metadata"].get("namespace") or "", o["metadata"]["name"]) > after]
+        if limit and 0 < int(limit) < len(items):
+            items, rest = items[:int(limit)], len(items) - int(limit)
+            last = items[-1]["metadata"]
+            token = json.dumps({"ns": last.get("namespace") or "", "name": last["name"]}).encode()
+            meta.update({"continue": base64.urlsafe_b64encode(token).decode(), "remainingItemCount": rest})
+        return {"kind": rtype.kind + "List", "apiVersion": rtype.api_version, "metadata": meta, "items": items}
 
     @staticmethod
     def _selectors(label_selector, field_selector):
@@ -283,6 +298,8 @@ class KubeAPI:
     def _remove(self, rtype, obj):
         meta = obj["metadata"]
         removed = self.store.remove(rtype.storage_key, meta.get("namespace"), meta["name"])
+        if rtype.storage_key == NAMESPACE_KEY:
+            self.store.drop_namespace(meta["name"])      # what the namespace controller does, at once
         if rtype.kind == "CustomResourceDefinition":
             for served in [t for t in self.registry.types.values() if t.crd == meta["name"]][:1]:
                 self.store.drop_type(served.storage_key)

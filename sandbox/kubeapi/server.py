@@ -9,6 +9,7 @@
 import json
 import logging
 import os
+import ssl
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,9 +21,12 @@ VERSION_INFO = {"major": "1", "minor": "30", "gitVersion": "v1.30.0-katalyst-san
                 "buildDate": "2026-11-24T00:00:00Z", "goVersion": "go1.22", "compiler": "gc", "platform": "linux/amd64"}
 
 
-def write_kubeconfig(path, url, context="sandbox"):
+def write_kubeconfig(path, url, context="sandbox", ca_file=None):
+    cluster = {"server": url}
+    if ca_file:
+        cluster["certificate-authority"] = os.path.abspath(ca_file)
     config = {"apiVersion": "v1", "kind": "Config", "current-context": context,
-              "clusters": [{"name": context, "cluster": {"server": url}}],
+              "clusters": [{"name": context, "cluster": cluster}],
               "users": [{"name": context, "user": {"token": "sandbox"}}],
               "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": "default"}}]}
     tmp = path + ".tmp"
@@ -35,6 +39,7 @@ def write_kubeconfig(path, url, context="sandbox"):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "katalyst-sandbox-apiserver"
+    _raw = None
 
     def log_message(self, fmt, *args):  # noqa: A003 (http.server naming)
         LOG.debug("%s %s", self.address_string(), fmt % args)
@@ -52,9 +57,15 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _read(self):
+        """The request body, read once up front so an early error never leaves it in a kept-alive connection."""
+        if self._raw is None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self._raw = self.rfile.read(length) if length else b""
+        return self._raw
+
     def _body(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self._read()
         if not raw:
             return None
         try:
@@ -63,6 +74,8 @@ class Handler(BaseHTTPRequestHandler):
             raise APIError(400, "BadRequest", "the request body is not valid JSON: %s" % exc)
 
     def _dispatch(self, method):
+        self._raw = None
+        self._read()
         parsed = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query, keep_blank_values=True).items()}
         try:
@@ -157,7 +170,11 @@ class Handler(BaseHTTPRequestHandler):
                 if query.get("watch") in ("true", "1"):
                     self._stream_watch(rtype, namespace, query)
                     return None
-                return 200, self.api.list(rtype, namespace, query.get("labelSelector"), query.get("fieldSelector"))
+                limit = query.get("limit") or "0"
+                if not limit.isdigit():
+                    raise APIError(400, "BadRequest", "limit must be a non-negative integer")
+                return 200, self.api.list(rtype, namespace, query.get("labelSelector"), query.get("fieldSelector"),
+                                          int(limit), query.get("continue"))
             if method == "POST":
                 return 201, self.api.create(rtype, namespace, self._body(), dry_run)
             if method == "DELETE":
@@ -169,7 +186,9 @@ class Handler(BaseHTTPRequestHandler):
             return 200, self.api.update(rtype, namespace, name, self._body(), dry_run, sub)
         if method == "PATCH":
             content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-            return 200, self.api.patch(rtype, namespace, name, self._body(), content_type, dry_run, sub)
+            # an unknown media type is 415 before its body is looked at, as on a real server
+            body = self._body() if content_type.endswith("+json") else self._read()
+            return 200, self.api.patch(rtype, namespace, name, body, content_type, dry_run, sub)
         if method == "DELETE":
             options = self._body() or {}
             return 200, self.api.delete(rtype, namespace, name, dry_run or "All" in (options.get("dryRun") or []),
@@ -209,7 +228,7 @@ class KubeAPIServer:
     """The emulator: an HTTP server over a KubeAPI, optionally persisted to ``state_file``."""
 
     def __init__(self, state_file=None, host="127.0.0.1", port=0, history_limit=10000, save_interval=1.0,
-                 bookmark_interval=5.0):
+                 bookmark_interval=5.0, tls_cert=None, tls_key=None):
         self.api = KubeAPI(history_limit=history_limit)
         self.state_file = state_file
         if state_file and os.path.exists(state_file):
@@ -217,6 +236,12 @@ class KubeAPIServer:
                 self.api.restore(json.load(handle))
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls_cert:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls_cert, tls_key)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.httpd.api = self.api
         self.httpd.stopping = threading.Event()
         self.httpd.bookmark_interval = bookmark_interval
@@ -230,7 +255,7 @@ class KubeAPIServer:
     @property
     def url(self):
         host, port = self.httpd.server_address[:2]
-        return "http://%s:%d" % (host, port)
+        return "%s://%s:%d" % (self.scheme, host, port)
 
     def _saver(self):
         while not self.httpd.stopping.wait(self.save_interval):
@@ -242,7 +267,7 @@ class KubeAPIServer:
             self.store.save(self.state_file)
 
     def start(self):
-        serve = threading.Thread(target=self.httpd.serve_forever, name="kubeapi-http", daemon=True)
+        serve = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="kubeapi-http", daemon=True)
         serve.start()
         self.threads.append(serve)
         if self.state_file:

@@ -86,6 +86,13 @@ class Store:
                 self.remove(storage_key, namespace, name)
             self.objects.pop(storage_key, None)
 
+    def drop_namespace(self, namespace):
+        """Remove every namespaced object in ``namespace``, with DELETED events."""
+        with self.lock:
+            for storage_key, bucket in list(self.objects.items()):
+                for (obj_ns, name) in [k for k in bucket if k[0] == namespace]:
+                    self.remove(storage_key, obj_ns, name)
+
     # -- watch --------------------------------------------------------------------------------
     def events_after(self, rv):
         """Events newer than ``rv``; None when ``rv`` is older than the history (410 Gone)."""
