@@ -73,7 +73,9 @@ def compute_adjustments(groups, totalpages, negative_allowed, margin_pages=4096,
     adjustments = {}
     previous_max_points = None   # highest score among the more protected tiers so far
     previous_adj = low_bound
-    for priority, members in tiers(groups):
+    ranked = tiers(groups)
+    spread = [t for t in ranked if t[0] < TOP_OOM_PRIORITY or not negative_allowed]
+    for priority, members in ranked:
         if priority >= TOP_OOM_PRIORITY:
             if negative_allowed:
                 for group in members:
@@ -83,11 +85,14 @@ def compute_adjustments(groups, totalpages, negative_allowed, margin_pages=4096,
                             % (priority, low_bound))
         pages = [p for group in members for p in group.pages()]
         smallest, largest = min(pages), max(pages)
-        adj = previous_adj
+        # Spread the tiers evenly over the range: the wider the gaps, the more growth the order survives
+        # between two recomputations (with two tiers the gap is the whole domain: nothing can overtake).
+        index = spread.index((priority, members)) if (priority, members) in spread else 0
+        adj = max(previous_adj, low_bound + (OOM_SCORE_ADJ_MAX - low_bound) * index // max(len(spread) - 1, 1))
         if previous_max_points is not None and unit:
             # smallest + adj*unit must exceed the more protected tiers' highest score by the margin
             needed = previous_max_points + _margin(largest, margin_pages, margin_ratio) + 1 - smallest
-            adj = max(previous_adj, -(-needed // unit))
+            adj = max(adj, -(-needed // unit))
         if adj > OOM_SCORE_ADJ_MAX:
             warnings.append("strict order impossible for priority %d: needs oom_score_adj %d, above %d; keeping the best order"
                             % (priority, adj, OOM_SCORE_ADJ_MAX))

@@ -19,6 +19,7 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "molecule image: installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
+# debootstrap does not resolve virtual packages: python3-cffi-backend provides what python3-cryptography needs.
 # The machine's own Debian mirror, as configured for apt (deb822 or one-line format).
 mirror=$( { grep -rhE '^(URIs:|deb) ' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null || true; } \
          | { grep -oE 'https?://[^ ]+/debian/?( |$)' || true; } | head -1 | tr -d ' ')
@@ -28,7 +29,7 @@ rm -rf "$out/rootfs" "$out/base.img"
 mkdir -p "$out"
 echo "molecule image: debootstrap bookworm from the configured mirror (about 2-3 minutes)"
 debootstrap --variant=minbase \
-  --include=systemd,systemd-sysv,udev,dbus,openssh-server,python3,python3-yaml,python3-kubernetes,python3-prometheus-client,python3-jsonpatch,linux-image-amd64,initramfs-tools,iproute2,procps,kmod,sudo,bpftool \
+  --include=systemd,systemd-sysv,udev,dbus,openssh-server,python3,python3-yaml,python3-cffi-backend,python3-kubernetes,python3-prometheus-client,python3-jsonpatch,linux-image-amd64,initramfs-tools,iproute2,procps,kmod,sudo,bpftool \
   bookworm "$out/rootfs" "$mirror" > "$out/debootstrap.log" 2>&1 || { tail -20 "$out/debootstrap.log"; exit 1; }
 echo "molecule image: configuring"
 R=$out/rootfs

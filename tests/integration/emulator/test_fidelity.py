@@ -369,3 +369,26 @@ def test_state_survives_a_restart(tmp_path):
         assert int(newer) > int(rv)
     finally:
         server.stop()
+
+
+def test_concurrent_lease_takeover_has_one_winner(kube_client):
+    leases = client.CoordinationV1Api(kube_client)
+    current = leases.create_namespaced_lease("kube-system", {"metadata": {"name": "race"}, "spec": {"holderIdentity": "nobody"}})
+    outcomes = {}
+
+    def take(identity):
+        body = {"metadata": {"name": "race", "resourceVersion": current.metadata.resource_version}, "spec": {"holderIdentity": identity}}
+        try:
+            leases.replace_namespaced_lease("race", "kube-system", body)
+            outcomes[identity] = "won"
+        except ApiException as exc:
+            outcomes[identity] = exc.status
+
+    threads = [threading.Thread(target=take, args=("c%d" % index,)) for index in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    winners = [identity for identity, outcome in outcomes.items() if outcome == "won"]
+    assert len(winners) == 1 and sorted(o for o in outcomes.values() if o != "won") == [409] * 5
+    assert leases.read_namespaced_lease("race", "kube-system").spec.holder_identity == winners[0]

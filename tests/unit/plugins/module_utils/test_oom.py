@@ -29,6 +29,13 @@ def victim_order(groups, adjustments, totalpages):
     return order
 
 
+def test_tiers_are_spread_over_the_whole_range():
+    groups = [group("batch", -100, 8), group("web", 50, 20, start_pid=5), group("system", 250, 60, start_pid=9)]
+    assert oom.compute_adjustments(groups, 1 << 20, negative_allowed=False)[0] == {"system": 0, "web": 500, "batch": 1000}
+    two = oom.compute_adjustments(groups[:2], 1 << 20, negative_allowed=True)[0]
+    assert two == {"web": -999, "batch": 1000}
+
+
 def test_big_high_priority_pod_survives_small_batch_pod():
     totalpages = 128 * MIB
     groups = [group("batch", -100, 8, start_pid=10), group("web", 50, 20, start_pid=20), group("system", 250, 60, start_pid=30)]
@@ -66,7 +73,7 @@ def test_impossible_order_is_reported_and_best_kept():
 
 
 def test_order_holds_detects_usage_shift():
-    totalpages = 1 << 20
+    totalpages = 1 << 16
     groups = [group("batch", -100, 8), group("web", 50, 20, start_pid=5)]
     _plan, adjustments = oom.plan_oom_score_adj(groups, totalpages, negative_allowed=False, margin_pages=0, margin_ratio=0)
     assert oom.order_holds(groups, adjustments, totalpages)

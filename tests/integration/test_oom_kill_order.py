@@ -1,0 +1,95 @@
+"""Real OOM kills follow OOM priority strictly when our plan is applied, and do not without it.
+
+Three "pods" (memory cgroups under one 128 MiB domain, a child of this test's own memory cgroup):
+batch (reclaimed, priority -100) holds 8 MiB, web (shared, 50) 16 MiB, and system (system_cores, 250)
+40 MiB and keeps growing, so memory runs out from inside the most important pod. The kubelet's
+formula (all three Burstable with small requests on a large node) kills the biggest first: system.
+With our oom_score_adj plan the kernel kills batch, then web, then system, every time. As in the
+agent, the plan is recomputed as processes come and go (here every 5 ms, from the same engine).
+"""
+
+import os
+import threading
+
+import pytest
+
+from ansible_collections.katalyst.colocation.plugins.module_utils import oom
+from tests.integration import oomlib
+
+pytestmark = pytest.mark.skipif(oomlib.usable() is not None, reason=str(oomlib.usable()))
+
+PODS = [("batch", -100, 8, 0), ("web", 50, 16, 0), ("system", 250, 40, 300)]
+LIMIT = 128 << 20
+
+
+def run_once(index, use_plan):
+    domain = oomlib.Domain("katalyst-oom-%d-%d" % (os.getpid(), index), LIMIT)
+    log = oomlib.KernelLog()
+    try:
+        started = {pod: domain.start(pod, size, grow) for pod, _priority, size, grow in PODS}
+        priorities = {pod: priority for pod, priority, _size, _grow in PODS}
+        stop = threading.Event()
+        replanner = None
+        if use_plan:
+            replan(started, priorities)
+            replanner = threading.Thread(target=keep_replanning, args=(started, priorities, stop), daemon=True)
+            replanner.start()
+        else:
+            node_capacity = 64 << 30
+            for pod, process in started.items():
+                request = dict((p, s) for p, _pr, s, _g in PODS)[pod] << 20
+                with open("/proc/%d/oom_score_adj" % process.pid, "w") as handle:
+                    handle.write(str(oom.kubelet_oom_score_adj("Burstable", request, node_capacity)))
+        started["system"].stdin.write("grow\n")
+        started["system"].stdin.flush()
+        started["system"].wait(60)            # the grower is the last one standing (or the first to go)
+        for process in started.values():
+            try:
+                process.wait(2)
+            except Exception:  # pylint: disable=broad-except
+                process.kill()                   # not OOM-killed: it outlived the memory pressure
+        stop.set()
+        if replanner:
+            replanner.join(5)
+        by_pid = {p.pid: pod for pod, p in started.items()}
+        order = [by_pid[pid] for pid in log.killed_pids() if pid in by_pid]
+        return order
+    finally:
+        log.close()
+        domain.close()
+
+
+def replan(started, priorities):
+    """One agent-style reconcile: current usage of the live processes in, oom_score_adj writes out."""
+    groups = []
+    for pod, process in started.items():
+        try:
+            with open("/proc/%d/oom_score_adj" % process.pid) as handle:
+                current = int(handle.read())
+            pages = oomlib.Domain.rss_pages(process.pid)
+        except (OSError, ValueError):
+            continue   # already gone
+        groups.append(oom.Group(pod, priorities[pod], {process.pid: {"pages": pages, "oom_score_adj": current}}))
+    plan, _adjustments = oom.plan_oom_score_adj(groups, LIMIT // 4096, negative_allowed=False)
+    for change in plan:
+        try:
+            with open(change.target, "w") as handle:
+                handle.write(str(change.after))
+        except OSError:
+            pass
+    return plan
+
+
+def keep_replanning(started, priorities, stop):
+    while not stop.wait(0.005):
+        replan(started, priorities)
+
+
+def test_kill_order_follows_priority_10_of_10():
+    orders = [run_once(i, use_plan=True) for i in range(10)]
+    assert orders == [["batch", "web", "system"]] * 10
+
+
+def test_without_the_plan_the_kubelet_formula_kills_the_wrong_pod_first():
+    order = run_once(99, use_plan=False)
+    assert order and order[0] == "system"
