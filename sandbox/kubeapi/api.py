@@ -23,6 +23,7 @@ from sandbox.kubeapi.store import Store
 
 CRD_KEY = "apiextensions.k8s.io/customresourcedefinitions"
 MUTATING_KEY = "admissionregistration.k8s.io/mutatingwebhookconfigurations"
+VALIDATING_KEY = "admissionregistration.k8s.io/validatingwebhookconfigurations"
 NAMESPACE_KEY = "/namespaces"
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
@@ -254,25 +255,28 @@ class KubeAPI:
         return stored
 
     def _admit_and_validate(self, rtype, obj, old, operation, subresource, dry_run):
-        if rtype.crd:
-            crd = self.store.get(CRD_KEY, "", rtype.crd)
-            obj, errors = schema.validate_and_default(crd, rtype.version, obj)
-            if errors:
-                raise invalid(rtype, obj["metadata"].get("name", ""), errors)
-        if rtype.group != "admissionregistration.k8s.io":
-            configs = self.store.list(MUTATING_KEY)[0]
-            if configs:
-                request = {"operation": operation, "subResource": subresource, "dryRun": bool(dry_run),
-                           "resource": {"group": rtype.group, "version": rtype.version, "resource": rtype.plural},
-                           "kind": {"group": rtype.group, "version": rtype.version, "kind": rtype.kind},
-                           "name": obj["metadata"].get("name"), "namespace": obj["metadata"].get("namespace", ""),
-                           "object": self._present(rtype, copy.deepcopy(obj)),
-                           "oldObject": self._present(rtype, copy.deepcopy(old)) if old else None,
-                           "userInfo": {"username": "system:admin", "groups": ["system:masters"]}}
-                try:
-                    obj = admission.run_mutating_webhooks(configs, request)
-                except admission.AdmissionDenied as exc:
-                    raise APIError(exc.code, "Forbidden" if exc.code < 500 else "InternalError", exc.message)
+        """Mutating webhooks, then the CRD schema, then validating webhooks: the real server's order."""
+        hooks = rtype.group != "admissionregistration.k8s.io"
+        mutating = self.store.list(MUTATING_KEY)[0] if hooks else []
+        validate = getattr(admission, "run_validating_webhooks", None)   # offered by newer admission modules
+        validating = self.store.list(VALIDATING_KEY)[0] if hooks and validate else []
+        request = {"operation": operation, "subResource": subresource, "dryRun": bool(dry_run),
+                   "resource": {"group": rtype.group, "version": rtype.version, "resource": rtype.plural},
+                   "kind": {"group": rtype.group, "version": rtype.version, "kind": rtype.kind},
+                   "name": obj["metadata"].get("name"), "namespace": obj["metadata"].get("namespace", ""),
+                   "oldObject": self._present(rtype, copy.deepcopy(old)) if old else None,
+                   "userInfo": {"username": "system:admin", "groups": ["system:masters"]}}
+        try:
+            if mutating:
+                obj = admission.run_mutating_webhooks(mutating, dict(request, object=self._present(rtype, copy.deepcopy(obj))))
+            if rtype.crd:
+                obj, errors = schema.validate_and_default(self.store.get(CRD_KEY, "", rtype.crd), rtype.version, obj)
+                if errors:
+                    raise invalid(rtype, obj["metadata"].get("name", ""), errors)
+            if validating:
+                validate(validating, dict(request, object=self._present(rtype, copy.deepcopy(obj))))
+        except admission.AdmissionDenied as exc:
+            raise APIError(exc.code, "Forbidden" if exc.code < 500 else "InternalError", exc.message)
         return obj
 
     def _establish_crd(self, crd):

@@ -99,7 +99,14 @@ class Store:
         with self.lock:
             if rv < self.compacted_rv:
                 return None
-            return [event for event in self.history if event.rv > rv]
+            # walk back from the newest event only as far as needed: watchers are usually up to date
+            newer = []
+            for event in reversed(self.history):
+                if event.rv <= rv:
+                    break
+                newer.append(event)
+            newer.reverse()
+            return newer
 
     def wait_for_change(self, rv, timeout):
         with self.lock:

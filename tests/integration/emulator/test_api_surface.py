@@ -238,3 +238,40 @@ def test_state_is_saved_while_running(tmp_path):
             pytest.fail("the state file never showed the new node")
     finally:
         server.stop()
+
+
+def test_admission_order_mutate_then_schema_then_validate(kube_client, monkeypatch):
+    """Webhook output is checked against the CRD schema, and validating webhooks see the final object."""
+    from sandbox.kubeapi import admission   # pylint: disable=import-outside-toplevel
+    seen = []
+
+    def mutate(_configs, request):
+        obj = request["object"]
+        if request["kind"]["kind"] != "CustomNodeConfig":
+            return obj
+        return dict(obj, spec=dict(obj["spec"], ratio=obj["spec"]["ratio"] - 1))
+
+    def validate(_configs, request):
+        if request["kind"]["kind"] != "CustomNodeConfig":
+            return
+        seen.append(request["object"]["spec"]["ratio"])
+        if request["object"]["metadata"]["name"] == "deny":
+            raise admission.AdmissionDenied('admission webhook "v.test.io" denied the request: no', 403)
+
+    monkeypatch.setattr(admission, "run_mutating_webhooks", mutate)
+    monkeypatch.setattr(admission, "run_validating_webhooks", validate, raising=False)
+    hooks = client.AdmissionregistrationV1Api(kube_client)
+    webhook = {"name": "x.test.io", "admissionReviewVersions": ["v1"], "sideEffects": "None", "clientConfig": {"url": "https://127.0.0.1:9/"}}
+    hooks.create_mutating_webhook_configuration({"metadata": {"name": "m"}, "webhooks": [webhook]})
+    hooks.create_validating_webhook_configuration({"metadata": {"name": "v"}, "webhooks": [webhook]})
+    client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(CNC_CRD)
+    custom = client.CustomObjectsApi(kube_client)
+    created = custom.create_namespaced_custom_object(GROUP, "v1alpha1", "default", "customnodeconfigs", cnc("ok", 2.5))
+    assert created["spec"]["ratio"] == 1.5 and seen == [1.5]
+    with pytest.raises(ApiException) as error:        # mutated to 0.5, below the schema's minimum
+        custom.create_namespaced_custom_object(GROUP, "v1alpha1", "default", "customnodeconfigs", cnc("low", 1.5))
+    assert error.value.status == 422 and seen == [1.5]
+    with pytest.raises(ApiException) as error:
+        custom.create_namespaced_custom_object(GROUP, "v1alpha1", "default", "customnodeconfigs", cnc("deny", 3))
+    assert error.value.status == 403 and status_of(error.value)["reason"] == "Forbidden"
+    assert [o["metadata"]["name"] for o in custom.list_cluster_custom_object(GROUP, "v1alpha1", "customnodeconfigs")["items"]] == ["ok"]
