@@ -119,13 +119,11 @@ class Domain:
             if process.poll() is None:
                 process.kill()
             process.wait(10)
-        for pod in os.listdir(self.path):
-            child = os.path.join(self.path, pod)
-            if os.path.isdir(child):
-                for _ in range(50):
-                    try:
-                        os.rmdir(child)
-                        break
-                    except OSError:
-                        time.sleep(0.1)
-        os.rmdir(self.path)
+        nested = [os.path.join(top, d) for top, dirs, _files in os.walk(self.path) for d in dirs]
+        for child in sorted(nested, key=len, reverse=True) + [self.path]:
+            for _ in range(50):
+                try:
+                    os.rmdir(child)
+                    break
+                except OSError:
+                    time.sleep(0.1)

@@ -20,7 +20,8 @@ import threading
 
 from . import service
 from .informer import Informer
-from .. import cgroups, nodeinfo, podcgroups, tcpmem
+from .. import cgroups, nodeinfo, oom, oomgather, podcgroups, qos, tcpmem
+from ..kube import KubeClient
 from ..quantity import parse_quantity
 from ..reconcile import PlanError
 from ..sysfs import SysFS
@@ -45,8 +46,11 @@ DEFAULTS = {
     "qos_cgroups_enabled": True,
     "qos_cgroups_period_seconds": 30,
     "cgroup_driver": "cgroupfs",
+    "cgroup_root": "/",
     "reclaim_root": "/kubepods/besteffort",
     "reclaimed_cpu_shares": 2,
+    "oom_priority_enabled": True,
+    "oom_priority_period_seconds": 1,
     "tcp_memory_enabled": False,
     "tcp_memory_period_seconds": 240,
     "tcp_memory_cgroup_ratio": 100,
@@ -64,12 +68,17 @@ class Agent:
         self.lock = threading.Lock()
         self.api_client = kube_api_client
         self.pods = None
+        self.kube = None
+        self.reported_problems = {}
         self.metrics = {}
         if prometheus_client is not None:
             self.metrics["writes"] = prometheus_client.Counter(
                 "katalyst_agent_writes_total", "Kernel or API writes by loop", ["loop"], registry=self.daemon.registry)
             self.metrics["plan_errors"] = prometheus_client.Counter(
                 "katalyst_agent_plan_errors_total", "Plans that failed and were rolled back", ["loop"], registry=self.daemon.registry)
+            self.metrics["oom_unordered"] = prometheus_client.Gauge(
+                "katalyst_oom_priority_unenforceable", "1 when strict OOM priority order is impossible in the allowed "
+                "oom_score_adj range (see the log)", registry=self.daemon.registry)
 
     # -- configuration ------------------------------------------------------------------------
     def reload(self):
@@ -109,6 +118,10 @@ class Agent:
             raise
         self.record("qos_cgroups", applied)
 
+    def cgroup_prefix(self):
+        """The kubelet's --cgroup-root: kubepods lives below it."""
+        return self.config["cgroup_root"].rstrip("/")
+
     def active_pods(self):
         return [p for p in (self.pods.items() if self.pods else []) if (p.get("status") or {}).get("phase") == "Running"]
 
@@ -122,7 +135,7 @@ class Agent:
         for pod in self.active_pods():
             limits = {c["name"]: ((c.get("resources") or {}).get("limits") or {}).get("memory") for c in pod["spec"].get("containers", [])}
             for name, relative in podcgroups.container_cgroup_paths(pod, self.config["cgroup_driver"]).items():
-                path = "/sys/fs/cgroup/memory" + relative
+                path = "/sys/fs/cgroup/memory" + self.cgroup_prefix() + relative
                 if not limits.get(name) or not fs.isdir(path):
                     continue
                 current = fs.read_text(path + "/memory.kmem.tcp.limit_in_bytes", default="")
@@ -134,11 +147,44 @@ class Agent:
             return
         self.record("tcp_memory", plan.apply(cgroups.applier(fs)))
 
+    def report_problem(self, pod, problem):
+        """A bad annotation becomes a Warning Event on the pod (once per pod and message)."""
+        key = pod["metadata"].get("uid") or pod["metadata"]["name"]
+        if self.reported_problems.get(key) == problem:
+            return
+        self.reported_problems[key] = problem
+        LOG.warning("pod %s/%s: %s", pod["metadata"].get("namespace"), pod["metadata"]["name"], problem, extra={"loop": "oom_priority"})
+        if self.kube is not None:
+            self.kube.emit_event(dict(pod, apiVersion="v1", kind="Pod"), "InvalidOOMPriority", problem, "Warning", "katalyst-agent")
+
+    def converge_oom_priority(self):
+        """oom_score_adj of every pod process so the kernel kills strictly by OOM priority."""
+        if not self.config["oom_priority_enabled"]:
+            return
+        fs = self.sysfs
+        facts = nodeinfo.gather(fs)
+        memory_root = "/sys/fs/cgroup" if facts["cgroup"]["mode"] == "v2" else "/sys/fs/cgroup/memory"
+        groups = []
+        for pod in self.active_pods():
+            priority, problem = qos.pod_oom_priority(pod["metadata"].get("annotations") or {})
+            if problem:
+                self.report_problem(pod, problem)
+            name = "%s/%s" % (pod["metadata"].get("namespace"), pod["metadata"]["name"])
+            cgroup_dir = memory_root + self.cgroup_prefix() + podcgroups.pod_cgroup_path(pod, self.config["cgroup_driver"])
+            groups.append(oomgather.read_group(fs, name, priority, [cgroup_dir] if fs.isdir(cgroup_dir) else []))
+        plan, _adjustments = oom.plan_oom_score_adj(groups, oomgather.node_totalpages(fs), facts["negative_oom_score_adj"])
+        if self.metrics:
+            self.metrics["oom_unordered"].set(1 if plan.warnings else 0)
+        for warning in plan.warnings:
+            LOG.warning(warning, extra={"loop": "oom_priority"})
+        self.record("oom_priority", plan.apply(oomgather.applier(fs)))
+
     # -- wiring -------------------------------------------------------------------------------
     def build(self):
         cfg = self.config
         self.daemon.add_loop(service.Loop("qos_cgroups", cfg["qos_cgroups_period_seconds"], self.converge_qos_cgroups))
         self.daemon.add_loop(service.Loop("tcp_memory", cfg["tcp_memory_period_seconds"], self.converge_tcp_memory))
+        self.daemon.add_loop(service.Loop("oom_priority", cfg["oom_priority_period_seconds"], self.converge_oom_priority))
         if self.api_client is None and cfg["kubeconfig"] and not os.path.exists(cfg["kubeconfig"]):
             LOG.warning("kubeconfig %s does not exist: running the node-local loops only", cfg["kubeconfig"])
         elif self.api_client is None and cfg["kubeconfig"]:
@@ -147,6 +193,7 @@ class Agent:
         if self.api_client is not None:
             from kubernetes import client  # pylint: disable=import-outside-toplevel
             core = client.CoreV1Api(self.api_client)
+            self.kube = KubeClient(api_client=self.api_client)
             self.pods = Informer(core.list_pod_for_all_namespaces, handler=self.on_pod_event,
                                  list_kwargs={"field_selector": "spec.nodeName=%s" % cfg["node_name"]},
                                  resync_seconds=cfg["resync_seconds"], name="agent-pods")

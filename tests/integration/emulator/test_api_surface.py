@@ -275,3 +275,45 @@ def test_admission_order_mutate_then_schema_then_validate(kube_client, monkeypat
         custom.create_namespaced_custom_object(GROUP, "v1alpha1", "default", "customnodeconfigs", cnc("deny", 3))
     assert error.value.status == 403 and status_of(error.value)["reason"] == "Forbidden"
     assert [o["metadata"]["name"] for o in custom.list_cluster_custom_object(GROUP, "v1alpha1", "customnodeconfigs")["items"]] == ["ok"]
+
+
+@pytest.mark.parametrize("containers, qos, first_requests", [
+    ([{}], "BestEffort", None),
+    ([{"limits": {"cpu": "1", "memory": "1Gi"}}], "Guaranteed", {"cpu": "1", "memory": "1Gi"}),
+    ([{"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "1000m", "memory": "1024Mi"}}], "Guaranteed",
+     {"cpu": "1000m", "memory": "1024Mi"}),
+    ([{"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}}], "Burstable", {"cpu": "500m", "memory": "1Gi"}),
+    ([{"limits": {"cpu": "1"}}], "Burstable", {"cpu": "1"}),
+    ([{"requests": {"memory": "1Gi"}}], "Burstable", {"memory": "1Gi"}),
+    ([{"limits": {"cpu": "1", "memory": "1Gi"}}, {}], "Burstable", {"cpu": "1", "memory": "1Gi"}),
+    ([{"requests": {"ephemeral-storage": "1Gi"}}], "BestEffort", {"ephemeral-storage": "1Gi"}),
+])
+def test_new_pods_get_requests_from_limits_and_a_qos_class(core, containers, qos, first_requests):
+    """pkg/apis/core/v1 defaulting and helper/qos: what a real API server sets on create."""
+    spec = {"containers": [{"name": "c%d" % index, "image": "i", "resources": resources} for index, resources in enumerate(containers)]}
+    created = core.create_namespaced_pod("default", {"metadata": {"name": "p"}, "spec": spec})
+    assert created.status.qos_class == qos and created.status.phase == "Pending"
+    assert created.spec.containers[0].resources.requests == first_requests
+
+
+@pytest.mark.parametrize("group_api, resources_api, group, expected", [
+    (None, client.CoreV1Api, "", {"nodes": (False, ["no"]), "nodes/status": (False, []), "pods/binding": (True, []),
+                                  "pods/status": (True, []), "events": (True, ["ev"]), "namespaces": (False, ["ns"])}),
+    (client.CoordinationApi, client.CoordinationV1Api, "coordination.k8s.io", {"leases": (True, [])}),
+    (client.EventsApi, client.EventsV1Api, "events.k8s.io", {"events": (True, ["ev"])}),
+    (client.ApiextensionsApi, client.ApiextensionsV1Api, "apiextensions.k8s.io", {"customresourcedefinitions": (False, ["crd", "crds"])}),
+    (client.AdmissionregistrationApi, client.AdmissionregistrationV1Api, "admissionregistration.k8s.io",
+     {"mutatingwebhookconfigurations": (False, []), "validatingwebhookconfigurations": (False, [])}),
+])
+def test_discovery_of_builtin_groups(kube_client, group_api, resources_api, group, expected):
+    if group_api is None:
+        assert client.CoreApi(kube_client).get_api_versions().versions == ["v1"]
+    else:
+        doc = group_api(kube_client).get_api_group()
+        assert doc.name == group and doc.preferred_version.group_version == group + "/v1"
+    listed = {r.name: r for r in resources_api(kube_client).get_api_resources().resources}
+    for name, (namespaced, short_names) in expected.items():
+        assert listed[name].namespaced is namespaced and (listed[name].short_names or []) == short_names
+    assert listed[next(iter(expected))].verbs == ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+    if "pods/binding" in expected:
+        assert listed["pods/binding"].verbs == ["create"] and listed["nodes/status"].verbs == ["get", "patch", "update"]
