@@ -134,4 +134,3 @@ class SandboxKubelet:
         thread = threading.Thread(target=self.run, args=(stop,), name="kubelet-%s" % self.node_name, daemon=True)
         thread.start()
         return thread
-

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 
+from ansible_collections.katalyst.colocation.plugins.module_utils.quantity import parse_quantity
 from ansible_collections.katalyst.colocation.plugins.module_utils.selectors import parse_field_selector, parse_label_selector
 from sandbox.kubeapi import admission, patching, schema
 from sandbox.kubeapi.resources import Registry
@@ -62,6 +63,35 @@ def invalid(rtype, name, causes):
     message = '%s "%s" is invalid: %s' % (rtype.kind, name, "; ".join(causes))
     causes = [{"reason": "FieldValueInvalid", "message": c, "field": c.split(":")[0]} for c in causes]
     return APIError(422, "Invalid", message, {"name": name, "group": rtype.group, "kind": rtype.kind, "causes": causes})
+
+
+def default_pod(pod):
+    """What the API server does to a new pod: requests default to limits, status Pending with its QoS class."""
+    requests, limits, guaranteed = {}, {}, True
+    spec = pod.setdefault("spec", {})
+    for container in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        resources = container.setdefault("resources", {})
+        for name, value in (resources.get("limits") or {}).items():
+            resources.setdefault("requests", {}).setdefault(name, value)
+        try:
+            wanted = {k: parse_quantity(str(v)) for k, v in (resources.get("requests") or {}).items() if k in ("cpu", "memory")}
+            capped = {k: parse_quantity(str(v)) for k, v in (resources.get("limits") or {}).items() if k in ("cpu", "memory")}
+        except ValueError as exc:
+            raise APIError(422, "Invalid", "Pod \"%s\" is invalid: %s" % (pod["metadata"].get("name"), exc))
+        for total, found in ((requests, wanted), (limits, capped)):
+            for name, quantity in found.items():
+                if not quantity.is_zero():
+                    total[name] = total[name] + quantity if name in total else quantity
+        if set(k for k, q in capped.items() if not q.is_zero()) != {"cpu", "memory"}:
+            guaranteed = False
+    if not requests and not limits:
+        qos = "BestEffort"
+    elif guaranteed and requests == limits:
+        qos = "Guaranteed"
+    else:
+        qos = "Burstable"
+    pod["status"] = {"phase": "Pending", "qosClass": qos}
+    return pod
 
 
 def _spec_part(obj):
@@ -170,7 +200,7 @@ class KubeAPI:
             if rtype.crd and rtype.status:
                 obj.pop("status", None)
             if rtype.kind == "Pod":
-                obj["status"] = {"phase": "Pending"}
+                default_pod(obj)
             obj = self._admit_and_validate(rtype, obj, None, "CREATE", "", dry_run)
             if rtype.kind == "CustomResourceDefinition":
                 obj = self._establish_crd(obj)

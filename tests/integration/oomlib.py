@@ -121,7 +121,7 @@ class Domain:
             process.wait(10)
         nested = [os.path.join(top, d) for top, dirs, _files in os.walk(self.path) for d in dirs]
         for child in sorted(nested, key=len, reverse=True) + [self.path]:
-            for _ in range(50):
+            for _attempt in range(50):
                 try:
                     os.rmdir(child)
                     break

@@ -14,7 +14,6 @@ import time
 import pytest
 from kubernetes import client
 
-from sandbox.sysroot import build_sysroot  # noqa: F401  (sysroot unused: this test runs on the real kernel)
 from tests.integration import oomlib
 from tests.integration.ansible_runner import REPO
 

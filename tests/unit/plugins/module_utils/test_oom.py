@@ -1,4 +1,3 @@
-import pytest
 from hypothesis import given, settings, strategies as st
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import oom
