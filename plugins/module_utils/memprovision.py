@@ -48,7 +48,7 @@ def canonical_memory_provision(containers, pods, all_numas, numa_sockets, numa_m
     """
     all_numas = sorted(int(n) for n in all_numas)
     avail, reclaimed = get_available_numas_and_reclaimed(containers, pods, all_numas, numa_sockets, enable_reclaim,
-                                                          disable_reclaim_share_pools)
+                                                         disable_reclaim_share_pools)
     count = len(avail)
     if count == 0:
         return {numa: 0 for numa in all_numas}
