@@ -1,0 +1,374 @@
+# Copyright: katalyst.colocation contributors
+# Apache License 2.0 (see LICENSE)
+"""katalyst-scheduler-extender: a kube-scheduler HTTP extender.
+
+    python -m katalyst_colocation.daemons.extender --config /etc/katalyst/scheduler-extender.yaml
+
+kube-scheduler POSTs ``ExtenderArgs`` (the pod plus full nodes, or node names when the extender is
+``nodeCacheCapable``) to ``<urlPrefix>/<filterVerb>`` and ``<urlPrefix>/<prioritizeVerb>``; the answer
+is an ``ExtenderFilterResult`` or a ``HostPriorityList``. The decisions are plugins, run in order:
+each has ``filter(pod, nodes, cache)`` -> ``{node name: (code, reason)}`` and optionally
+``prioritize(pod, nodes, cache)`` -> ``{node name: score}``; today ``NodeOvercommitment`` (cluster
+spec 2.7), NUMA placement can be added as another plugin. Pods, nodes and CNRs come from informers.
+``/healthz`` and ``/metrics`` are served on the same port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import ssl
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from . import service
+from .informer import Informer, object_key
+from .. import overcommit
+
+try:
+    import prometheus_client
+except ImportError:  # pragma: no cover
+    prometheus_client = None
+
+LOG = logging.getLogger("katalyst.extender")
+
+CNR_GROUP, CNR_VERSION, CNR_PLURAL = "node.katalyst.kubewharf.io", "v1alpha1", "customnoderesources"
+
+DEFAULTS = {
+    "kubeconfig": "",
+    "listen_address": "0.0.0.0",
+    "port": 8889,
+    "tls_cert_file": "",
+    "tls_key_file": "",
+    "log_level": "info",
+    "json_logs": True,
+    "resync_seconds": 300,
+    "plugins": ["NodeOvercommitment"],
+    # what a plugin's Error status does: "error" fails the whole request as kube-scheduler does for an
+    # Error from a filter plugin; "fail_node" only marks that node as failed
+    "error_policy": "error",
+}
+
+
+# -- a small JSON-over-HTTP(S) server with /healthz and /metrics (also used by the webhook) ----------
+class JSONServer:
+    """POST routes answering JSON, GET /healthz and /metrics of a service.Daemon, optional TLS, keep-alive."""
+
+    def __init__(self, daemon, routes, address, port, ssl_context=None):
+        self.daemon = daemon
+        self.routes = dict(routes)     # last path segment -> handler(body dict) -> (http code, JSON-able)
+        self.address = address
+        self.port = port
+        self.ssl_context = ssl_context
+        self.http = None
+        self.metrics = {}
+        if prometheus_client is not None and daemon.registry is not None:
+            self.metrics["requests"] = prometheus_client.Counter(
+                "katalyst_http_requests_total", "HTTP requests by path and status code", ["daemon", "path", "code"],
+                registry=daemon.registry)
+            self.metrics["seconds"] = prometheus_client.Histogram(
+                "katalyst_http_request_duration_seconds", "Time to answer one request", ["daemon", "path"], registry=daemon.registry,
+                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1))
+
+    def _observe(self, path, code, seconds):
+        if self.metrics:
+            self.metrics["requests"].labels(self.daemon.name, path, str(code)).inc()
+            self.metrics["seconds"].labels(self.daemon.name, path).observe(seconds)
+
+    def _handler_class(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):  # noqa: N802 (http.server naming)
+                path = self.path.split("?", 1)[0]
+                if path == "/healthz":
+                    ok, loops = server.daemon.health()
+                    self._send(200 if ok else 503, "application/json", json.dumps({"ok": ok, "loops": loops}).encode())
+                elif path == "/metrics" and prometheus_client is not None:
+                    self._send(200, prometheus_client.CONTENT_TYPE_LATEST, prometheus_client.generate_latest(server.daemon.registry))
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def do_POST(self):  # noqa: N802
+                started = time.monotonic()
+                path = self.path.split("?", 1)[0]
+                verb = path.rstrip("/").rsplit("/", 1)[-1]
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                handler = server.routes.get(verb)
+                if handler is None:
+                    code, payload = 404, {"error": "unknown path %s" % path}
+                else:
+                    try:
+                        body = json.loads(raw or b"{}")
+                        if not isinstance(body, dict):
+                            raise ValueError("expected a JSON object")
+                    except ValueError as exc:
+                        code, payload = 400, {"error": "invalid JSON body: %s" % exc}
+                    else:
+                        try:
+                            code, payload = handler(body)
+                        except Exception as exc:  # pylint: disable=broad-except
+                            LOG.exception("%s %s failed", server.daemon.name, path)
+                            code, payload = 500, {"error": str(exc)}
+                self._send(code, "application/json", json.dumps(payload, separators=(",", ":")).encode())
+                server._observe(verb if handler else "unknown", code, time.monotonic() - started)
+
+            def _send(self, code, content_type, body):
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # requests are counted in /metrics instead
+                pass
+
+        return Handler
+
+    def start(self):
+        self.http = ThreadingHTTPServer((self.address, int(self.port)), self._handler_class())
+        self.http.daemon_threads = True
+        if self.ssl_context is not None:
+            self.http.socket = self.ssl_context.wrap_socket(self.http.socket, server_side=True)
+        threading.Thread(target=self.http.serve_forever, name="%s-http" % self.daemon.name, daemon=True).start()
+        self.port = self.http.server_address[1]
+        return self.port
+
+    def stop(self):
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+
+
+def server_ssl_context(cert_file, key_file):
+    """TLS for a server; re-read on SIGHUP by building a new context (certificates rotate)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+# -- the cluster view ----------------------------------------------------------------------------------
+class ClusterCache:
+    """Nodes, CNRs and pods by node, kept by informers (or fed directly in tests)."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.nodes = {}
+        self.cnrs = {}
+        self.pods = {}           # key -> pod
+        self.pods_by_node = {}   # node name -> {key: pod}
+        self.informers = []
+
+    def on_node(self, event_type, node):
+        with self.lock:
+            if event_type == "DELETED":
+                self.nodes.pop(node["metadata"]["name"], None)
+            else:
+                self.nodes[node["metadata"]["name"]] = node
+
+    def on_cnr(self, event_type, cnr):
+        with self.lock:
+            if event_type == "DELETED":
+                self.cnrs.pop(cnr["metadata"]["name"], None)
+            else:
+                self.cnrs[cnr["metadata"]["name"]] = cnr
+
+    def on_pod(self, event_type, pod):
+        key = object_key(pod)
+        with self.lock:
+            old = self.pods.pop(key, None)
+            if old is not None:
+                self.pods_by_node.get((old.get("spec") or {}).get("nodeName"), {}).pop(key, None)
+            if event_type == "DELETED":
+                return
+            self.pods[key] = pod
+            node_name = (pod.get("spec") or {}).get("nodeName")
+            if node_name:
+                self.pods_by_node.setdefault(node_name, {})[key] = pod
+
+    def node(self, name):
+        with self.lock:
+            return self.nodes.get(name)
+
+    def cnr(self, name):
+        with self.lock:
+            return self.cnrs.get(name)
+
+    def pods_on(self, name):
+        with self.lock:
+            return list((self.pods_by_node.get(name) or {}).values())
+
+    def start(self, api_client, stop, resync_seconds=300):
+        from kubernetes import client  # pylint: disable=import-outside-toplevel
+        core = client.CoreV1Api(api_client)
+        custom = client.CustomObjectsApi(api_client)
+        cnr_list = functools.partial(custom.list_cluster_custom_object, CNR_GROUP, CNR_VERSION, CNR_PLURAL)
+        self.informers = [Informer(core.list_node, self.on_node, resync_seconds=resync_seconds, name="extender-nodes"),
+                          Informer(core.list_pod_for_all_namespaces, self.on_pod, resync_seconds=resync_seconds, name="extender-pods"),
+                          Informer(cnr_list, self.on_cnr, resync_seconds=resync_seconds, name="extender-cnrs")]
+        for informer in self.informers:
+            informer.start(stop)
+        return self.informers
+
+    def synced(self, timeout=None):
+        return all(informer.synced.wait(timeout) for informer in self.informers)
+
+
+# -- plugins ---------------------------------------------------------------------------------------------
+class NodeOvercommitmentPlugin:
+    """katalyst's NodeOvercommitment filter: protects cpuset-bound pods on static-CPU-manager nodes."""
+
+    name = "NodeOvercommitment"
+
+    def filter(self, pod, nodes, cache):
+        pod_state = overcommit.pod_filter_state(pod)
+        verdicts = {}
+        for node in nodes:
+            name = node["metadata"]["name"]
+            node_state = overcommit.node_filter_state(cache.cnr(name), cache.pods_on(name))
+            verdicts[name] = overcommit.filter_node_overcommitment(pod_state, node, node_state)
+        return verdicts
+
+
+PLUGINS = {NodeOvercommitmentPlugin.name: NodeOvercommitmentPlugin}
+
+
+class SchedulerExtender:
+    """The filter/prioritize verbs over a list of plugins."""
+
+    def __init__(self, cache, plugins, error_policy="error", metrics=None):
+        self.cache = cache
+        self.plugins = list(plugins)
+        self.error_policy = error_policy
+        self.metrics = metrics or {}
+
+    def _nodes(self, args):
+        """(node objects, names that were asked for but are unknown, names-only request?)"""
+        if args.get("nodenames") is not None and not (args.get("nodes") or {}).get("items"):
+            nodes, unknown = [], []
+            for name in args.get("nodenames") or []:
+                node = self.cache.node(name)
+                if node is None:
+                    unknown.append(name)
+                else:
+                    nodes.append(node)
+            return nodes, unknown, True
+        return list((args.get("nodes") or {}).get("items") or []), [], False
+
+    def filter(self, args):
+        pod = args.get("pod") or {}
+        nodes, unknown, by_name = self._nodes(args)
+        failed = {name: "node not found in the extender's cache" for name in unknown}
+        for plugin in self.plugins:
+            if not nodes:
+                break
+            verdicts = plugin.filter(pod, nodes, self.cache)
+            passing = []
+            for node in nodes:
+                name = node["metadata"]["name"]
+                code, reason = verdicts.get(name, (overcommit.SUCCESS, ""))
+                if self.metrics:
+                    self.metrics["verdicts"].labels(plugin.name, code).inc()
+                if code == overcommit.SUCCESS:
+                    passing.append(node)
+                elif code == overcommit.ERROR and self.error_policy == "error":
+                    return {"nodes": None, "nodenames": None, "failedNodes": {}, "failedAndUnresolvableNodes": {},
+                            "error": "%s: %s" % (plugin.name, reason)}
+                else:
+                    failed[name] = reason
+            nodes = passing
+        result = {"failedNodes": failed, "failedAndUnresolvableNodes": {}, "error": ""}
+        if by_name:
+            result.update(nodes=None, nodenames=[n["metadata"]["name"] for n in nodes])
+        else:
+            result.update(nodes={"items": nodes}, nodenames=None)
+        return result
+
+    def prioritize(self, args):
+        pod = args.get("pod") or {}
+        nodes, _unknown, _by_name = self._nodes(args)
+        scores = {node["metadata"]["name"]: 0 for node in nodes}
+        for plugin in self.plugins:
+            if hasattr(plugin, "prioritize"):
+                for name, score in plugin.prioritize(pod, nodes, self.cache).items():
+                    if name in scores:
+                        scores[name] += int(score)
+        return [{"host": name, "score": score} for name, score in scores.items()]
+
+
+class ExtenderDaemon:
+    def __init__(self, config, api_client=None, cache=None):
+        self.config = dict(DEFAULTS, **(config or {}))
+        unknown = sorted(set(self.config) - set(DEFAULTS))
+        if unknown:
+            raise ValueError("unknown setting(s): %s" % ", ".join(unknown))
+        if self.config["error_policy"] not in ("error", "fail_node"):
+            raise ValueError("error_policy must be error or fail_node")
+        missing = [name for name in self.config["plugins"] if name not in PLUGINS]
+        if missing:
+            raise ValueError("unknown plugin(s): %s (known: %s)" % (", ".join(missing), ", ".join(sorted(PLUGINS))))
+        self.daemon = service.Daemon("katalyst-scheduler-extender")
+        self.api_client = api_client
+        self.cache = cache or ClusterCache()
+        metrics = {}
+        if prometheus_client is not None:
+            metrics["verdicts"] = prometheus_client.Counter(
+                "katalyst_extender_filter_verdicts_total", "Per-node filter verdicts by plugin and code", ["plugin", "code"],
+                registry=self.daemon.registry)
+        self.extender = SchedulerExtender(self.cache, [PLUGINS[name]() for name in self.config["plugins"]],
+                                          self.config["error_policy"], metrics)
+        context = None
+        if self.config["tls_cert_file"]:
+            context = server_ssl_context(self.config["tls_cert_file"], self.config["tls_key_file"])
+        self.server = JSONServer(self.daemon, {"filter": lambda body: (200, self.extender.filter(body)),
+                                               "prioritize": lambda body: (200, self.extender.prioritize(body))},
+                                 self.config["listen_address"], self.config["port"], context)
+
+    def start(self, wait_synced=30.0):
+        """Start informers (when there is an API client) and the HTTP server; returns the port."""
+        if self.api_client is None and self.config["kubeconfig"]:
+            from kubernetes import config as kube_config  # pylint: disable=import-outside-toplevel
+            self.api_client = kube_config.new_client_from_config(config_file=self.config["kubeconfig"])
+        if self.api_client is not None:
+            self.cache.start(self.api_client, self.daemon.stop_event, self.config["resync_seconds"])
+            if wait_synced:
+                self.cache.synced(wait_synced)
+        port = self.server.start()
+        LOG.info("katalyst-scheduler-extender serving on %s:%d (plugins: %s)", self.config["listen_address"], port,
+                 ", ".join(self.config["plugins"]))
+        return port
+
+    def stop(self):
+        self.daemon.stop()
+        for informer in self.cache.informers:
+            informer.stop()
+        self.server.stop()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="katalyst-scheduler-extender")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    try:
+        extender = ExtenderDaemon(service.load_config(args.config, DEFAULTS))
+    except (OSError, ValueError) as exc:
+        sys.stderr.write("katalyst-scheduler-extender: %s\n" % exc)
+        return 2
+    service.setup_logging(extender.config["log_level"], extender.config["json_logs"])
+    extender.start()
+    extender.daemon.install_signal_handlers()
+    extender.daemon.run_forever()
+    extender.stop()
+    return service.exit_cleanly(0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
