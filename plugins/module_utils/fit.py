@@ -9,13 +9,17 @@ node affinity), NodeUnschedulable. Used by the tide planner and the sandbox sche
 
 from __future__ import annotations
 
+import functools
+
 from .quantity import parse_quantity
 from .selectors import node_selector_requirement
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
+@functools.lru_cache(maxsize=4096)
 def _amount(resource, text):
+    """cpu in millis, anything else in units (rounded up); cached: clusters repeat the same few strings."""
     quantity = parse_quantity(str(text))
     return quantity.milli_value() if resource == "cpu" else quantity.value()
 

@@ -466,6 +466,12 @@ def _flip_in_snapshot(snapshot, config, name, direction, now):
     return undo
 
 
+def _fits_empty(snapshot, pod, name):
+    """Cheap pre-check: would the pod's requests fit the node's allocatable with nothing on it?"""
+    allocatable = snapshot.allocatable[name]
+    return all(not amount or amount <= allocatable.get(resource, 0) for resource, amount in snapshot.requests(pod).items())
+
+
 def decide_flip(config, snapshot, pods, now=None):
     """§1.5: at most one flip. Returns ``(flip, note)``.
 
@@ -492,7 +498,7 @@ def decide_flip(config, snapshot, pods, now=None):
             if fits_somewhere[klass] or klass in hopeless:
                 continue
             for name in offline:
-                if name in cooling:
+                if name in cooling or not _fits_empty(snapshot, pod, name):
                     continue
                 undo = _flip_in_snapshot(snapshot, config, name, "online", now)
                 if snapshot.fits(pod, name)[0]:

@@ -1,6 +1,7 @@
 """Tide engine: reserve counts (§0.2, §1.4), classification and reserve assignment, the flip decision
 (§1.5), the exact labels and taints (§1.6), deletion (§1.8), and the Katalyst bugs we fix (§6)."""
 
+import copy
 import datetime
 import random
 
@@ -54,9 +55,9 @@ def online_pod(name, millicpu, memory, node_name=None, pending=None):
 
 
 def offline_pod(name, node_name, millicpu=100, memory=100):
+    requests = {"cpu": "%dm" % millicpu, "memory": str(memory)}
     return {"metadata": {"name": name, "namespace": "batch", "uid": name},
-            "spec": {"nodeName": node_name, "containers": [{"name": "c", "resources": {"requests": {"cpu": "%dm" % millicpu,
-                                                                                                  "memory": str(memory)}}}],
+            "spec": {"nodeName": node_name, "containers": [{"name": "c", "resources": {"requests": requests}}],
                      "tolerations": [dict(ON_TAINT, operator="Equal")]},
             "status": {"phase": "Running"}}
 
@@ -439,7 +440,6 @@ def test_plan_does_not_modify_its_inputs():
     p = pool(reserve={"online": 1, "offline": 0})
     nodes = [node("n1"), tide_node("n2", True), tide_node("n3", True)]
     pods = [online_pod("a", 100, 100, "n2")]
-    import copy
     frozen = copy.deepcopy((p, nodes, pods))
     tide.plan_tide_pool(p, nodes, pods, now=NOW)
     assert (p, nodes, pods) == frozen
