@@ -1,0 +1,147 @@
+# Copyright: katalyst.colocation contributors
+# Apache License 2.0 (see LICENSE)
+"""katalyst-webhook: the node mutating admission webhook of online overcommitment (cluster spec 2.5).
+
+    python -m katalyst_colocation.daemons.webhook --config /etc/katalyst/webhook.yaml
+
+HTTPS, AdmissionReview ``admission.k8s.io/v1`` and ``v1beta1`` on ``/node``: for ``UPDATE nodes/status``
+it records the kubelet-reported values in ``original_*`` annotations and amplifies cpu and memory
+allocatable/capacity (``overcommit.mutate_node``), answering a JSONPatch. An update that passes the
+stored amplified values through keeps the true originals (the stored object is the request's
+``oldObject``), so nothing is amplified twice. Stateless: run as many as you like behind one Service.
+It never denies: a node it cannot read is allowed unchanged (register it with ``failurePolicy: Ignore``).
+``/healthz`` and ``/metrics`` are served on the same port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import sys
+
+import jsonpatch
+
+from . import service
+from .extender import JSONServer, server_ssl_context
+from .. import overcommit
+
+try:
+    import prometheus_client
+except ImportError:  # pragma: no cover
+    prometheus_client = None
+
+LOG = logging.getLogger("katalyst.webhook")
+
+DEFAULTS = {
+    "listen_address": "0.0.0.0",
+    "port": 9443,
+    "tls_cert_file": "",
+    "tls_key_file": "",
+    "plain_http": False,          # only for tests and benchmarks: the API server calls webhooks over HTTPS
+    "log_level": "info",
+    "json_logs": True,
+}
+
+WEBHOOK_NAME = "node-mutation.katalyst.kubewharf.io"
+WEBHOOK_CONFIGURATION_NAME = "katalyst-node-mutating-webhook-configuration"
+
+
+def webhook_configuration(url, ca_bundle_pem, timeout_seconds=30):
+    """The MutatingWebhookConfiguration to register (katalyst's chart, with v1 and v1beta1 reviews)."""
+    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": WEBHOOK_CONFIGURATION_NAME},
+            "webhooks": [{"name": WEBHOOK_NAME, "admissionReviewVersions": ["v1", "v1beta1"],
+                          "clientConfig": {"url": url, "caBundle": base64.b64encode(ca_bundle_pem.encode()).decode()},
+                          "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["nodes/status"],
+                                     "scope": "*"}],
+                          "failurePolicy": "Ignore", "matchPolicy": "Equivalent", "sideEffects": "None",
+                          "timeoutSeconds": timeout_seconds, "reinvocationPolicy": "Never"}]}
+
+
+def review(admission_review, counter=None):
+    """The AdmissionReview answer to one AdmissionReview (same apiVersion, same uid)."""
+    api_version = admission_review.get("apiVersion") or "admission.k8s.io/v1"
+    request = admission_review.get("request") or {}
+    response = {"uid": request.get("uid", ""), "allowed": True}
+    outcome = "ignored"
+    resource = (request.get("resource") or {}).get("resource")
+    node = request.get("object")
+    if isinstance(node, dict) and resource in (None, "nodes") and (request.get("kind") or {}).get("kind", "Node") == "Node":
+        try:
+            mutated = overcommit.mutate_node(node, request.get("operation"), request.get("subResource") or "",
+                                             old_node=request.get("oldObject") or None)
+            operations = jsonpatch.make_patch(node, mutated).patch
+            outcome = "unchanged"
+            if operations:
+                response["patchType"] = "JSONPatch"
+                response["patch"] = base64.b64encode(json.dumps(operations, separators=(",", ":")).encode()).decode()
+                outcome = "mutated"
+        except (ValueError, TypeError, AttributeError) as exc:
+            outcome = "error"
+            LOG.warning("node %s left unchanged: %s", (node.get("metadata") or {}).get("name"), exc)
+            if api_version.endswith("/v1"):
+                response["warnings"] = ["katalyst-webhook left the node unchanged: %s" % exc]
+    if counter is not None:
+        counter.labels(outcome).inc()
+    return {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
+
+
+class WebhookDaemon:
+    def __init__(self, config):
+        self.config = dict(DEFAULTS, **(config or {}))
+        unknown = sorted(set(self.config) - set(DEFAULTS))
+        if unknown:
+            raise ValueError("unknown setting(s): %s" % ", ".join(unknown))
+        context = None
+        if self.config["tls_cert_file"] and self.config["tls_key_file"]:
+            context = server_ssl_context(self.config["tls_cert_file"], self.config["tls_key_file"])
+        elif not self.config["plain_http"]:
+            raise ValueError("tls_cert_file and tls_key_file are required (the API server only calls webhooks over HTTPS)")
+        self.daemon = service.Daemon("katalyst-webhook")
+        self.counter = None
+        if prometheus_client is not None:
+            self.counter = prometheus_client.Counter("katalyst_webhook_reviews_total", "Node AdmissionReviews by outcome", ["outcome"],
+                                                     registry=self.daemon.registry)
+        self.server = JSONServer(self.daemon, {"node": self.handle}, self.config["listen_address"], self.config["port"], context)
+        self.daemon.on_reload(self.reload_tls)
+
+    def handle(self, body):
+        return 200, review(body, self.counter)
+
+    def reload_tls(self):
+        """SIGHUP: load a renewed certificate into the running server."""
+        if self.config["tls_cert_file"] and self.server.ssl_context is not None:
+            self.server.ssl_context.load_cert_chain(self.config["tls_cert_file"], self.config["tls_key_file"])
+
+    def start(self):
+        port = self.server.start()
+        LOG.info("katalyst-webhook serving %s on %s:%d", "HTTPS" if self.server.ssl_context else "HTTP",
+                 self.config["listen_address"], port)
+        return port
+
+    def stop(self):
+        self.daemon.stop()
+        self.server.stop()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="katalyst-webhook")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    try:
+        webhook = WebhookDaemon(service.load_config(args.config, DEFAULTS))
+    except (OSError, ValueError) as exc:
+        sys.stderr.write("katalyst-webhook: %s\n" % exc)
+        return 2
+    service.setup_logging(webhook.config["log_level"], webhook.config["json_logs"])
+    webhook.start()
+    webhook.daemon.install_signal_handlers()
+    webhook.daemon.run_forever()
+    webhook.stop()
+    return service.exit_cleanly(0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
