@@ -66,3 +66,38 @@ def applier(fs):
                 return   # the process exited in the meantime: nothing to protect any more
             raise exc
     return apply
+
+
+def cgroup_tree_ids(fs, cgroup_dir):
+    """Cgroup ids (inodes) of a cgroup directory and every cgroup below it."""
+    ids, pending = set(), [cgroup_dir]
+    while pending:
+        current = pending.pop()
+        try:
+            ids.add(fs.inode(current))
+        except (SysFSError, OSError):
+            continue
+        pending.extend("%s/%s" % (current, name) for name in fs.listdir(current) if fs.isdir("%s/%s" % (current, name)))
+    return ids
+
+
+def memory_limited(fs, cgroup_dir):
+    """Whether a memory cgroup has a hard limit (v2 memory.max, v1 memory.limit_in_bytes below 'unlimited')."""
+    v2 = fs.read_text(cgroup_dir + "/memory.max", default=None)
+    if v2 is not None:
+        return v2.strip() != "max"
+    v1 = fs.read_text(cgroup_dir + "/memory.limit_in_bytes", default="")
+    return v1.strip().isdigit() and int(v1) < (1 << 62)
+
+
+def cgroup_lineage(fs, cgroup_dir, hierarchy_root):
+    """[(cgroup id, limited?)] from ``cgroup_dir`` up to (not including) the hierarchy root."""
+    lineage, current = [], cgroup_dir.rstrip("/")
+    root = hierarchy_root.rstrip("/")
+    while current.startswith(root + "/"):
+        try:
+            lineage.append((fs.inode(current), memory_limited(fs, current)))
+        except (SysFSError, OSError):
+            pass
+        current = current.rsplit("/", 1)[0]
+    return lineage

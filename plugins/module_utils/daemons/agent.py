@@ -20,7 +20,7 @@ import threading
 
 from . import service
 from .informer import Informer
-from .. import cgroups, nodeinfo, oom, oomgather, podcgroups, qos, tcpmem
+from .. import bpf, cgroups, nodeinfo, oom, oomgather, oomobserver, podcgroups, qos, tcpmem
 from ..kube import KubeClient
 from ..quantity import parse_quantity
 from ..reconcile import PlanError
@@ -51,6 +51,11 @@ DEFAULTS = {
     "reclaimed_cpu_shares": 2,
     "oom_priority_enabled": True,
     "oom_priority_period_seconds": 1,
+    # false: observe only (priority map and kill explanations, oom_score_adj left as the kubelet set it)
+    "oom_score_adj_enabled": True,
+    # the pinned maps of the oom_hook role: priority map kept in sync, kill events explained (skipped when absent)
+    "oom_bpf_pin_dir": bpf.DEFAULT_PIN_DIR,
+    "oom_observer_period_seconds": 1,
     "tcp_memory_enabled": False,
     "tcp_memory_period_seconds": 240,
     "tcp_memory_cgroup_ratio": 100,
@@ -70,6 +75,7 @@ class Agent:
         self.pods = None
         self.kube = None
         self.reported_problems = {}
+        self.pod_views, self.previous_pod_views = [], []
         self.metrics = {}
         if prometheus_client is not None:
             self.metrics["writes"] = prometheus_client.Counter(
@@ -79,6 +85,14 @@ class Agent:
             self.metrics["oom_unordered"] = prometheus_client.Gauge(
                 "katalyst_oom_priority_unenforceable", "1 when strict OOM priority order is impossible in the allowed "
                 "oom_score_adj range (see the log)", registry=self.daemon.registry)
+            self.metrics["oom_kills"] = prometheus_client.Counter(
+                "katalyst_oom_kills", "OOM kills seen by the BPF observer, by the victim's QoS level", ["qos_level"],
+                registry=self.daemon.registry)
+            self.metrics["oom_inversions"] = prometheus_client.Counter(
+                "katalyst_oom_priority_inversions", "OOM kills while a strictly lower-priority pod in the same OOM domain was alive",
+                registry=self.daemon.registry)
+            self.metrics["oom_map_entries"] = prometheus_client.Gauge(
+                "katalyst_oom_priority_map_entries", "Entries in the pinned OOM priority BPF map", registry=self.daemon.registry)
 
     # -- configuration ------------------------------------------------------------------------
     def reload(self):
@@ -158,26 +172,75 @@ class Agent:
             self.kube.emit_event(dict(pod, apiVersion="v1", kind="Pod"), "InvalidOOMPriority", problem, "Warning", "katalyst-agent")
 
     def converge_oom_priority(self):
-        """oom_score_adj of every pod process so the kernel kills strictly by OOM priority."""
+        """oom_score_adj of every pod process so the kernel kills strictly by OOM priority (+ the BPF priority map)."""
         if not self.config["oom_priority_enabled"]:
             return
         fs = self.sysfs
         facts = nodeinfo.gather(fs)
         memory_root = "/sys/fs/cgroup" if facts["cgroup"]["mode"] == "v2" else "/sys/fs/cgroup/memory"
-        groups = []
+        groups, views = [], []
         for pod in self.active_pods():
-            priority, problem = qos.pod_oom_priority(pod["metadata"].get("annotations") or {})
+            annotations = pod["metadata"].get("annotations") or {}
+            priority, problem = qos.pod_oom_priority(annotations)
             if problem:
                 self.report_problem(pod, problem)
             name = "%s/%s" % (pod["metadata"].get("namespace"), pod["metadata"]["name"])
             cgroup_dir = memory_root + self.cgroup_prefix() + podcgroups.pod_cgroup_path(pod, self.config["cgroup_driver"])
-            groups.append(oomgather.read_group(fs, name, priority, [cgroup_dir] if fs.isdir(cgroup_dir) else []))
+            exists = fs.isdir(cgroup_dir)
+            group = oomgather.read_group(fs, name, priority, [cgroup_dir] if exists else [])
+            groups.append(group)
+            try:
+                qos_level = qos.resolve_qos_level(annotations)
+            except ValueError:
+                qos_level = "shared_cores"
+            views.append(oomobserver.PodView(
+                name, qos_level, priority, oomgather.cgroup_tree_ids(fs, cgroup_dir) if exists else set(), set(group.processes),
+                oomgather.cgroup_lineage(fs, cgroup_dir, memory_root) if exists else [], bool(group.processes)))
         plan, _adjustments = oom.plan_oom_score_adj(groups, oomgather.node_totalpages(fs), facts["negative_oom_score_adj"])
         if self.metrics:
             self.metrics["oom_unordered"].set(1 if plan.warnings else 0)
         for warning in plan.warnings:
             LOG.warning(warning, extra={"loop": "oom_priority"})
-        self.record("oom_priority", plan.apply(oomgather.applier(fs)))
+        if self.config["oom_score_adj_enabled"]:
+            self.record("oom_priority", plan.apply(oomgather.applier(fs)))
+        with self.lock:
+            self.previous_pod_views, self.pod_views = self.pod_views, views
+        self.sync_priority_map(views)
+
+    def pinned(self, name):
+        path = os.path.join(self.config["oom_bpf_pin_dir"], name)
+        return path if os.path.exists(path) else None
+
+    def sync_priority_map(self, views):
+        """The Katalyst-compatible map: every cgroup id of every pod -> its priority; stale ids removed."""
+        path = self.pinned(bpf.PRIORITY_MAP)
+        if path is None:
+            return
+        desired = {cgroup_id: view.priority for view in views for cgroup_id in view.cgroup_ids}
+        with bpf.PinnedMap(path) as pinned:
+            plan = bpf.plan_priority_map(pinned.items(), desired)
+            self.record("oom_priority_map", plan.apply(bpf.map_applier(pinned), rollback=False))
+        if self.metrics:
+            self.metrics["oom_map_entries"].set(len(desired))
+
+    def observe_oom_kills(self):
+        """Explain every kill the BPF observer recorded: a log line each, kill and inversion metrics."""
+        if not self.config["oom_priority_enabled"] or self.pinned(bpf.EVENTS_MAP) is None:
+            return
+        events = bpf.drain_events(self.config["oom_bpf_pin_dir"])
+        if not events:
+            return
+        with self.lock:
+            current = list(self.pod_views)
+            known = {view.name for view in current}
+            gone = [view for view in self.previous_pod_views if view.name not in known]
+        for kill in oomobserver.explain_kills(events, current + gone):
+            extra = {"loop": "oom_observer", "pod": kill["pod"], "inversion": kill["inversion"], "priority": kill["priority"]}
+            (LOG.warning if kill["inversion"] else LOG.info)(kill["message"], extra=extra)
+            if self.metrics:
+                self.metrics["oom_kills"].labels(kill["qos_level"]).inc()
+                if kill["inversion"]:
+                    self.metrics["oom_inversions"].inc()
 
     # -- wiring -------------------------------------------------------------------------------
     def build(self):
@@ -185,6 +248,7 @@ class Agent:
         self.daemon.add_loop(service.Loop("qos_cgroups", cfg["qos_cgroups_period_seconds"], self.converge_qos_cgroups))
         self.daemon.add_loop(service.Loop("tcp_memory", cfg["tcp_memory_period_seconds"], self.converge_tcp_memory))
         self.daemon.add_loop(service.Loop("oom_priority", cfg["oom_priority_period_seconds"], self.converge_oom_priority))
+        self.daemon.add_loop(service.Loop("oom_observer", cfg["oom_observer_period_seconds"], self.observe_oom_kills))
         if self.api_client is None and cfg["kubeconfig"] and not os.path.exists(cfg["kubeconfig"]):
             LOG.warning("kubeconfig %s does not exist: running the node-local loops only", cfg["kubeconfig"])
         elif self.api_client is None and cfg["kubeconfig"]:

@@ -1,0 +1,95 @@
+# Copyright: katalyst.colocation contributors
+# Apache License 2.0 (see LICENSE)
+"""What an OOM kill meant: which pod died, at what priority, and whether it was a priority inversion.
+
+Pure: the agent passes the kill events the BPF observer recorded (``bpf.drain_events``) and its own
+view of the node's pods (``PodView``: priorities, cgroup ids, pids, the cgroup lineage with limits).
+A kill is an inversion when a pod of strictly lower priority in the same OOM domain was alive: it
+still has processes, or it was itself killed later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .oom import is_priority_inversion
+
+
+@dataclass
+class PodView:
+    name: str
+    qos_level: str
+    priority: int
+    cgroup_ids: set = field(default_factory=set)       # pod cgroup and every cgroup below it
+    pids: set = field(default_factory=set)
+    lineage: list = field(default_factory=list)        # [(cgroup id, limited?)] from the pod cgroup up to the root
+    alive: bool = False
+
+
+def find_victim(event, pods):
+    for pod in pods:
+        if event["memory_cgroup_id"] in pod.cgroup_ids or event["cgroup_id"] in pod.cgroup_ids:
+            return pod
+    for pod in pods:
+        if event["pid"] in pod.pids:
+            return pod
+    return None
+
+
+def domain_of(event, victim):
+    """The OOM domain's cgroup id (0 = the whole node) and how we know it.
+
+    fentry events name the domain; mark_victim events do not, so the nearest ancestor with a memory
+    limit is taken (a limit is what a memory cgroup can run out of).
+    """
+    if event.get("domain_known"):
+        return event["domain_cgroup_id"], "reported"
+    for cgroup_id, limited in victim.lineage if victim else []:
+        if limited:
+            return cgroup_id, "nearest limited cgroup"
+    return 0, "node"
+
+
+def in_domain(pod, domain_id):
+    return domain_id == 0 or any(cgroup_id == domain_id for cgroup_id, _limited in pod.lineage)
+
+
+def explain_kills(events, pods):
+    """One explanation per event (oldest first): victim pod, QoS level, priority, inversion and a message."""
+    events = sorted(events, key=lambda e: (e["timestamp_ns"], e["pid"]))
+    explanations = []
+    for index, event in enumerate(events):
+        victim = find_victim(event, pods)
+        later_victims = {id(p) for e in events[index + 1:] for p in [find_victim(e, pods)] if p is not None}
+        domain_id, domain_source = domain_of(event, victim)
+        lower_alive = []
+        if victim is not None:
+            for pod in pods:
+                if pod is victim or not in_domain(pod, domain_id):
+                    continue
+                if (pod.alive or id(pod) in later_victims) and is_priority_inversion(victim.priority, [pod.priority]):
+                    lower_alive.append(pod)
+        priority = victim.priority if victim else event.get("priority")
+        explanation = {
+            "pid": event["pid"], "comm": event.get("comm", ""), "pod": victim.name if victim else None,
+            "qos_level": victim.qos_level if victim else "none", "priority": priority,
+            "map_priority": event.get("priority"), "oom_score_adj": event.get("oom_score_adj"), "points": event.get("points"),
+            "domain_cgroup_id": domain_id, "domain_source": domain_source, "source": event.get("source"),
+            "inversion": bool(lower_alive), "lower_priority_alive": sorted(p.name for p in lower_alive),
+        }
+        explanation["message"] = describe(explanation)
+        explanations.append(explanation)
+    return explanations
+
+
+def describe(kill):
+    who = "pod %s (%s, priority %s)" % (kill["pod"], kill["qos_level"], kill["priority"]) if kill["pod"] else "a process outside any pod"
+    where = "node" if kill["domain_cgroup_id"] == 0 else "memory cgroup %d (%s)" % (kill["domain_cgroup_id"], kill["domain_source"])
+    points = "" if kill["points"] is None else ", badness %d" % kill["points"]
+    text = "OOM kill of pid %d (%s), %s, oom_score_adj %s%s, in the %s OOM domain" % (
+        kill["pid"], kill["comm"], who, kill["oom_score_adj"], points, where)
+    if kill["inversion"]:
+        text += ": PRIORITY INVERSION, lower-priority pods were alive: %s" % ", ".join(kill["lower_priority_alive"])
+    else:
+        text += ": no lower-priority pod was alive in that domain"
+    return text
