@@ -1,0 +1,615 @@
+# Copyright: katalyst.colocation contributors
+# Apache License 2.0 (see LICENSE)
+"""Topology-aware placement for the scheduler extender and the node agent (cluster spec §3.3, §4.2, §4.3).
+
+Extender side, per (pod, node): ``filter_pod`` (NUMA resource fit of the ``native`` or ``dynamic`` policy,
+the QoS-aware fit of reclaimed resources, NUMA-level inter-pod affinity/anti-affinity) and
+``score_pod`` (LeastAllocated on the best NUMA node plus preferred microtopology terms). Inputs are plain
+dicts: the pod, the Node, its CNR (or None) and the pods bound to that node.
+
+Node side: ``choose_numa_for_pod`` picks the NUMA node for a ``dedicated_cores`` + ``numa_binding`` pod from
+the node facts, honouring the same rules, and returns the cpuset and the ``numa_bind_result`` annotation.
+
+Fixes to Katalyst's unmerged design (PR #347): ``matchLabels`` pairs are AND-ed and ``matchExpressions``
+work (Kubernetes label-selector semantics); ``preferred`` terms score instead of being ignored; each
+required affinity term must be satisfied (a pod matching its own term may start a group); existing pods'
+anti-affinity is honoured for ``numa_exclusive`` pods too; a bad annotation makes the pod unschedulable
+with a reason (for an Event) instead of an error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+from .cnr import RECLAIMED_MEMORY, RECLAIMED_MILLICPU, reclaimed_from_cnr
+from .fit import is_active, pod_requests
+from .nodeinfo import parse_cpu_list
+from .quantity import parse_quantity
+from .qos import DEDICATED_CORES, NUMA_BIND_RESULT_KEY, QoSError, RECLAIMED_CORES, memory_enhancement, resolve_qos_level
+from .selectors import label_selector_from_dict
+
+AFFINITY_KEY = "katalyst.kubewharf.io/microtopology_affinity"
+ANTI_AFFINITY_KEY = "katalyst.kubewharf.io/microtopology_antiaffinity"
+MAIN_CONTAINER_KEY = "kubernetes.io/main-container-name"
+NATIVE = "native"
+DYNAMIC = "dynamic"
+SINGLE_NUMA_CONTAINER = "SingleNUMANodeContainerLevel"
+SINGLE_NUMA_POD = "SingleNUMANodePodLevel"
+NUMERIC_CONTAINER = "NumericContainerLevel"
+ALIGNED_RESOURCES = ("cpu", "memory")
+NATIVE_RESOURCES = ("cpu", "memory", "ephemeral-storage", "pods")
+ZONES = ("numa", "socket")
+UNSCHEDULABLE_AFFINITY = "node(s) didn't satisfy numa level inter pod affinity rules"
+MAX_EXTENDER_PRIORITY = 10
+
+
+class AffinityError(ValueError):
+    """A microtopology (anti-)affinity annotation that cannot be honoured."""
+
+
+# -- pods ------------------------------------------------------------------------------------------
+def _meta(obj):
+    return (obj or {}).get("metadata") or {}
+
+
+def _annotations(pod):
+    return _meta(pod).get("annotations") or {}
+
+
+def pod_key(pod):
+    meta = _meta(pod)
+    return "%s/%s" % (meta.get("namespace") or "default", meta.get("name"))
+
+
+def _qos(pod):
+    try:
+        return resolve_qos_level(_annotations(pod))
+    except QoSError:
+        return None
+
+
+def is_numa_binding_pod(pod):
+    """``dynamic`` support: dedicated_cores with ``memory_enhancement.numa_binding == "true"``."""
+    return _qos(pod) == DEDICATED_CORES and memory_enhancement(_annotations(pod))[0].get("numa_binding") == "true"
+
+
+def is_numa_exclusive_pod(pod):
+    return is_numa_binding_pod(pod) and memory_enhancement(_annotations(pod))[0].get("numa_exclusive") == "true"
+
+
+def _amount(resource, value):
+    quantity = parse_quantity(str(value))
+    return quantity.milli_value() if resource == "cpu" else quantity.value()
+
+
+def _container_requests(container):
+    requests = (container.get("resources") or {}).get("requests") or {}
+    return {name: _amount(name, value) for name, value in requests.items()}
+
+
+def is_guaranteed(pod):
+    """Kubernetes QoS class Guaranteed: every container has cpu and memory limits equal to its requests."""
+    spec = pod.get("spec") or {}
+    containers = (spec.get("containers") or []) + (spec.get("initContainers") or [])
+    if not spec.get("containers"):
+        return False
+    for container in containers:
+        resources = container.get("resources") or {}
+        limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
+        for name in ("cpu", "memory"):
+            if name not in limits:
+                return False
+            if name in requests and _amount(name, requests[name]) != _amount(name, limits[name]):
+                return False
+    return True
+
+
+def is_native_supported(pod):
+    """``native`` support: Guaranteed and every (init) container asks for whole CPUs."""
+    if not is_guaranteed(pod):
+        return False
+    spec = pod.get("spec") or {}
+    for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+        resources = container.get("resources") or {}
+        cpu = (resources.get("requests") or {}).get("cpu", (resources.get("limits") or {}).get("cpu"))
+        if cpu is None or _amount("cpu", cpu) % 1000 != 0:
+            return False
+    return True
+
+
+def main_container(pod):
+    spec = pod.get("spec") or {}
+    containers = spec.get("containers") or []
+    wanted = _annotations(pod).get(MAIN_CONTAINER_KEY)
+    for container in containers:
+        if wanted and container.get("name") == wanted:
+            return container
+    return containers[0] if containers else {}
+
+
+# -- NUMA topology from the CNR ------------------------------------------------------------------------
+def numa_topology(cnr):
+    """``{"policy": topologyPolicy, "numas": {id: {"socket", "allocatable": {res: int}, "allocations": [(consumer, requests)]}}}``."""
+    status = (cnr or {}).get("status") or {}
+    numas = {}
+    for socket in status.get("topologyZone") or []:
+        if not isinstance(socket, dict) or socket.get("type") != "Socket":
+            continue
+        for zone in socket.get("children") or []:
+            if not isinstance(zone, dict) or zone.get("type") != "Numa" or not str(zone.get("name", "")).isdigit():
+                continue
+            allocatable = {}
+            for name, value in (((zone.get("resources") or {}).get("allocatable")) or {}).items():
+                try:
+                    allocatable[name] = _amount(name, value)
+                except ValueError:
+                    allocatable[name] = 0
+            allocations = []
+            for allocation in zone.get("allocations") or []:
+                requests = {}
+                for name, value in (allocation.get("requests") or {}).items():
+                    try:
+                        requests[name] = _amount(name, value)
+                    except ValueError:
+                        continue
+                allocations.append((allocation.get("consumer") or "", requests))
+            numas[int(zone["name"])] = {"socket": str(socket.get("name")), "allocatable": allocatable, "allocations": allocations}
+    return {"policy": status.get("topologyPolicy") or "", "numas": numas}
+
+
+def _bind_result(pod):
+    value = _annotations(pod).get(NUMA_BIND_RESULT_KEY)
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in str(value).split(",") if v.strip() != ""]
+    except ValueError:
+        return None
+
+
+def pods_by_numa(topology, pods_on_node):
+    """Which active pods sit on which NUMA node: CNR allocation consumers (``ns/name/uid``) and ``numa_bind_result``."""
+    by_uid, by_key = {}, {}
+    for pod in pods_on_node:
+        if not is_active(pod):
+            continue
+        by_uid[_meta(pod).get("uid")] = pod
+        by_key[pod_key(pod)] = pod
+    placed = {numa: {} for numa in topology["numas"]}
+    for numa, zone in topology["numas"].items():
+        for consumer, _requests in zone["allocations"]:
+            parts = consumer.split("/")
+            pod = by_uid.get(parts[2]) if len(parts) >= 3 else None
+            pod = pod or by_key.get("/".join(parts[:2]))
+            if pod is not None:
+                placed[numa][pod_key(pod)] = pod
+    for pod in by_key.values():
+        for numa in _bind_result(pod) or []:
+            placed.setdefault(numa, {})[pod_key(pod)] = pod
+    return {numa: list(pods.values()) for numa, pods in placed.items()}
+
+
+def numa_available(topology, pods_on_node, policy=DYNAMIC):
+    """``available = allocatable - requests`` per NUMA (floored at 0).
+
+    ``dynamic`` counts only dedicated_cores pods; ``native`` counts every allocation. Pods bound by
+    ``numa_bind_result`` but not yet in the CNR are counted on their NUMA nodes (assumed pods).
+    """
+    active = {pod_key(p): p for p in pods_on_node if is_active(p)}
+    by_uid = {_meta(p).get("uid"): p for p in active.values()}
+    counted_keys = set()
+    used = {numa: {} for numa in topology["numas"]}
+    for numa, zone in topology["numas"].items():
+        for consumer, requests in zone["allocations"]:
+            parts = consumer.split("/")
+            pod = by_uid.get(parts[2]) if len(parts) >= 3 else None
+            pod = pod or active.get("/".join(parts[:2]))
+            if policy == DYNAMIC and (pod is None or _qos(pod) != DEDICATED_CORES):
+                continue
+            if pod is not None:
+                counted_keys.add((pod_key(pod), numa))
+            for name, value in requests.items():
+                used[numa][name] = used[numa].get(name, 0) + value
+    for key, pod in active.items():
+        numas = [n for n in _bind_result(pod) or [] if n in used and (key, n) not in counted_keys]
+        if not numas or (policy == DYNAMIC and _qos(pod) != DEDICATED_CORES):
+            continue
+        if any((key, n) in counted_keys for n in topology["numas"]):
+            continue
+        for name, value in pod_requests(pod).items():
+            for numa in numas:
+                used[numa][name] = used[numa].get(name, 0) + value // len(numas)
+    return {numa: {name: max(value - used[numa].get(name, 0), 0) for name, value in zone["allocatable"].items()}
+            for numa, zone in topology["numas"].items()}
+
+
+# -- NUMA resource fit (cluster §4.2) -------------------------------------------------------------------
+def _single_numa_fit(requests, available, allocatable, numas, exclusive):
+    """NUMAs where every requested resource fits (exclusive: aligned resources must be idle)."""
+    fitting = set(numas)
+    for name, value in requests.items():
+        if value <= 0:
+            continue
+        present = [n for n in numas if name in allocatable[n]]
+        if not present:
+            if name in NATIVE_RESOURCES:
+                return set()
+            continue
+        ok = set()
+        for numa in present:
+            if available[numa].get(name, 0) < value:
+                continue
+            if exclusive and name in ALIGNED_RESOURCES and available[numa].get(name, 0) != allocatable[numa].get(name, 0):
+                continue
+            ok.add(numa)
+        fitting &= ok
+    return fitting
+
+
+def _containers_to_fit(pod, policy):
+    if policy == DYNAMIC:
+        return [main_container(pod)]
+    return (pod.get("spec") or {}).get("containers") or []
+
+
+def _numeric_fit(requests, available, allocatable, numas, sockets, binding, exclusive):
+    """The numeric handler for aligned resources: the best NUMA mask (a tuple) or None."""
+    per_socket = {}
+    for numa in numas:
+        per_socket[sockets[numa]] = per_socket.get(sockets[numa], 0) + 1
+    numas_per_socket = max(per_socket.values()) if per_socket else 1
+    aligned = {n: v for n, v in requests.items() if n in ALIGNED_RESOURCES and v > 0}
+    if not aligned:
+        return tuple(numas[:1]) or None
+    min_count = 1
+    for name, value in aligned.items():
+        capacities = sorted((allocatable[n].get(name, 0) for n in numas), reverse=True)
+        total, count = 0, 0
+        for capacity in capacities:
+            total += capacity
+            count += 1
+            if total >= value:
+                break
+        min_count = max(min_count, count)
+    best = None
+    for size in range(min_count, len(numas) + 1):
+        if binding and not exclusive and size > 1:
+            break
+        for mask in itertools.combinations(numas, size):
+            if binding and size <= numas_per_socket and len({sockets[n] for n in mask}) > 1:
+                continue
+            if exclusive and any(available[n].get(r, 0) != allocatable[n].get(r, 0) for n in mask for r in aligned):
+                continue
+            if all(sum(available[n].get(r, 0) for n in mask) >= v for r, v in aligned.items()):
+                best = mask
+                break
+        if best:
+            break
+    return best
+
+
+def numa_resource_fit(pod, cnr, pods_on_node, policy=DYNAMIC):
+    """NUMA fit of one pod on one node: ``{"fit": bool, "numas": [candidate NUMA ids] or None, "reason": str}``.
+
+    ``numas`` is None when the pod or the node is not subject to NUMA fit (any NUMA will do).
+    """
+    supported = is_numa_binding_pod(pod) if policy == DYNAMIC else is_native_supported(pod)
+    if not supported or cnr is None:
+        return {"fit": True, "numas": None, "reason": ""}
+    topology = numa_topology(cnr)
+    topology_policy = topology["policy"]
+    handlers = {NATIVE: (SINGLE_NUMA_CONTAINER, SINGLE_NUMA_POD), DYNAMIC: (SINGLE_NUMA_CONTAINER, NUMERIC_CONTAINER)}[policy]
+    if topology_policy not in handlers or not topology["numas"]:
+        return {"fit": True, "numas": None, "reason": ""}
+    exclusive = policy == DYNAMIC and is_numa_exclusive_pod(pod)
+    available = numa_available(topology, pods_on_node, policy)
+    allocatable = {n: z["allocatable"] for n, z in topology["numas"].items()}
+    numas = sorted(topology["numas"])
+    if topology_policy == NUMERIC_CONTAINER:
+        sockets = {n: z["socket"] for n, z in topology["numas"].items()}
+        mask = _numeric_fit(_container_requests(main_container(pod)), available, allocatable, numas, sockets, True, exclusive)
+        if mask is None:
+            return {"fit": False, "numas": [], "reason": "cannot align container"}
+        return {"fit": True, "numas": list(mask), "reason": ""}
+    if topology_policy == SINGLE_NUMA_POD:
+        candidates = _single_numa_fit(pod_requests(pod), available, allocatable, numas, exclusive)
+        if not candidates:
+            return {"fit": False, "numas": [], "reason": "cannot align pod"}
+        return {"fit": True, "numas": sorted(candidates), "reason": ""}
+    first = None
+    for container in _containers_to_fit(pod, policy):
+        requests = _container_requests(container)
+        candidates = _single_numa_fit(requests, available, allocatable, numas, exclusive)
+        if not candidates:
+            return {"fit": False, "numas": [], "reason": "cannot align container %s" % container.get("name")}
+        if first is None:
+            first = sorted(candidates)
+        chosen = min(candidates)
+        for name, value in requests.items():
+            if name in available[chosen]:
+                available[chosen][name] = max(available[chosen][name] - value, 0)
+    return {"fit": True, "numas": first or numas, "reason": ""}
+
+
+# -- QoS-aware fit of reclaimed resources (cluster §3.3) ------------------------------------------------
+def reclaimed_resource_fit(pod, cnr, pods_on_node):
+    """``QoSAwareNodeResourcesFit`` for reclaimed_cores pods: ``(fit, reason)``."""
+    if _qos(pod) != RECLAIMED_CORES:
+        return True, ""
+    requests = pod_requests(pod)
+    allocatable = reclaimed_from_cnr(cnr)["allocatable"] if cnr else {}
+    used = {}
+    for other in pods_on_node:
+        if is_active(other) and _qos(other) == RECLAIMED_CORES:
+            for name, value in pod_requests(other).items():
+                used[name] = used.get(name, 0) + value
+    for name in (RECLAIMED_MILLICPU, RECLAIMED_MEMORY):
+        want = requests.get(name, 0)
+        if want <= 0:
+            continue
+        have = allocatable[name].value() if name in allocatable else 0
+        if want > have - used.get(name, 0):
+            return False, "Insufficient %s" % name
+    return True, ""
+
+
+# -- NUMA-level inter-pod affinity (cluster §4.3) ---------------------------------------------------------
+def _lower_keys(obj):
+    return {str(k).lower(): v for k, v in obj.items()} if isinstance(obj, dict) else None
+
+
+def _parse_term(term, where, preferred):
+    fields = _lower_keys(term)
+    if fields is None:
+        raise AffinityError("%s must be an object, got %r" % (where, term))
+    zone = fields.get("zone") or "numa"
+    if not isinstance(zone, str) or zone.lower() not in ZONES:
+        raise AffinityError("%s: unknown zone %r (numa or socket)" % (where, zone))
+    selector = {}
+    if fields.get("matchlabels") is not None:
+        selector["matchLabels"] = fields["matchlabels"]
+    if fields.get("matchexpressions") is not None:
+        selector["matchExpressions"] = fields["matchexpressions"]
+    if not selector.get("matchLabels") and not selector.get("matchExpressions"):
+        raise AffinityError("%s: empty selector (matchLabels or matchExpressions is required)" % where)
+    try:
+        compiled = label_selector_from_dict(selector)
+    except ValueError as exc:
+        raise AffinityError("%s: %s" % (where, exc))
+    weight = fields.get("weight", 1) if preferred else 1
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 100:
+        raise AffinityError("%s: weight %r must be an integer 1-100" % (where, weight))
+    return {"selector": compiled, "zone": zone.lower(), "weight": weight}
+
+
+def parse_microtopology(annotations, key):
+    """``{"required": [term], "preferred": [term]}`` from one annotation; AffinityError when malformed."""
+    text = (annotations or {}).get(key)
+    if text is None:
+        return {"required": [], "preferred": []}
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise AffinityError("%s is not valid JSON: %s" % (key, exc))
+    fields = _lower_keys(value)
+    if fields is None:
+        raise AffinityError("%s must be a JSON object with required/preferred lists" % key)
+    unknown = set(fields) - {"required", "preferred"}
+    if unknown:
+        raise AffinityError("%s: unknown field(s) %s" % (key, ", ".join(sorted(unknown))))
+    out = {}
+    for kind in ("required", "preferred"):
+        terms = fields.get(kind) or []
+        if not isinstance(terms, list):
+            raise AffinityError("%s.%s must be a list" % (key, kind))
+        out[kind] = [_parse_term(t, "%s.%s[%d]" % (key, kind, i), kind == "preferred") for i, t in enumerate(terms)]
+    return out
+
+
+def pod_microtopology(pod):
+    """``(affinity, anti_affinity)`` of a pod; AffinityError when an annotation is malformed."""
+    annotations = _annotations(pod)
+    return parse_microtopology(annotations, AFFINITY_KEY), parse_microtopology(annotations, ANTI_AFFINITY_KEY)
+
+
+def _zone_numas(numa, zone, sockets):
+    if zone == "socket":
+        return [n for n, s in sockets.items() if s == sockets.get(numa)]
+    return [numa]
+
+
+def _labels(pod):
+    return _meta(pod).get("labels") or {}
+
+
+def _matches_in_zone(term, numa, placed, sockets, exclude_key):
+    count = 0
+    for other_numa in _zone_numas(numa, term["zone"], sockets):
+        for other in placed.get(other_numa, []):
+            if pod_key(other) != exclude_key and term["selector"].matches(_labels(other)):
+                count += 1
+    return count
+
+
+def affinity_numas(pod, placed, sockets):
+    """NUMA ids (of ``sockets``) where the pod's required terms and the existing pods' required anti-affinity hold.
+
+    ``placed``: ``{numa: [pods]}``; ``sockets``: ``{numa: socket}``. Returns ``(set, problems)``; an existing
+    pod with a malformed annotation is skipped (it is reported where it is scheduled).
+    """
+    affinity, anti = pod_microtopology(pod)
+    key, labels = pod_key(pod), _labels(pod)
+    allowed = set(sockets)
+    exclusive_numas = {n for n, pods in placed.items() for p in pods if pod_key(p) != key and is_numa_exclusive_pod(p)}
+    problems = []
+    for numa in sorted(sockets):
+        if numa in exclusive_numas and (affinity["required"] or anti["required"]):
+            allowed.discard(numa)
+            continue
+        if any(_matches_in_zone(term, numa, placed, sockets, key) for term in anti["required"]):
+            allowed.discard(numa)
+    parsed = {}
+    for other_numa, pods in placed.items():
+        for other in pods:
+            other_key = pod_key(other)
+            if other_key == key:
+                continue
+            if other_key not in parsed:
+                try:
+                    parsed[other_key] = parse_microtopology(_annotations(other), ANTI_AFFINITY_KEY)["required"]
+                except AffinityError as exc:
+                    problems.append("%s: %s" % (other_key, exc))
+                    parsed[other_key] = []
+            for term in parsed[other_key]:
+                if term["selector"].matches(labels):
+                    allowed -= set(_zone_numas(other_numa, term["zone"], sockets))
+    for term in affinity["required"]:
+        anywhere = any(term["selector"].matches(_labels(p)) for pods in placed.values() for p in pods if pod_key(p) != key)
+        if not anywhere and term["selector"].matches(labels):
+            continue    # the first pod of a group may start it (Kubernetes semantics)
+        allowed = {n for n in allowed if _matches_in_zone(term, n, placed, sockets, key) > 0}
+    return allowed, sorted(set(problems))
+
+
+def preferred_affinity_score(pod, numa, placed, sockets):
+    """Σ weight x matches of preferred affinity minus the same for preferred anti-affinity, on one NUMA."""
+    affinity, anti = pod_microtopology(pod)
+    key = pod_key(pod)
+    score = 0
+    for term in affinity["preferred"]:
+        score += term["weight"] * _matches_in_zone(term, numa, placed, sockets, key)
+    for term in anti["preferred"]:
+        score -= term["weight"] * _matches_in_zone(term, numa, placed, sockets, key)
+    return score
+
+
+# -- extender entry points ----------------------------------------------------------------------------
+def filter_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC):
+    """Does ``pod`` fit ``node``? ``{"fit": bool, "reason": str, "numas": [..] or None, "problems": [..]}``.
+
+    ``problems`` are messages for Events (a malformed annotation of the pod makes it unschedulable).
+    """
+    del node    # the node's own fit (taints, allocatable) is kube-scheduler's; kept for the extender signature
+    ok, reason = reclaimed_resource_fit(pod, cnr, pods_on_node)
+    if not ok:
+        return {"fit": False, "reason": reason, "numas": None, "problems": []}
+    resource = numa_resource_fit(pod, cnr, pods_on_node, policy)
+    if not resource["fit"]:
+        return {"fit": False, "reason": resource["reason"], "numas": [], "problems": []}
+    if not is_numa_binding_pod(pod):
+        return {"fit": True, "reason": "", "numas": resource["numas"], "problems": []}
+    try:
+        affinity, anti = pod_microtopology(pod)
+    except AffinityError as exc:
+        return {"fit": False, "reason": "invalid microtopology annotation: %s" % exc, "numas": [], "problems": [str(exc)]}
+    topology = numa_topology(cnr)
+    if not topology["numas"]:
+        if affinity["required"] or anti["required"]:
+            return {"fit": False, "reason": "failed to get Node Resource Topology from cache", "numas": [], "problems": []}
+        return {"fit": True, "reason": "", "numas": resource["numas"], "problems": []}
+    if is_numa_exclusive_pod(pod) and affinity["required"]:
+        return {"fit": False, "reason": "a numa_exclusive pod cannot have required microtopology affinity", "numas": [],
+                "problems": ["%s: numa_exclusive with required microtopology affinity" % pod_key(pod)]}
+    sockets = {n: z["socket"] for n, z in topology["numas"].items()}
+    placed = pods_by_numa(topology, pods_on_node)
+    allowed, problems = affinity_numas(pod, placed, sockets)
+    candidates = allowed if resource["numas"] is None else allowed & set(resource["numas"])
+    if not candidates:
+        return {"fit": False, "reason": UNSCHEDULABLE_AFFINITY, "numas": [], "problems": problems}
+    return {"fit": True, "reason": "", "numas": sorted(candidates), "problems": problems}
+
+
+def score_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, numas=None):
+    """A raw score (higher is better): LeastAllocated (cpu, memory) on the best candidate NUMA x 100
+    plus preferred microtopology terms x 10. Pods without NUMA handling score 0.
+    """
+    del node
+    if cnr is None or not (is_numa_binding_pod(pod) if policy == DYNAMIC else is_native_supported(pod)):
+        return 0.0
+    topology = numa_topology(cnr)
+    if not topology["numas"]:
+        return 0.0
+    if numas is None:
+        numas = filter_pod(pod, None, cnr, pods_on_node, policy)["numas"] or sorted(topology["numas"])
+    available = numa_available(topology, pods_on_node, policy)
+    requests = _container_requests(main_container(pod)) if policy == DYNAMIC else pod_requests(pod)
+    sockets = {n: z["socket"] for n, z in topology["numas"].items()}
+    placed = pods_by_numa(topology, pods_on_node)
+    try:
+        pod_microtopology(pod)
+        preferred = True
+    except AffinityError:
+        preferred = False
+    best = None
+    for numa in numas:
+        allocatable = topology["numas"][numa]["allocatable"]
+        parts = []
+        for name in ALIGNED_RESOURCES:
+            if allocatable.get(name, 0) > 0:
+                parts.append(max(available[numa].get(name, 0) - requests.get(name, 0), 0) / float(allocatable[name]))
+        score = 100.0 * sum(parts) / len(parts) if parts else 0.0
+        if preferred:
+            score += 10.0 * preferred_affinity_score(pod, numa, placed, sockets)
+        best = score if best is None else max(best, score)
+    return best or 0.0
+
+
+def normalize_scores(raw):
+    """``{node: raw}`` -> ``{node: 0..MAX_EXTENDER_PRIORITY}`` (ints, min-max over the nodes)."""
+    if not raw:
+        return {}
+    low, high = min(raw.values()), max(raw.values())
+    if high == low:
+        return {name: 0 for name in raw}
+    return {name: int(round((value - low) * MAX_EXTENDER_PRIORITY / (high - low))) for name, value in raw.items()}
+
+
+# -- node side ----------------------------------------------------------------------------------------
+def choose_numa_for_pod(pod, facts, pods_on_node):
+    """Which NUMA node a ``dedicated_cores`` + ``numa_binding`` pod gets on this node.
+
+    ``facts``: node facts (``nodeinfo.gather``); ``pods_on_node``: the node's pods (their
+    ``numa_bind_result`` says where they are). Returns ``{"numa", "cpuset_cpus", "cpuset_mems",
+    "annotations": {numa_bind_result: "<id>"}}``, or ``{"numa": None, "reason"}`` when no NUMA node fits.
+    An existing ``numa_bind_result`` of the pod is kept. AffinityError for a malformed annotation.
+    """
+    numa_nodes = {n["id"]: n for n in facts.get("numa_nodes") or []}
+    if not is_numa_binding_pod(pod):
+        return {"numa": None, "reason": "not a dedicated_cores pod with numa_binding"}
+    current = _bind_result(pod)
+    if current and len(current) == 1 and current[0] in numa_nodes:
+        return _binding(numa_nodes[current[0]])
+    sockets = {n: str(info.get("socket", 0)) for n, info in numa_nodes.items()}
+    key = pod_key(pod)
+    others = [p for p in pods_on_node if pod_key(p) != key and is_active(p)]
+    placed = {n: [] for n in numa_nodes}
+    for other in others:
+        for numa in _bind_result(other) or []:
+            placed.setdefault(numa, []).append(other)
+    allowed, _problems = affinity_numas(pod, placed, sockets)
+    requests = pod_requests(pod)
+    exclusive = is_numa_exclusive_pod(pod)
+    fitting = []
+    for numa in sorted(allowed):
+        info = numa_nodes[numa]
+        cpu_used = sum(pod_requests(p).get("cpu", 0) // max(len(_bind_result(p) or [1]), 1) for p in placed.get(numa, []))
+        mem_used = sum(pod_requests(p).get("memory", 0) // max(len(_bind_result(p) or [1]), 1) for p in placed.get(numa, []))
+        cpu_free = info.get("cpu_count", len(parse_cpu_list(info.get("cpus", "")))) * 1000 - cpu_used
+        mem_free = info.get("memory_bytes", 0) - mem_used
+        if exclusive and placed.get(numa):
+            continue
+        if any(is_numa_exclusive_pod(p) for p in placed.get(numa, [])):
+            continue
+        if requests.get("cpu", 0) > cpu_free or (info.get("memory_bytes") and requests.get("memory", 0) > mem_free):
+            continue
+        fitting.append((-(cpu_free - requests.get("cpu", 0)), numa))   # most free CPU left first, then lowest id
+    if not fitting:
+        return {"numa": None, "reason": "no NUMA node satisfies the pod's resources and microtopology rules"}
+    scored = sorted(fitting, key=lambda item: (-preferred_affinity_score(pod, item[1], placed, sockets), item[0], item[1]))
+    return _binding(numa_nodes[scored[0][1]])
+
+
+def _binding(info):
+    return {"numa": info["id"], "cpuset_cpus": info.get("cpus", ""), "cpuset_mems": str(info["id"]),
+            "annotations": {NUMA_BIND_RESULT_KEY: str(info["id"])}}
