@@ -19,6 +19,7 @@ with a reason (for an Event) instead of an error.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 
@@ -78,7 +79,16 @@ def is_numa_exclusive_pod(pod):
     return is_numa_binding_pod(pod) and memory_enhancement(_annotations(pod))[0].get("numa_exclusive") == "true"
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed_amount(resource, text):
+    quantity = parse_quantity(text)
+    return quantity.milli_value() if resource == "cpu" else quantity.value()
+
+
 def _amount(resource, value):
+    """cpu in milli, everything else in base units (parsed quantities are cached: CNRs repeat the same strings)."""
+    if isinstance(value, str):
+        return _parsed_amount(resource, value)
     quantity = parse_quantity(str(value))
     return quantity.milli_value() if resource == "cpu" else quantity.value()
 
