@@ -2,10 +2,14 @@
 annotations -> amplified heartbeats, status and conditions, Events, the decrease guard, deleted nodes,
 restarts and config deletion."""
 
+import json
+import time
+
 import pytest
 from kubernetes import client
 
 from plugins.module_utils import crd_manifests
+from plugins.module_utils.daemons import controller as controller_module
 from plugins.module_utils.daemons.overcommit_controller import OvercommitReconciler
 from plugins.module_utils.daemons.webhook import WebhookDaemon, webhook_configuration
 from plugins.module_utils.kube import KubeClient
@@ -67,7 +71,7 @@ def events(core, reason):
 def test_overcommit_end_to_end(env):
     core, custom, kube = env
     create_noc(custom, "pool-a", "a", {"cpu": "2", "memory": "1.5"})
-    summary = OvercommitReconciler(kube).reconcile_all()
+    summary = OvercommitReconciler.standalone(kube).reconcile_all()
     assert summary["nodes_patched"] == 3 and summary["configs_updated"] == 1 and summary["errors"] == []
     n1 = core.read_node("n1").metadata.annotations
     assert n1[PREFIX + "cpu_overcommit_ratio"] == "2" and n1[PREFIX + "overcommit_allocatable_cpu"] == "16"
@@ -79,12 +83,12 @@ def test_overcommit_end_to_end(env):
     assert node.status.allocatable["cpu"] == "16" and node.status.capacity["memory"] == "24Gi"
     assert heartbeat(core, "n3").status.allocatable["cpu"] == "8"
     # a second pass (and a restarted controller) writes nothing
-    assert OvercommitReconciler(kube).reconcile_all()["nodes_patched"] == 0
-    assert OvercommitReconciler(kube).reconcile_all()["configs_updated"] == 0
+    assert OvercommitReconciler.standalone(kube).reconcile_all()["nodes_patched"] == 0
+    assert OvercommitReconciler.standalone(kube).reconcile_all()["configs_updated"] == 0
 
     # change the ratio: converges
     set_spec(custom, "pool-a", {"resourceOvercommitRatio": {"cpu": "3", "memory": "1.5"}})
-    OvercommitReconciler(kube).reconcile_all()
+    OvercommitReconciler.standalone(kube).reconcile_all()
     assert heartbeat(core, "n2").status.allocatable["cpu"] == "24"
     assert noc(custom, "pool-a")["status"]["observedGeneration"] == 2
 
@@ -93,45 +97,45 @@ def test_overcommit_end_to_end(env):
                                            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "c",
                                                                                       "resources": {"requests": {"cpu": "20"}}}]}})
     set_spec(custom, "pool-a", {"resourceOvercommitRatio": {"cpu": "2", "memory": "1.5"}})
-    summary = OvercommitReconciler(kube).reconcile_all()
+    summary = OvercommitReconciler.standalone(kube).reconcile_all()
     assert summary["refused"] == ["n1"]
     assert core.read_node("n1").metadata.annotations[PREFIX + "cpu_overcommit_ratio"] == "3"
     assert core.read_node("n2").metadata.annotations[PREFIX + "cpu_overcommit_ratio"] == "2"
     refused = conditions(custom, "pool-a")["DecreaseRefused"]
     assert refused["status"] == "True" and "n1: cpu allocatable would be 16, below the 20 requested" in refused["message"]
     assert len(events(core, "RequestsExceedAllocatable")) == 1
-    OvercommitReconciler(kube).reconcile_all()
+    OvercommitReconciler.standalone(kube).reconcile_all()
     assert len(events(core, "RequestsExceedAllocatable")) == 1          # no Event storm on resync
     set_spec(custom, "pool-a", {"force": True})
-    OvercommitReconciler(kube).reconcile_all()
+    OvercommitReconciler.standalone(kube).reconcile_all()
     assert core.read_node("n1").metadata.annotations[PREFIX + "cpu_overcommit_ratio"] == "2"
     assert conditions(custom, "pool-a")["DecreaseRefused"]["status"] == "False"
     assert len(events(core, "DecreaseRefusedResolved")) == 1
 
     # an invalid ratio: a condition and an Event, and the nodes keep what they have
     set_spec(custom, "pool-a", {"resourceOvercommitRatio": {"cpu": "lots", "memory": "1.5"}})
-    summary = OvercommitReconciler(kube).reconcile_all()
+    summary = OvercommitReconciler.standalone(kube).reconcile_all()
     assert summary["nodes_patched"] == 0
     assert conditions(custom, "pool-a")["InvalidRatio"]["status"] == "True"
     assert len(events(core, "InvalidRatio")) == 1
     set_spec(custom, "pool-a", {"resourceOvercommitRatio": {"cpu": "2", "memory": "1.5"}})
-    OvercommitReconciler(kube).reconcile_all()
+    OvercommitReconciler.standalone(kube).reconcile_all()
 
     # a second config for the same pool: the newest wins, both report the conflict
     create_noc(custom, "pool-a-new", "a", {"cpu": "2.5"})
-    OvercommitReconciler(kube).reconcile_all()
+    OvercommitReconciler.standalone(kube).reconcile_all()
     assert conditions(custom, "pool-a")["Conflict"]["status"] == "True"
     assert conditions(custom, "pool-a-new")["Conflict"]["status"] == "True"
     assert noc(custom, "pool-a-new")["status"]["matchedNodeList"] == ["n1", "n2"]
     assert core.read_node("n2").metadata.annotations[PREFIX + "cpu_overcommit_ratio"] == "2.5"
     assert len(events(core, "SelectorConflict")) == 2
     custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, "pool-a-new")
-    OvercommitReconciler(kube).reconcile_all()
+    OvercommitReconciler.standalone(kube).reconcile_all()
     assert conditions(custom, "pool-a")["Conflict"]["status"] == "False"
 
     # delete the config: nodes return to their originals at the next heartbeat (the guard only protects configs)
     custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, "pool-a")
-    OvercommitReconciler(kube).reconcile_all()
+    OvercommitReconciler.standalone(kube).reconcile_all()
     for name in ("n1", "n2"):
         node = heartbeat(core, name)
         assert node.metadata.annotations[PREFIX + "cpu_overcommit_ratio"] == "1"
@@ -141,7 +145,7 @@ def test_overcommit_end_to_end(env):
 def test_deleted_node_is_done(env):
     core, custom, kube = env
     create_noc(custom, "pool-a", "a", {"cpu": "2"})
-    reconciler = OvercommitReconciler(kube)
+    reconciler = OvercommitReconciler.standalone(kube)
     stale = reconciler.snapshot()              # the node is still in this (cache) snapshot
     core.delete_node("n2")
     summary = reconciler.reconcile_all(stale)
@@ -159,7 +163,7 @@ def test_realtime_ratio_from_cnr_caps_the_amplification(env):
         "apiVersion": "node.katalyst.kubewharf.io/v1alpha1", "kind": "CustomNodeResource",
         "metadata": {"name": "n1", "annotations": {PREFIX + "cpu_overcommit_ratio": "1.50", PREFIX + "overcommit_cpu_manager": "static",
                                                    PREFIX + "guaranteed_cpus": "2"}}})
-    OvercommitReconciler(kube).reconcile_all()
+    OvercommitReconciler.standalone(kube).reconcile_all()
     annotations = core.read_node("n1").metadata.annotations
     assert annotations[PREFIX + "realtime_cpu_overcommit_ratio"] == "1.50"
     assert annotations[PREFIX + "overcommit_allocatable_cpu"] == "11"        # (8 - 2) * 1.5 + 2
@@ -169,7 +173,44 @@ def test_realtime_ratio_from_cnr_caps_the_amplification(env):
 def test_dry_run_writes_nothing(env):
     core, custom, kube = env
     create_noc(custom, "pool-a", "a", {"cpu": "2"})
-    summary = OvercommitReconciler(kube, {"dry_run": True}).reconcile_all()
+    summary = OvercommitReconciler.standalone(kube, {"dry_run": True}).reconcile_all()
     assert summary["nodes_patched"] == 3
     assert PREFIX + "cpu_overcommit_ratio" not in (core.read_node("n1").metadata.annotations or {})
     assert "status" not in noc(custom, "pool-a") or not noc(custom, "pool-a")["status"].get("matchedNodeList")
+
+
+def test_runs_inside_katalyst_controller(env, kube_client, tmp_path, monkeypatch):
+    """Registered in the controller daemon: informers, watch-triggered passes, no leader election."""
+    core, custom, _kube = env
+    monkeypatch.setitem(controller_module.RECONCILERS, "overcommit", OvercommitReconciler)
+    config = tmp_path / "controller.yaml"
+    config.write_text(json.dumps({"controllers": ["overcommit"], "leader_election": False, "port": 0,
+                                  "overcommit": {"period_seconds": 60}}))
+    controller = controller_module.Controller(str(config), kube_api_client=kube_client).build()
+    controller.start_informers(controller.daemon.stop_event)
+    controller.daemon.start()
+    try:
+        create_noc(custom, "pool-a", "a", {"cpu": "2"})
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            annotations = core.read_node("n2").metadata.annotations or {}
+            if annotations.get(PREFIX + "overcommit_allocatable_cpu") == "16":
+                break
+            time.sleep(0.1)
+        assert annotations.get(PREFIX + "overcommit_allocatable_cpu") == "16"
+        assert heartbeat(core, "n2").status.allocatable["cpu"] == "16"
+        set_spec(custom, "pool-a", {"resourceOvercommitRatio": {"cpu": "3"}})
+        deadline = time.time() + 15
+        while time.time() < deadline and (core.read_node("n2").metadata.annotations or {}).get(PREFIX + "cpu_overcommit_ratio") != "3":
+            time.sleep(0.1)
+        assert core.read_node("n2").metadata.annotations[PREFIX + "cpu_overcommit_ratio"] == "3"
+        passes = controller.loops["overcommit"].runs
+        for _beat in range(3):
+            heartbeat(core, "n3")                  # heartbeats that change nothing do not trigger passes
+        time.sleep(1.0)
+        assert controller.loops["overcommit"].runs - passes <= 1
+        assert controller.loops["overcommit"].failures == 0
+    finally:
+        controller.daemon.stop()
+        for informer in controller.informers.values():
+            informer.stop()

@@ -6,105 +6,161 @@ Level-triggered: every pass reads configs, nodes, CNRs and pods (from informer c
 controller runs them, else one LIST each), asks ``overcommit.plan_node_overcommit`` what should be,
 and writes only what differs: node annotation merge patches, NodeOvercommitConfig ``status`` (sorted
 ``matchedNodeList``, ``observedGeneration``, conditions ``Conflict``/``InvalidRatio``/``DecreaseRefused``)
-and Events when a condition turns True or resolves. A node deleted meanwhile is done (404 is success),
+and Events when a condition turns True or resolves. It follows the reconciler interface of
+``controller.py`` (``OvercommitReconciler(context)``); ``OvercommitReconciler.standalone(kube)`` runs it
+without the controller daemon (one LIST per kind per pass), for modules, tests and benchmarks. A node deleted meanwhile is done (404 is success),
 a restart converges to the same state, and a second pass writes nothing.
 """
 
 from __future__ import annotations
 
 import datetime
-import functools
 import logging
+import threading
 
 from .. import overcommit
+from ..fit import is_active, pod_requests
 from ..kube import KubeError
+
+try:
+    import prometheus_client
+except ImportError:  # pragma: no cover
+    prometheus_client = None
 
 LOG = logging.getLogger("katalyst.controller.overcommit")
 
 CNR_API_VERSION = "node.katalyst.kubewharf.io/v1alpha1"
 CNR_KIND = "CustomNodeResource"
 
-DEFAULTS = {
-    "dry_run": False,
-    "resync_seconds": 1800,      # katalyst --nodeovercommit-reconcile-period (30m)
-}
+DEFAULT_PERIOD_SECONDS = 300.0      # katalyst resyncs every 30m; watch events trigger passes in between
+INFORMERS = {"nodeovercommitconfigs": (overcommit.NOC_API_VERSION, overcommit.NOC_KIND), "nodes": ("v1", "Node"),
+             "customnoderesources": (CNR_API_VERSION, CNR_KIND), "pods": ("v1", "Pod")}
 
 
-def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def rfc3339(moment):
+    if isinstance(moment, str):
+        return moment
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class OvercommitReconciler:
-    """``reconcile_all()`` converges every node and NodeOvercommitConfig once; returns a summary dict."""
+class _ListSource:
+    """An informer stand-in that LISTs on every ``items()`` (standalone use)."""
 
-    name = "overcommit"
+    def __init__(self, client, api_version, kind):
+        self.client, self.api_version, self.kind = client, api_version, kind
+        self.synced = threading.Event()
+        self.synced.set()
 
-    def __init__(self, client, config=None, clock=utc_now):
-        self.client = client
-        self.config = dict(DEFAULTS, **(config or {}))
-        self.clock = clock
-        self.informers = {}
-        self.last_summary = {}
-
-    # -- inputs ---------------------------------------------------------------------------------
-    def snapshot(self):
-        """configs, nodes, cnrs, pods: from informer caches when synced, else one LIST each."""
-        if self.informers and all(informer.synced.is_set() for informer in self.informers.values()):
-            return {kind: informer.items() for kind, informer in self.informers.items()}
-        return {"configs": self.client.list(overcommit.NOC_API_VERSION, overcommit.NOC_KIND),
-                "nodes": self.client.list("v1", "Node"),
-                "cnrs": self._list_cnrs(),
-                "pods": self.client.list("v1", "Pod")}
-
-    def _list_cnrs(self):
+    def items(self):
         try:
-            return self.client.list(CNR_API_VERSION, CNR_KIND)
+            return self.client.list(self.api_version, self.kind)
         except KubeError as exc:
-            if exc.status == 404:      # the CNR CRD is not installed: no realtime ratios, no guaranteed cpus
+            if exc.status == 404 and self.kind == CNR_KIND:   # no CNR CRD: no realtime ratios, no guaranteed cpus
                 return []
             raise
 
-    def build_informers(self, api_client, on_change, resync_seconds=None):
-        """Informers for the four inputs; ``on_change(kind, event_type, obj)`` is called on every event.
 
-        The caller starts them (``informer.start(stop)``) and triggers ``reconcile_all`` from ``on_change``.
-        """
-        from kubernetes import client  # pylint: disable=import-outside-toplevel
-        from .informer import Informer  # pylint: disable=import-outside-toplevel
-        core = client.CoreV1Api(api_client)
-        custom = client.CustomObjectsApi(api_client)
-        resync = resync_seconds or self.config["resync_seconds"]
-        sources = {
-            "configs": functools.partial(custom.list_cluster_custom_object, "overcommit.katalyst.kubewharf.io", "v1alpha1",
-                                         "nodeovercommitconfigs"),
-            "nodes": core.list_node,
-            "cnrs": functools.partial(custom.list_cluster_custom_object, "node.katalyst.kubewharf.io", "v1alpha1", "customnoderesources"),
-            "pods": core.list_pod_for_all_namespaces,
-        }
-        self.informers = {kind: Informer(func, functools.partial(on_change, kind), resync_seconds=resync, name="overcommit-" + kind)
-                          for kind, func in sources.items()}
-        return self.informers
+class _StandaloneContext:
+    def __init__(self, client, options, now):
+        self.kube = client
+        self.options = dict(options or {})
+        self.informers = {name: _ListSource(client, *source) for name, source in INFORMERS.items()}
+        self.registry = None
+        self._now = now
 
-    @staticmethod
-    def relevant(kind, obj):
-        """Whether an event can change the plan: pods matter only once bound (their requests feed the guard)."""
-        if kind == "pods":
-            return bool((obj.get("spec") or {}).get("nodeName"))
+    def now(self):
+        return self._now() if self._now else datetime.datetime.now(datetime.timezone.utc)
+
+
+def _fingerprint(informer, obj):
+    meta = obj.get("metadata") or {}
+    if informer == "nodes":
+        return ((meta.get("labels") or {}).get(overcommit.POOL_LABEL), tuple(sorted((meta.get("annotations") or {}).items())),
+                tuple(sorted(((obj.get("status") or {}).get("allocatable") or {}).items())))
+    if informer == "customnoderesources":
+        return tuple(sorted((meta.get("annotations") or {}).items()))
+    if informer == "pods":
+        node_name = (obj.get("spec") or {}).get("nodeName")
+        if not node_name:
+            return None
+        try:
+            requests = tuple(sorted(pod_requests(obj).items()))
+        except ValueError:
+            requests = ()
+        return (node_name, is_active(obj), requests)
+    return None
+
+
+class OvercommitReconciler:
+    """``reconcile_all()`` converges every node and NodeOvercommitConfig once; returns a summary dict.
+
+    Options (``overcommit:`` in the controller's config): ``period_seconds`` (full pass at least this
+    often, default 300), ``dry_run`` (plan and count, write nothing).
+    """
+
+    name = "overcommit"
+    informers = tuple(INFORMERS)
+
+    def __init__(self, context):
+        self.context = context
+        self.fingerprints = {}
+        self.last_summary = {}
+        self.metrics = {}
+        if prometheus_client is not None and getattr(context, "registry", None) is not None:
+            self.metrics["writes"] = prometheus_client.Counter(
+                "katalyst_overcommit_api_writes_total", "API writes by the overcommit reconciler", ["kind"], registry=context.registry)
+            self.metrics["refused"] = prometheus_client.Gauge(
+                "katalyst_overcommit_refused_nodes", "Nodes where a ratio decrease is refused by the guard", registry=context.registry)
+
+    @classmethod
+    def standalone(cls, client, options=None, now=None):
+        """A reconciler that LISTs its inputs through ``client`` (a KubeClient) on each pass."""
+        return cls(_StandaloneContext(client, options, now))
+
+    @property
+    def period_seconds(self):
+        return float(self.context.options.get("period_seconds", DEFAULT_PERIOD_SECONDS))
+
+    def wants(self, informer, event_type, obj):
+        """Only changes that can alter the plan trigger a pass (not every kubelet heartbeat or pod status)."""
+        if informer == "nodeovercommitconfigs":
+            return True
+        meta = obj.get("metadata") or {}
+        key = (informer, meta.get("namespace"), meta.get("name"))
+        if event_type == "DELETED":
+            return self.fingerprints.pop(key, None) is not None or informer != "pods"
+        fingerprint = _fingerprint(informer, obj)
+        if fingerprint is None or self.fingerprints.get(key) == fingerprint:
+            return False
+        self.fingerprints[key] = fingerprint
         return True
+
+    def snapshot(self):
+        informers = self.context.informers
+        return {"configs": informers["nodeovercommitconfigs"].items(), "nodes": informers["nodes"].items(),
+                "cnrs": informers["customnoderesources"].items(), "pods": informers["pods"].items()}
+
+    def _count(self, kind):
+        if self.metrics:
+            self.metrics["writes"].labels(kind).inc()
 
     # -- the pass ---------------------------------------------------------------------------------
     def reconcile_all(self, snapshot=None):
         snapshot = snapshot or self.snapshot()
         plan = overcommit.plan_node_overcommit(snapshot["configs"], snapshot["nodes"], snapshot["cnrs"], snapshot["pods"],
-                                               now=self.clock())
-        dry_run = bool(self.config["dry_run"])
+                                               now=rfc3339(self.context.now()))
+        client = self.context.kube
+        dry_run = bool(self.context.options.get("dry_run", False))
         summary = {"nodes": len(snapshot["nodes"]), "configs": len(snapshot["configs"]), "nodes_patched": 0, "nodes_gone": 0,
                    "configs_updated": 0, "events": 0, "refused": sorted(plan.refused), "errors": []}
+        if self.metrics:
+            self.metrics["refused"].set(len(plan.refused))
         for node_name in sorted(plan.node_patches):
             patch = plan.node_patches[node_name]
             try:
-                self.client.patch("v1", "Node", node_name, {"metadata": {"annotations": patch}}, patch_type="merge", dry_run=dry_run)
+                client.patch("v1", "Node", node_name, {"metadata": {"annotations": patch}}, patch_type="merge", dry_run=dry_run)
                 summary["nodes_patched"] += 1
+                self._count("node")
                 LOG.info("node %s annotations: %s", node_name, patch, extra={"node": node_name})
             except KubeError as exc:
                 if exc.status == 404:
@@ -115,16 +171,18 @@ class OvercommitReconciler:
             if not plan.status_changed.get(config_name):
                 continue
             try:
-                self.client.patch(overcommit.NOC_API_VERSION, overcommit.NOC_KIND, config_name,
-                                  {"status": plan.config_status[config_name]}, patch_type="merge", subresource="status", dry_run=dry_run)
+                client.patch(overcommit.NOC_API_VERSION, overcommit.NOC_KIND, config_name, {"status": plan.config_status[config_name]},
+                             patch_type="merge", subresource="status", dry_run=dry_run)
                 summary["configs_updated"] += 1
+                self._count("nodeovercommitconfig_status")
             except KubeError as exc:
                 if exc.status != 404:
                     summary["errors"].append(str(exc))
         if not dry_run:
             for event in plan.events:
-                if self.client.emit_event(event["object"], event["reason"], event["message"], event["type"], "katalyst-controller"):
+                if client.emit_event(event["object"], event["reason"], event["message"], event["type"], "katalyst-controller"):
                     summary["events"] += 1
+                    self._count("event")
                 LOG.log(logging.WARNING if event["type"] == "Warning" else logging.INFO, "%s %s: %s",
                         event["object"]["metadata"].get("name"), event["reason"], event["message"])
         self.last_summary = summary
