@@ -204,11 +204,14 @@ def bpf_target_arch():
     return {"x86_64": "x86", "aarch64": "arm64", "ppc64le": "powerpc", "s390x": "s390"}.get(platform.machine(), platform.machine())
 
 
+def file_digest(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()[:16]
+
+
 def object_path(source, build_dir):
     """Where the object compiled from ``source`` lives: named by the source's hash, so an edit rebuilds."""
-    with open(source, "rb") as handle:
-        digest = hashlib.sha256(handle.read()).hexdigest()[:16]
-    return os.path.join(build_dir, "oom_observer.%s.bpf.o" % digest)
+    return os.path.join(build_dir, "oom_observer.%s.bpf.o" % file_digest(source))
 
 
 def build_observer(source, build_dir, btf="/sys/kernel/btf/vmlinux", clang="clang", bpftool="bpftool"):

@@ -26,8 +26,17 @@ options:
     choices: [present, absent]
     default: present
   source:
-    description: Path of C(oom_observer.bpf.c) on the node. Required with O(state=present).
+    description: Path of C(oom_observer.bpf.c) on the node. One of O(source) and O(object) is required with O(state=present).
     type: path
+  object:
+    description:
+      - A compiled object to load instead of building from O(source) (built elsewhere, for example on the Ansible
+        controller with O(load=false), so nodes need no compiler; CO-RE objects load on other kernel versions).
+    type: path
+  load:
+    description: With C(false), only build O(source) (returns RV(object)) and load nothing.
+    type: bool
+    default: true
   build_dir:
     description: Where C(vmlinux.h) and the compiled objects are kept.
     type: path
@@ -101,27 +110,38 @@ def read_state(build_dir):
 
 
 def present(module, params):
-    if not params["source"]:
-        module.fail_json(msg="source is required with state=present")
-    if not os.path.exists(params["source"]):
-        module.fail_json(msg="source %s does not exist" % params["source"])
-    if not bpf.is_bpffs(os.path.dirname(params["pin_dir"].rstrip("/")) or "/"):
-        module.fail_json(msg="%s is not on a mounted bpffs (mount -t bpf bpffs %s)" % (params["pin_dir"], os.path.dirname(params["pin_dir"])))
+    if bool(params["source"]) == bool(params["object"]):
+        module.fail_json(msg="state=present needs exactly one of source and object")
+    given = params["source"] or params["object"]
+    if not os.path.exists(given):
+        module.fail_json(msg="%s does not exist" % given)
     before = bpf.loaded_programs(params["pin_dir"])
+    if params["load"] and not bpf.is_bpffs(os.path.dirname(params["pin_dir"].rstrip("/")) or "/"):
+        module.fail_json(msg="%s is not on a mounted bpffs (mount -t bpf bpffs %s)" % (params["pin_dir"], os.path.dirname(params["pin_dir"])))
     state = read_state(params["build_dir"])
+    if params["object"]:
+        obj, built = params["object"], False
+    elif module.check_mode:
+        obj = bpf.object_path(params["source"], params["build_dir"])
+        built = not os.path.exists(obj)
+    else:
+        try:
+            obj, built = bpf.build_observer(params["source"], params["build_dir"])
+        except (bpf.BPFError, OSError) as exc:
+            module.fail_json(msg=str(exc))
+    if not params["load"]:
+        return built, before, before, obj
+    digest = bpf.file_digest(obj) if os.path.exists(obj) else None
+    if before and state.get("digest") == digest:
+        return built, before, before, obj
     if module.check_mode:
-        expected = bpf.object_path(params["source"], params["build_dir"])
-        changed = not before or state.get("object") != expected
-        return changed, before, (before if not changed else list(bpf.PROGRAMS)), expected
+        return True, before, list(bpf.PROGRAMS), obj
     try:
-        obj, built = bpf.build_observer(params["source"], params["build_dir"])
-        if before and state.get("object") == obj and not built:
-            return False, before, before, obj
         after = bpf.load_observer(obj, params["pin_dir"])
     except (bpf.BPFError, OSError) as exc:
         module.fail_json(msg=str(exc), programs=before)
     with open(os.path.join(params["build_dir"], STATE_FILE), "w") as handle:
-        json.dump({"object": obj, "programs": after}, handle)
+        json.dump({"object": obj, "digest": digest, "programs": after}, handle)
     return True, before, after, obj
 
 
@@ -129,11 +149,15 @@ def main():
     module = AnsibleModule(argument_spec={
         "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
         "source": {"type": "path"},
+        "object": {"type": "path"},
+        "load": {"type": "bool", "default": True},
         "build_dir": {"type": "path", "default": "/var/lib/katalyst/bpf"},
         "pin_dir": {"type": "path", "default": bpf.DEFAULT_PIN_DIR},
         "keep_priority_map": {"type": "bool", "default": False},
-    }, supports_check_mode=True)
+    }, supports_check_mode=True, mutually_exclusive=[("source", "object")])
     params = module.params
+    if not module.check_mode:
+        os.makedirs(params["build_dir"], exist_ok=True)
     result = {}
     if params["state"] == "present":
         changed, before, after, obj = present(module, params)

@@ -29,7 +29,7 @@ rm -rf "$out/rootfs" "$out/base.img"
 mkdir -p "$out"
 echo "molecule image: debootstrap bookworm from the configured mirror (about 2-3 minutes)"
 debootstrap --variant=minbase \
-  --include=systemd,systemd-sysv,udev,dbus,openssh-server,python3,python3-apt,python3-yaml,python3-cffi-backend,python3-kubernetes,python3-prometheus-client,python3-jsonpatch,linux-image-amd64,initramfs-tools,iproute2,procps,kmod,sudo,bpftool \
+  --include=systemd,systemd-sysv,udev,dbus,openssh-server,python3,python3-apt,python3-yaml,python3-cffi-backend,python3-kubernetes,python3-prometheus-client,python3-jsonpatch,linux-image-amd64,initramfs-tools,iproute2,procps,kmod,sudo,bpftool,libbpf1 \
   bookworm "$out/rootfs" "$mirror" > "$out/debootstrap.log" 2>&1 || { tail -20 "$out/debootstrap.log"; exit 1; }
 echo "molecule image: configuring"
 R=$out/rootfs

@@ -20,8 +20,8 @@ PLAY = """
 """
 
 
-def role(tmp_path, bpffs, state="present", check=False):
-    extra = {"oom_hook_state": state, "oom_hook_install_packages": False, "oom_hook_bpffs": str(bpffs),
+def role(tmp_path, bpffs, state="present", check=False, build_on="node"):
+    extra = {"oom_hook_state": state, "oom_hook_build_on": build_on, "oom_hook_install_packages": False, "oom_hook_bpffs": str(bpffs),
              "oom_hook_pin_dir": str(bpffs / "katalyst"), "oom_hook_source_dir": str(tmp_path / "src"),
              "oom_hook_build_dir": str(tmp_path / "build")}
     code, tasks, output = run_playbook(PLAY, tmp_path, ["--check", "--diff"] if check else [], extra)
@@ -33,11 +33,12 @@ def mounted(path):
     return bpf.is_bpffs(str(path)) and any(line.split()[1] == str(path) for line in open("/proc/self/mounts"))
 
 
-def test_role_loads_the_observer_idempotently_and_unloads_it(tmp_path):
+@pytest.mark.parametrize("build_on", ["node", "controller"])
+def test_role_loads_the_observer_idempotently_and_unloads_it(tmp_path, build_on):
     bpffs = tmp_path / "bpffs"
     bpffs.mkdir()
     try:
-        first = role(tmp_path, bpffs)
+        first = role(tmp_path, bpffs, build_on=build_on)
         assert mounted(bpffs)
         assert first[LOAD]["changed"] is True
         assert "on_mark_victim" in first[LOAD]["programs"]
@@ -46,8 +47,9 @@ def test_role_loads_the_observer_idempotently_and_unloads_it(tmp_path):
         with bpf.PinnedMap(str(bpffs / "katalyst" / "oom_priority")) as priority_map:
             priority_map.update(4242, -50)
 
-        again = role(tmp_path, bpffs)
+        again = role(tmp_path, bpffs, build_on=build_on)
         assert not any(task.get("changed") for task in again.values()), again
+        assert role(tmp_path, bpffs, check=True, build_on=build_on)[LOAD]["changed"] is False
         check = role(tmp_path, bpffs, state="absent", check=True)
         assert check[LOAD]["changed"] is True
         assert sorted(os.listdir(bpffs / "katalyst")) == pins        # check mode touched nothing
