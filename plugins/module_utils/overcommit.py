@@ -232,7 +232,8 @@ def _passed_through_originals(node, old_node, resource):
 
 
 def mutate_node(node, operation, sub_resource, old_node=None):
-    """katalyst ``WebhookNodeAllocatableMutator.MutateNode``: a new Node dict (the input is not modified).
+    """katalyst ``WebhookNodeAllocatableMutator.MutateNode``: a new Node dict (the input is not modified;
+    for ``UPDATE nodes/status`` the new dict shares the values it does not change with the input).
 
     Only ``UPDATE`` of ``nodes/status`` is mutated: ``original_*`` annotations record what the kubelet
     reported, then cpu and memory ``status.allocatable``/``status.capacity`` are replaced by the
@@ -241,14 +242,16 @@ def mutate_node(node, operation, sub_resource, old_node=None):
     keeps the true originals and is amplified from them (katalyst would amplify twice).
     Raises ValueError when a reported quantity does not parse.
     """
-    mutated = copy.deepcopy(node)
     if operation != "UPDATE" or sub_resource != "status":
-        return mutated
-    metadata = mutated.setdefault("metadata", {})
-    if metadata.get("annotations") is None:
-        metadata["annotations"] = {}
-    annotations = metadata["annotations"]
-    status = mutated.setdefault("status", {})
+        return copy.deepcopy(node)
+    # copy-on-write: the dicts on the path of a change are new; untouched values are shared with ``node``
+    mutated = dict(node)
+    metadata = mutated["metadata"] = dict(node.get("metadata") or {})
+    annotations = metadata["annotations"] = dict(metadata.get("annotations") or {})
+    status = mutated["status"] = dict(node.get("status") or {})
+    for field in ("allocatable", "capacity"):
+        if isinstance(status.get(field), dict):
+            status[field] = dict(status[field])
     bases = {}
     for resource in RESOURCES:
         kept = _passed_through_originals(node, old_node, resource)

@@ -11,6 +11,7 @@ import pytest
 from kubernetes import client
 
 from plugins.module_utils.daemons.webhook import WebhookDaemon, review, webhook_configuration
+from plugins.module_utils.overcommit import mutate_node
 from tests.integration.tlsutil import make_ca_and_server_cert
 
 PREFIX = "katalyst.kubewharf.io/"
@@ -127,3 +128,16 @@ def test_failure_policy_ignore_when_the_webhook_is_down(kubeapi, kube_client, ce
     core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2", "annotations": {PREFIX + "cpu_overcommit_ratio": "2"}}})
     core.patch_node_status("n2", {"status": {"capacity": {"cpu": "8"}, "allocatable": {"cpu": "8"}}})
     assert core.read_node("n2").status.allocatable == {"cpu": "8"}
+
+
+@pytest.mark.parametrize("annotations", [None, {}, {PREFIX + "cpu_overcommit_ratio": "2"},
+                                         {PREFIX + "memory_overcommit_ratio": "1.2", PREFIX + "original_capacity_cpu": "1"}])
+def test_patch_of_the_touched_parts_equals_the_full_diff(annotations):
+    node = kubelet_node(annotations)
+    if annotations is None:
+        del node["metadata"]["annotations"]
+    node["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    answer = review({"apiVersion": "admission.k8s.io/v1", "request": {"uid": "x", "operation": "UPDATE", "subResource": "status",
+                                                                      "object": node}})
+    patched = jsonpatch.apply_patch(node, json.loads(base64.b64decode(answer["response"]["patch"])))
+    assert patched == mutate_node(node, "UPDATE", "status")

@@ -84,6 +84,7 @@ class JSONServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True     # headers and body are separate writes: no 40 ms delayed-ACK stalls
 
             def do_GET(self):  # noqa: N802 (http.server naming)
                 path = self.path.split("?", 1)[0]
