@@ -500,13 +500,14 @@ def decide_flip(config, snapshot, pods, now=None):
             for name in offline:
                 if name in cooling or not _fits_empty(snapshot, pod, name):
                     continue
+                load = usage_text(snapshot, name)
                 undo = _flip_in_snapshot(snapshot, config, name, "online", now)
                 if snapshot.fits(pod, name)[0]:
                     helped = _pods_helped(snapshot, pending, name)
                     refs = [pod_ref(p) for p in helped]
                     shown = ", ".join(refs[:10]) + (" and %d more" % (len(refs) - 10) if len(refs) > 10 else "")
                     reason = ("%d pending online pod(s) fit no node; they fit on %s once it is online (lowest requested load "
-                              "of %d offline tide nodes: %s): %s" % (len(refs), name, len(offline), usage_text(snapshot, name), shown))
+                              "of %d offline tide nodes: %s): %s" % (len(refs), name, len(offline), load, shown))
                     return {"node": name, "direction": "online", "pods": refs, "reason": reason}, ""
                 undo()
             hopeless.add(klass)

@@ -1,0 +1,181 @@
+# Copyright: katalyst.colocation contributors
+# Apache License 2.0 (see LICENSE)
+"""The ``tide`` reconciler of katalyst-controller (katalyst-cluster-spec.md §1.3-§1.8).
+
+Every pass, for every TideNodePool (by name): add the finalizer (and go on with the object the API
+returned: Katalyst kept the stale one and its status update conflicted), plan with
+``tide.plan_tide_pool`` (the same engine the modules use), write the node edits (read, edit, replace,
+retried on conflicts; only what differs), emit an Event on every flip naming the pods that caused
+it, write status with the ``Ready`` condition (``InvalidReserve``/``InvalidSpec`` instead of a
+crash loop), and on deletion clean every node of the pool before removing the finalizer.
+
+Options (``tide:`` in the controller configuration): ``period_seconds`` (10, Katalyst's tidePeriod).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .. import tide
+
+try:
+    import prometheus_client
+except ImportError:  # pragma: no cover
+    prometheus_client = None
+
+LOG = logging.getLogger("katalyst.controller.tide")
+COMPONENT = "katalyst-controller"
+OVERLAY_SECONDS = 30.0
+
+
+def _name(obj):
+    return obj["metadata"]["name"]
+
+
+def _resource_version(obj):
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def node_fingerprint(node):
+    """What tide decisions read from a node (heartbeats change none of it)."""
+    meta, spec = node.get("metadata") or {}, node.get("spec") or {}
+    return (tuple(sorted((meta.get("labels") or {}).items())), repr(spec.get("taints")), spec.get("unschedulable"),
+            repr((node.get("status") or {}).get("allocatable")), (meta.get("annotations") or {}).get(tide.ANNOTATION_LAST_FLIP))
+
+
+def pod_fingerprint(pod):
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    scheduled = [(c.get("status"), c.get("reason")) for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"]
+    return (spec.get("nodeName"), status.get("phase"), tuple(scheduled), ((pod.get("metadata") or {}).get("labels") or {}).get(tide.LABEL_POD_TYPE))
+
+
+class TideReconciler:
+    name = "tide"
+    informers = ("nodes", "pods", "tidenodepools")
+
+    def __init__(self, context):
+        self.context = context
+        self.fingerprints = {}
+        self.written_nodes = {}      # name -> (object we wrote, monotonic time): our writes before the watch shows them
+        self.reported = {}           # pool -> last problem reported as an Event
+        self.last_plans = {}         # pool -> the last TidePlan (for logs and tests)
+        self.metrics = {}
+        if prometheus_client is not None and context.registry is not None:
+            self.metrics["flips"] = prometheus_client.Counter(
+                "katalyst_tide_flips_total", "Tide nodes flipped", ["pool", "direction"], registry=context.registry)
+            self.metrics["writes"] = prometheus_client.Counter(
+                "katalyst_tide_api_writes_total", "API writes by the tide reconciler", ["kind"], registry=context.registry)
+            self.metrics["plan_seconds"] = prometheus_client.Histogram(
+                "katalyst_tide_plan_seconds", "Time to plan one pool", registry=context.registry,
+                buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
+
+    @property
+    def period_seconds(self):
+        return float(self.context.options.get("period_seconds", 10))
+
+    # -- event filter --------------------------------------------------------------------------
+    def wants(self, informer, event_type, obj):
+        if informer == "tidenodepools":
+            return True
+        key = (informer, (obj.get("metadata") or {}).get("namespace"), (obj.get("metadata") or {}).get("name"))
+        if event_type == "DELETED":
+            self.fingerprints.pop(key, None)
+            return True
+        fingerprint = node_fingerprint(obj) if informer == "nodes" else pod_fingerprint(obj)
+        if self.fingerprints.get(key) == fingerprint:
+            return False
+        self.fingerprints[key] = fingerprint
+        return True
+
+    # -- the pass ------------------------------------------------------------------------------
+    def current_nodes(self):
+        """The node cache, with our own writes the watch has not delivered yet."""
+        nodes = {_name(n): n for n in self.context.informers["nodes"].items()}
+        now = time.monotonic()
+        for name, (written, stamp) in list(self.written_nodes.items()):
+            cached = nodes.get(name)
+            if cached is None or now - stamp > OVERLAY_SECONDS or _resource_version(cached) >= _resource_version(written):
+                del self.written_nodes[name]
+            else:
+                nodes[name] = written
+        return nodes
+
+    def reconcile_all(self):
+        nodes = self.current_nodes()
+        pods = self.context.informers["pods"].items()
+        failures = []
+        for pool in sorted(self.context.informers["tidenodepools"].items(), key=_name):
+            try:
+                self.reconcile_pool(pool, nodes, pods)
+            except Exception as exc:  # pylint: disable=broad-except
+                LOG.exception("tide pool %s: %s", _name(pool), exc, extra={"pool": _name(pool)})
+                failures.append("%s: %s" % (_name(pool), exc))
+        if failures:
+            raise RuntimeError("tide: %d pool(s) failed: %s" % (len(failures), "; ".join(failures)))
+
+    def _count(self, kind):
+        if self.metrics:
+            self.metrics["writes"].labels(kind).inc()
+
+    def reconcile_pool(self, pool, nodes, pods):
+        """One pool; ``nodes`` (name -> node) is updated with what we write, so later pools see it."""
+        kube = self.context.kube
+        name = _name(pool)
+        meta = pool["metadata"]
+        if not meta.get("deletionTimestamp") and tide.FINALIZER not in (meta.get("finalizers") or []):
+            def add_finalizer(obj):
+                obj["metadata"]["finalizers"] = list(obj["metadata"].get("finalizers") or []) + [tide.FINALIZER]
+                return obj
+            _before, pool = kube.mutate(tide.API_VERSION, tide.KIND, name, add_finalizer)
+            if pool is None:
+                return None
+            self._count("pool")
+        started = time.monotonic()
+        result = tide.plan_tide_pool(pool, list(nodes.values()), pods, now=self.context.now())
+        if self.metrics:
+            self.metrics["plan_seconds"].observe(time.monotonic() - started)
+        self.last_plans[name] = result
+        for change in result.plan:
+            node_name, edit = change.data["node"], change.data["edit"]
+            before, after = kube.mutate("v1", "Node", node_name, lambda obj, edit=edit: tide.apply_node_edit(obj, edit))
+            if after is None:
+                continue
+            if after is not before:
+                self._count("node")
+                nodes[node_name] = after
+                self.written_nodes[node_name] = (after, time.monotonic())
+                LOG.info("tide pool %s: node %s %s -> %s (%s)", name, node_name, change.data["role_before"], change.data["role_after"],
+                         change.reason, extra={"pool": name, "node": node_name})
+        if result.flip is not None:
+            self.report_flip(pool, result.flip)
+        if result.deleting:
+            if result.remove_finalizer:
+                def remove_finalizer(obj):
+                    obj["metadata"]["finalizers"] = [f for f in obj["metadata"].get("finalizers") or [] if f != tide.FINALIZER]
+                    return obj
+                kube.mutate(tide.API_VERSION, tide.KIND, name, remove_finalizer)
+                self._count("pool")
+                LOG.info("tide pool %s deleted: nodes cleaned, finalizer removed", name, extra={"pool": name})
+            return result
+        if result.error and self.reported.get(name) != result.error:
+            reason = result.status["conditions"][0]["reason"]
+            kube.emit_event(pool, reason, result.error, "Warning", COMPONENT)
+            LOG.warning("tide pool %s: %s", name, result.error, extra={"pool": name})
+        self.reported[name] = result.error
+        if result.status_changed:
+            kube.mutate(tide.API_VERSION, tide.KIND, name, lambda obj: dict(obj, status=result.status), subresource="status")
+            self._count("status")
+        return result
+
+    def report_flip(self, pool, flip):
+        name = _name(pool)
+        reason = "TideNodeOnline" if flip["direction"] == "online" else "TideNodeOffline"
+        message = "node %s flipped %s: %s" % (flip["node"], flip["direction"], flip["reason"])
+        self.context.kube.emit_event(pool, reason, message, "Normal", COMPONENT)
+        if self.metrics:
+            self.metrics["flips"].labels(name, flip["direction"]).inc()
+        LOG.info("tide pool %s: %s", name, message, extra={"pool": name, "node": flip["node"], "pods": flip["pods"]})
