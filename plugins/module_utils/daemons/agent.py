@@ -17,8 +17,10 @@ import logging
 import os
 import sys
 import threading
+import time
 
 from . import service
+from .agent_numa import NumaLoops
 from .informer import Informer
 from .. import bpf, cgroups, nodeinfo, oom, oomgather, oomobserver, podcgroups, qos, tcpmem
 from ..kube import KubeClient
@@ -59,6 +61,23 @@ DEFAULTS = {
     "tcp_memory_enabled": False,
     "tcp_memory_period_seconds": 240,
     "tcp_memory_cgroup_ratio": 100,
+    # NUMA (agent_numa.py): reclaimed resources per NUMA into this node's CNR, memory provisioning, NUMA binding
+    "reclaim_enabled": True,
+    "reclaimed_resources_enabled": True,
+    "reclaimed_resources_period_seconds": 30,
+    "reclaimed_window_seconds": 120,
+    "reclaimed_memory_policy": "canonical",
+    "reserved_memory_for_allocate": "5Gi",
+    "numa_topology_report": True,
+    "cnr_topology_policy": "",
+    "cnr_refresh_seconds": 300,
+    "memory_provision_enabled": False,
+    "memory_provision_period_seconds": 10,
+    "memory_provision_floor": "1Gi",
+    "memory_provision_floor_ratio": 0.05,
+    "memory_guard_enabled": True,
+    "numa_binding_enabled": True,
+    "numa_binding_period_seconds": 5,
 }
 
 
@@ -76,6 +95,7 @@ class Agent:
         self.kube = None
         self.reported_problems = {}
         self.pod_views, self.previous_pod_views = [], []
+        self.numa = NumaLoops(self.config["node_name"])
         self.metrics = {}
         if prometheus_client is not None:
             self.metrics["writes"] = prometheus_client.Counter(
@@ -242,6 +262,29 @@ class Agent:
                 if kill["inversion"]:
                     self.metrics["oom_inversions"].inc()
 
+    # -- NUMA loops (agent_numa.py) ------------------------------------------------------------
+    def node_pods(self):
+        return self.pods.items() if self.pods else []
+
+    def report_reclaimed_resources(self):
+        """Per-NUMA reclaimed CPU and memory into this node's CNR (written only when it differs)."""
+        if not self.config["reclaimed_resources_enabled"]:
+            return
+        self.record("reclaimed_resources", self.numa.reclaimed_resources(self.sysfs, self.node_pods(), self.kube, self.config,
+                                                                         time.monotonic()))
+
+    def converge_memory_provision(self):
+        """Per-NUMA memory limits of besteffort-<N> and the reclaimed root, from the canonical provision (with a floor)."""
+        if not self.config["memory_provision_enabled"]:
+            return
+        self.record("memory_provision", self.numa.memory_provision(self.sysfs, self.node_pods(), self.config))
+
+    def converge_numa_binding(self):
+        """cpuset.cpus/mems of dedicated_cores + numa_binding pods, and their numa_bind_result annotation."""
+        if not self.config["numa_binding_enabled"]:
+            return
+        self.record("numa_binding", self.numa.numa_binding(self.sysfs, self.node_pods(), self.kube, self.config))
+
     # -- wiring -------------------------------------------------------------------------------
     def build(self):
         cfg = self.config
@@ -249,6 +292,9 @@ class Agent:
         self.daemon.add_loop(service.Loop("tcp_memory", cfg["tcp_memory_period_seconds"], self.converge_tcp_memory))
         self.daemon.add_loop(service.Loop("oom_priority", cfg["oom_priority_period_seconds"], self.converge_oom_priority))
         self.daemon.add_loop(service.Loop("oom_observer", cfg["oom_observer_period_seconds"], self.observe_oom_kills))
+        self.daemon.add_loop(service.Loop("reclaimed_resources", cfg["reclaimed_resources_period_seconds"], self.report_reclaimed_resources))
+        self.daemon.add_loop(service.Loop("memory_provision", cfg["memory_provision_period_seconds"], self.converge_memory_provision))
+        self.daemon.add_loop(service.Loop("numa_binding", cfg["numa_binding_period_seconds"], self.converge_numa_binding))
         if self.api_client is None and cfg["kubeconfig"] and not os.path.exists(cfg["kubeconfig"]):
             LOG.warning("kubeconfig %s does not exist: running the node-local loops only", cfg["kubeconfig"])
         elif self.api_client is None and cfg["kubeconfig"]:
@@ -266,7 +312,7 @@ class Agent:
     def on_pod_event(self, event_type, pod):
         LOG.debug("pod %s %s/%s", event_type, pod["metadata"].get("namespace"), pod["metadata"].get("name"))
         for loop in self.daemon.loops:
-            if loop.name in ("oom_priority", "tcp_memory"):
+            if loop.name in ("oom_priority", "tcp_memory", "numa_binding"):
                 loop.trigger()
 
     def run(self):

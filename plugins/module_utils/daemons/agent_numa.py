@@ -1,0 +1,554 @@
+# Copyright: katalyst.colocation contributors
+# Apache License 2.0 (see LICENSE)
+"""The agent's NUMA loops: reclaimed resources into the CNR, memory provisioning, NUMA binding.
+
+The decisions are the engine's (``headroom``, ``cnr``, ``memprovision``, ``placement``); this module only
+gathers their inputs from the node (``nodeinfo`` facts and cgroup/proc files through a SysFS, pods from
+the agent's informer) and applies the Plans. ``NumaLoops`` keeps the state the loops need between
+passes (the two ``ReclaimedReporter`` windows, the previous CPU counters, the CNR last read or written).
+
+Readings that a node does not have (no ``/proc/stat``, no cgroup for a pod yet, no ``memory.numa_stat``)
+count as idle / unused / absent, and the reason is logged once; the loops never crash on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from .. import cgroups, cnr, headroom, memprovision, nodeinfo, placement, podcgroups
+from ..kube import KubeError
+from ..qos import NUMA_BIND_RESULT_KEY, QoSError, resolve_qos_level
+from ..quantity import parse_quantity
+from ..reconcile import Change, Plan
+
+LOG = logging.getLogger("katalyst.agent.numa")
+
+# the kubelet's topologyManagerPolicy x topologyManagerScope -> CNR status.topologyPolicy (GenerateTopologyPolicy)
+TOPOLOGY_POLICIES = {"single-numa-node": "SingleNUMANode", "restricted": "Restricted", "best-effort": "BestEffort",
+                     "numeric": "Numeric"}
+
+
+def generate_topology_policy(policy, scope):
+    """Katalyst's ``GenerateTopologyPolicy``: ``none`` or an unknown policy/scope gives ``None``."""
+    prefix = TOPOLOGY_POLICIES.get(str(policy or "none").lower())
+    level = {"container": "ContainerLevel", "pod": "PodLevel"}.get(str(scope or "container").lower())
+    if prefix is None or level is None:
+        return "None"
+    return prefix + level
+
+
+def kubelet_topology_policy(fs):
+    """The CNR ``topologyPolicy`` from the kubelet configuration in the sysroot."""
+    text = fs.read_text("/var/lib/kubelet/config.yaml", default="")
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("topologyManagerPolicy", "topologyManagerScope"):
+            values[key.strip()] = value.strip().strip("'\"")
+    return generate_topology_policy(values.get("topologyManagerPolicy"), values.get("topologyManagerScope"))
+
+
+# -- readings ---------------------------------------------------------------------------------------
+def numa_metrics_from_facts(facts):
+    """``{numa id: {"free", "total", "inactive_file"}}`` (bytes) from ``nodeinfo.gather``."""
+    return {n["id"]: {"free": n.get("memory_free_bytes", 0), "total": n.get("memory_bytes", 0),
+                      "inactive_file": n.get("inactive_file_bytes", 0)} for n in facts["numa_nodes"]}
+
+
+def numa_socket_ids(facts):
+    return {n["id"]: n.get("socket", 0) for n in facts["numa_nodes"]}
+
+
+def read_scale_factor(fs):
+    """``vm.watermark_scale_factor`` (node metric ``mem.scale.factor.system``)."""
+    return fs.read_int("/proc/sys/vm/watermark_scale_factor", default=10)
+
+
+def parse_numa_stat(text, version):
+    """``memory.numa_stat`` -> ``{numa id: bytes}`` (v1 ``total=`` line in pages; v2 anon + file in bytes)."""
+    usage = {}
+    for line in (text or "").splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        name = fields[0].split("=", 1)[0]
+        wanted = name == "total" if version == "v1" else name in ("anon", "file")
+        if not wanted:
+            continue
+        for field in fields[1:] if version == "v2" else fields:
+            key, _sep, value = field.partition("=")
+            if key.startswith("N") and key[1:].isdigit() and value.isdigit():
+                amount = int(value) * (4096 if version == "v1" else 1)
+                usage[int(key[1:])] = usage.get(int(key[1:]), 0) + amount
+    return usage
+
+
+def parse_proc_stat(text):
+    """``/proc/stat`` per-CPU lines -> ``{cpu: (busy jiffies, total jiffies)}``."""
+    counters = {}
+    for line in (text or "").splitlines():
+        fields = line.split()
+        if not fields or not fields[0].startswith("cpu") or fields[0] == "cpu" or not fields[0][3:].isdigit():
+            continue
+        values = [int(v) for v in fields[1:9] if v.isdigit()]
+        idle = sum(values[3:5])
+        counters[int(fields[0][3:])] = (sum(values) - idle, sum(values))
+    return counters
+
+
+def usage_ratios(previous, current):
+    """Busy ratio per CPU between two ``parse_proc_stat`` samples (CPUs without a delta are left out = idle)."""
+    ratios = {}
+    for cpu, (busy, total) in current.items():
+        if cpu in previous and total > previous[cpu][1]:
+            ratios[cpu] = min(max(float(busy - previous[cpu][0]) / float(total - previous[cpu][1]), 0.0), 1.0)
+    return ratios
+
+
+def _memory_base(version):
+    return "/sys/fs/cgroup" if version == "v2" else "/sys/fs/cgroup/memory"
+
+
+def _cgroup_version(facts):
+    return "v2" if facts["cgroup"]["mode"] == "v2" else "v1"
+
+
+def read_container_metrics(fs, path, version, numa_ids):
+    """Memory metrics of one cgroup (``rss``, ``cache``, ``shmem``, ``usage``, ``numa_total``); {} when it does not exist."""
+    if not fs.isdir(path):
+        return {}
+    stat = {}
+    for line in fs.read_text(path + "/memory.stat", default="").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            stat[parts[0]] = int(parts[1])
+    metrics = {}
+    names = {"rss": ("total_rss", "rss"), "cache": ("total_cache", "cache"), "shmem": ("total_shmem", "shmem")}
+    if version == "v2":
+        names = {"rss": ("anon",), "cache": ("file",), "shmem": ("shmem",)}
+    for metric, keys in names.items():
+        for key in keys:
+            if key in stat:
+                metrics[metric] = stat[key]
+                break
+    usage = fs.read_text(path + ("/memory.current" if version == "v2" else "/memory.usage_in_bytes"), default="")
+    if usage.isdigit():
+        metrics["usage"] = int(usage)
+    numa = parse_numa_stat(fs.read_text(path + "/memory.numa_stat", default=""), version)
+    metrics["numa_total"] = {n: numa.get(n, 0) for n in numa_ids}
+    return metrics
+
+
+def _request_bytes(container):
+    value = ((container.get("resources") or {}).get("requests") or {}).get("memory")
+    if value is None:
+        value = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+    try:
+        return parse_quantity(str(value)).value() if value is not None else 0
+    except ValueError:
+        return 0
+
+
+def pod_qos_level(pod):
+    try:
+        return resolve_qos_level((pod.get("metadata") or {}).get("annotations") or {})
+    except QoSError:
+        return headroom.SHARED_CORES
+
+
+def bind_result(pod):
+    """NUMA ids of the pod's ``numa_bind_result`` (None when absent or malformed)."""
+    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(NUMA_BIND_RESULT_KEY)
+    if value is None:
+        return None
+    try:
+        return sorted(int(v) for v in str(value).split(",") if v.strip())
+    except ValueError:
+        return None
+
+
+def container_dicts(pods, facts, fs, driver="cgroupfs", cgroup_prefix=""):
+    """The engine's container dicts (see ``headroom``) for the pods on this node, with real cgroup metrics."""
+    numa_ids = [n["id"] for n in facts["numa_nodes"]]
+    version = _cgroup_version(facts)
+    base = _memory_base(version) + cgroup_prefix
+    out = []
+    for pod in pods:
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        if not meta.get("uid"):
+            continue
+        level = pod_qos_level(pod)
+        bound = bind_result(pod)
+        binding = placement.is_numa_binding_pod(pod)
+        exclusive = placement.is_numa_exclusive_pod(pod)
+        paths = podcgroups.container_cgroup_paths(pod, driver) if meta.get("uid") else {}
+        main = placement.main_container(pod).get("name")
+        running = (pod.get("status") or {}).get("phase") == "Running"
+        for container in spec.get("containers") or []:
+            name = container.get("name")
+            metrics = {}
+            if name in paths:
+                metrics = read_container_metrics(fs, base + paths[name], version, numa_ids)
+            if level == headroom.RECLAIMED_CORES and "numa_total" not in metrics:
+                metrics["numa_total"] = {n: 0 for n in numa_ids}     # no cgroup yet: it uses no memory
+            assignments = bound if bound else (None if binding else list(numa_ids))
+            out.append({"pod_uid": meta["uid"], "container_name": name, "qos_level": level, "main": name == main,
+                        "memory_request": _request_bytes(container), "numa_assignments": assignments,
+                        "ramp_up": not running or (binding and not bound), "numa_exclusive": exclusive,
+                        "numa_hint": bound if level == headroom.RECLAIMED_CORES and bound else [],
+                        "metrics": metrics})
+    return out
+
+
+def reclaim_pool_cpus(facts, pods):
+    """The reclaim pool per NUMA: the NUMA's CPUs minus whole CPUs held by dedicated_cores pods bound there."""
+    held = {}
+    for pod in pods:
+        numas = bind_result(pod)
+        if not numas or pod_qos_level(pod) != headroom.DEDICATED_CORES or not headroom.pod_is_active(pod):
+            continue
+        cpus = placement.pod_requests(pod).get("cpu", 0)
+        for numa in numas:
+            held[numa] = held.get(numa, 0) + int(math.ceil(cpus / 1000.0 / len(numas)))
+    pool = {}
+    for numa in facts["numa_nodes"]:
+        cpus = nodeinfo.parse_cpu_list(numa["cpus"])
+        pool[numa["id"]] = cpus[held.get(numa["id"], 0):]
+    return pool
+
+
+def binding_numas(pods):
+    """NUMAs with a NUMA-bound non-system pod (dedicated, or shared/reclaimed with a ``numa_bind_result``)."""
+    numas = set()
+    for pod in pods:
+        if headroom.pod_is_active(pod) and pod_qos_level(pod) != headroom.SYSTEM_CORES:
+            numas.update(bind_result(pod) or [])
+    return numas
+
+
+def read_cpu_cgroup(fs, version, relative):
+    """``(cumulative usage in seconds or None, quota, period)`` of a cgroup."""
+    if version == "v2":
+        path = "/sys/fs/cgroup" + relative
+        usage = None
+        for line in fs.read_text(path + "/cpu.stat", default="").splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "usage_usec" and parts[1].isdigit():
+                usage = int(parts[1]) / 1e6
+        quota_text, _sep, period_text = fs.read_text(path + "/cpu.max", default="max 100000").partition(" ")
+        quota = int(quota_text) if quota_text.isdigit() else None
+        period = int(period_text) if period_text.strip().isdigit() else None
+        return usage, quota, period
+    text = fs.read_text("/sys/fs/cgroup/cpuacct%s/cpuacct.usage" % relative, default="")
+    usage = int(text) / 1e9 if text.isdigit() else None
+    quota_text = fs.read_text("/sys/fs/cgroup/cpu%s/cpu.cfs_quota_us" % relative, default="-1")
+    period_text = fs.read_text("/sys/fs/cgroup/cpu%s/cpu.cfs_period_us" % relative, default="")
+    quota = int(quota_text) if quota_text.lstrip("-").isdigit() and int(quota_text) > 0 else None
+    return usage, quota, int(period_text) if period_text.isdigit() else None
+
+
+class NumaLoops:
+    """State and passes of the three NUMA loops of one agent."""
+
+    def __init__(self, node_name):
+        self.node_name = node_name
+        self.reporters = {}
+        self.reporter_settings = None
+        self.cpu_previous = None
+        self.cgroup_previous = {}
+        self.cnr = None
+        self.cnr_read_at = None
+        self.cnr_unserved = False
+        self.reported = {}
+        self.notes = set()
+        self.last_status = None
+        self.last_limits = None
+
+    def note(self, message):
+        """Log a degraded reading once."""
+        if message not in self.notes:
+            self.notes.add(message)
+            LOG.info(message, extra={"loop": "numa"})
+
+    # -- reclaimed resources ----------------------------------------------------------------------
+    def reporter(self, resource, config):
+        settings = (float(config["reclaimed_resources_period_seconds"]), float(config["reclaimed_window_seconds"]))
+        if settings != self.reporter_settings:
+            self.reporters, self.reporter_settings = {}, settings
+        if resource not in self.reporters:
+            period, window = settings
+            self.reporters[resource] = headroom.ReclaimedReporter(resource, size=max(int(round(window / period)), 1),
+                                                                  ttl=2 * window)
+        return self.reporters[resource]
+
+    def cpu_readings(self, fs, facts, config, now):
+        """Per-CPU busy ratios and the reclaimed cgroups' usage (cores) since the previous pass."""
+        current = parse_proc_stat(fs.read_text("/proc/stat", default=""))
+        if not current:
+            self.note("no /proc/stat in the sysroot: CPUs count as idle")
+        ratios = usage_ratios(self.cpu_previous or {}, current)
+        self.cpu_previous = current
+        version = _cgroup_version(facts)
+        root, per_numa = cgroups.reclaim_paths(config["cgroup_driver"], config["reclaim_root"], [n["id"] for n in facts["numa_nodes"]])
+        readings = {}
+        for key, relative in [("root", root)] + sorted(per_numa.items()):
+            usage, quota, period = read_cpu_cgroup(fs, version, relative)
+            cores = 0.0
+            previous = self.cgroup_previous.get(key)
+            if usage is not None and previous is not None and now > previous[1]:
+                cores = max(usage - previous[0], 0.0) / (now - previous[1])
+            if usage is not None:
+                self.cgroup_previous[key] = (usage, now)
+            readings[key] = {"usage": cores, "quota": quota, "period": period}
+        return {"cpu_usage_ratio": ratios, "cgroups": readings}
+
+    def desired_status(self, fs, facts, pods, config, now):
+        """The CNR status (reclaimed resources and NUMA zones) or None while the windows fill."""
+        pods_by_uid = {(p.get("metadata") or {}).get("uid"): p for p in pods}
+        containers = container_dicts(pods, facts, fs, config["cgroup_driver"], config["cgroup_root"].rstrip("/"))
+        all_numas = [n["id"] for n in facts["numa_nodes"]]
+        sockets = numa_socket_ids(facts)
+        metrics = numa_metrics_from_facts(facts)
+        enable = bool(config["reclaim_enabled"])
+        scale = read_scale_factor(fs)
+        reserved = parse_quantity(str(config["reserved_memory_for_allocate"])).value()
+        if config["reclaimed_memory_policy"] == "numa-aware":
+            version = _cgroup_version(facts)
+            root, per_numa = cgroups.reclaim_paths(config["cgroup_driver"], config["reclaim_root"], all_numas)
+            limits = {}
+            for key, relative in [("root", root)] + sorted(per_numa.items()):
+                text = fs.read_text(_memory_base(version) + relative + ("/memory.max" if version == "v2" else "/memory.limit_in_bytes"),
+                                    default="")
+                limits[key] = int(text) if text.isdigit() else cgroups.V1_MAX
+            memory = headroom.memory_headroom_numa_aware(containers, pods_by_uid, all_numas, sockets, metrics, scale, reserved,
+                                                         enable_reclaim=enable, reclaim_limits=limits)
+        else:
+            memory = headroom.memory_headroom_canonical(containers, pods_by_uid, all_numas, sockets, metrics, facts["memory_bytes"],
+                                                        {n["id"]: n.get("memory_bytes", 0) for n in facts["numa_nodes"]}, reserved,
+                                                        enable_reclaim=enable)
+        avail, _reclaimed = headroom.get_available_numas_and_reclaimed(containers, pods_by_uid, all_numas, sockets, enable)
+        readings = self.cpu_readings(fs, facts, config, now)
+        cpu = headroom.cpu_headroom(enable, reclaim_pool_cpus(facts, pods), avail, binding_numas(pods), readings)
+        reports = {}
+        for resource, result in (("cpu", cpu), ("memory", memory)):
+            reporter = self.reporter(resource, config)
+            report = reporter.sync(result["total"], result["numa"], now, enable_reclaim=enable, numa_ids=all_numas)
+            reports[resource] = report if report is not None else reporter.last
+        if reports["cpu"] is None or reports["memory"] is None:
+            return None
+        reclaimed = cnr.revise_reclaimed(**headroom.reclaimed_report_maps(reports["cpu"], reports["memory"]))
+        status = cnr.build_cnr_status(reclaimed, cnr.numa_sockets_from_facts(facts))
+        if config["numa_topology_report"]:
+            add_numa_capacity(status, facts)
+            policy = config["cnr_topology_policy"] or kubelet_topology_policy(fs)
+            status["topologyPolicy"] = policy
+        return status
+
+    def current_cnr(self, kube, refresh_seconds, now):
+        if self.cnr is None or self.cnr_read_at is None or now - self.cnr_read_at >= refresh_seconds:
+            self.cnr = kube.get(cnr.CNR_API_VERSION, cnr.CNR_KIND, self.node_name)
+            self.cnr_read_at = now
+        return self.cnr
+
+    def reclaimed_resources(self, fs, pods, kube, config, now):
+        """One pass: compute, and write the CNR status when it differs. Returns the applied Changes."""
+        facts = nodeinfo.gather(fs)
+        status = self.desired_status(fs, facts, pods, config, now)
+        if status is None or kube is None:
+            return []
+        self.last_status = status
+        try:
+            current = self.current_cnr(kube, float(config["cnr_refresh_seconds"]), now)
+        except KubeError as exc:
+            if exc.status == 404:
+                if not self.cnr_unserved:
+                    LOG.warning("the API server does not serve %s %s; reclaimed resources are not reported (%s)",
+                                cnr.CNR_API_VERSION, cnr.CNR_KIND, exc, extra={"loop": "reclaimed_resources"})
+                self.cnr_unserved = True
+                return []
+            raise
+        self.cnr_unserved = False
+        plan = plan_status_with_policy(self.node_name, current, status)
+        applied = []
+        try:
+            for change in plan:
+                self.cnr = apply_cnr_change(kube, change)
+                self.cnr_read_at = now
+                applied.append(change)
+        except KubeError:
+            self.cnr = None     # re-read next time (conflict, deleted, ...)
+            raise
+        return applied
+
+    # -- memory provision -------------------------------------------------------------------------
+    def memory_limits(self, fs, facts, pods, config):
+        """The per-NUMA and root limits to enforce (``memprovision.reclaimed_cgroup_limits``)."""
+        pods_by_uid = {(p.get("metadata") or {}).get("uid"): p for p in pods}
+        containers = container_dicts(pods, facts, fs, config["cgroup_driver"], config["cgroup_root"].rstrip("/"))
+        all_numas = [n["id"] for n in facts["numa_nodes"]]
+        sockets = numa_socket_ids(facts)
+        metrics = numa_metrics_from_facts(facts)
+        scale = read_scale_factor(fs)
+        enable = bool(config["reclaim_enabled"])
+        reserved = parse_quantity(str(config["reserved_memory_for_allocate"])).value()
+        provisions = memprovision.canonical_memory_provision(containers, pods_by_uid, all_numas, sockets, metrics, scale, reserved, enable)
+        avail, reclaimed = headroom.get_available_numas_and_reclaimed(containers, pods_by_uid, all_numas, sockets, enable)
+        requests = {}
+        for container in reclaimed:
+            numas = container.get("numa_assignments") or all_numas
+            for numa in numas:
+                requests[numa] = requests.get(numa, 0) + int(container.get("memory_request") or 0) // len(numas)
+        guard = None
+        if config["memory_guard_enabled"]:
+            guard = self.guard(fs, facts, config, avail, reclaimed, metrics, scale)
+        floor = parse_quantity(str(config["memory_provision_floor"])).value()
+        limits = memprovision.reclaimed_cgroup_limits(provisions, {n["id"]: n.get("memory_bytes", 0) for n in facts["numa_nodes"]},
+                                                      requests, headroom.actual_numa_binding_numas(reclaimed), guard,
+                                                      floor_bytes=floor, floor_ratio=float(config["memory_provision_floor_ratio"]))
+        limits["provisions"] = provisions
+        return limits
+
+    def guard(self, fs, facts, config, avail, reclaimed, metrics, scale):
+        version = _cgroup_version(facts)
+        all_numas = [n["id"] for n in facts["numa_nodes"]]
+        root, per_numa = cgroups.reclaim_paths(config["cgroup_driver"], config["reclaim_root"], all_numas)
+        usage, existing = {}, []
+        for key, relative in [("root", root)] + sorted(per_numa.items()):
+            path = _memory_base(version) + relative
+            text = fs.read_text(path + "/memory.numa_stat", default="")
+            if not text:
+                self.note("no memory.numa_stat for %s: the memory guard is skipped" % path)
+                return None
+            usage[key] = parse_numa_stat(text, version)
+            if key != "root":
+                existing.append(key)
+        return memprovision.memory_guard_limits(avail, reclaimed, metrics, scale, usage, numa_cgroups=existing)
+
+    def memory_provision(self, fs, pods, config):
+        """One pass: write the limits on ``<root>-<N>`` and the root where they differ. Returns the applied Changes."""
+        facts = nodeinfo.gather(fs)
+        limits = self.memory_limits(fs, facts, pods, config)
+        self.last_limits = limits
+        desired = memprovision.desired_memory_limits(facts, limits, config["cgroup_driver"], config["reclaim_root"])
+        try:
+            plan = cgroups.plan_qos_cgroups(desired, cgroups.read_cgroup_state(fs, desired))
+        except cgroups.CgroupError as exc:
+            self.note("memory provision waits for the reclaimed cgroups: %s" % exc)
+            return []
+        return plan.apply(cgroups.applier(fs))
+
+    # -- NUMA binding -------------------------------------------------------------------------------
+    def report(self, kube, pod, reason, message):
+        key = (pod.get("metadata") or {}).get("uid")
+        if self.reported.get(key) == message:
+            return
+        self.reported[key] = message
+        LOG.warning("pod %s: %s", placement.pod_key(pod), message, extra={"loop": "numa_binding"})
+        if kube is not None:
+            kube.emit_event(dict(pod, apiVersion="v1", kind="Pod"), reason, message, "Warning", "katalyst-agent")
+
+    def numa_binding(self, fs, pods, kube, config):
+        """Pin every running dedicated_cores + numa_binding pod to its NUMA node; returns the applied Changes."""
+        facts = nodeinfo.gather(fs)
+        version = _cgroup_version(facts)
+        pods = [dict(p, metadata=dict(p.get("metadata") or {})) for p in pods]
+        order = sorted(pods, key=lambda p: ((p["metadata"].get("creationTimestamp") or ""), placement.pod_key(p)))
+        applied = []
+        for pod in order:
+            if (pod.get("status") or {}).get("phase") != "Running" or not placement.is_numa_binding_pod(pod):
+                continue
+            try:
+                choice = placement.choose_numa_for_pod(pod, facts, pods)
+            except placement.AffinityError as exc:
+                self.report(kube, pod, "InvalidMicrotopology", "NUMA binding refused: %s" % exc)
+                continue
+            if choice.get("numa") is None:
+                self.report(kube, pod, "NUMABindingFailed", choice.get("reason") or "no NUMA node fits")
+                continue
+            annotations = dict(pod["metadata"].get("annotations") or {})
+            wanted = choice["annotations"][NUMA_BIND_RESULT_KEY]
+            if annotations.get(NUMA_BIND_RESULT_KEY) != wanted:
+                if kube is None:
+                    continue
+                kube.patch("v1", "Pod", pod["metadata"]["name"], {"metadata": {"annotations": {NUMA_BIND_RESULT_KEY: wanted}}},
+                           namespace=pod["metadata"].get("namespace"))
+                annotations[NUMA_BIND_RESULT_KEY] = wanted
+                pod["metadata"]["annotations"] = annotations
+                applied.append(Change("api", "Pod/%s" % placement.pod_key(pod), "set", None, wanted, "numa_bind_result"))
+            plan = plan_cpuset(fs, pod, version, config, choice)
+            applied.extend(plan.apply(cgroups.applier(fs)))
+        return applied
+
+
+def plan_cpuset(fs, pod, version, config, choice):
+    """cpuset.cpus / cpuset.mems of the pod's container cgroups (first: they narrow) and of the pod cgroup."""
+    prefix = config["cgroup_root"].rstrip("/")
+    base = ("/sys/fs/cgroup" if version == "v2" else "/sys/fs/cgroup/cpuset") + prefix
+    driver = config["cgroup_driver"]
+    paths = [base + p for _name, p in sorted(podcgroups.container_cgroup_paths(pod, driver).items())]
+    paths.append(base + podcgroups.pod_cgroup_path(pod, driver))
+    plan = Plan()
+    for path in paths:
+        if not fs.isdir(path):
+            continue
+        for name, value in (("cpuset.cpus", choice["cpuset_cpus"]), ("cpuset.mems", choice["cpuset_mems"])):
+            current = fs.read_text("%s/%s" % (path, name), default="").strip()
+            try:
+                same = nodeinfo.parse_cpu_list(current) == nodeinfo.parse_cpu_list(value) and current != ""
+            except ValueError:
+                same = False
+            if not same:
+                plan.add("cgroup_file", "%s/%s" % (path, name), "set", current or None, value, "NUMA binding of %s" % placement.pod_key(pod))
+    return plan
+
+
+def add_numa_capacity(status, facts):
+    """Add each NUMA zone's ``cpu`` and ``memory`` (what the kubelet topology adapter reports) for NUMA fit."""
+    by_id = {str(n["id"]): n for n in facts["numa_nodes"]}
+    for socket in status["topologyZone"]:
+        for zone in socket.get("children") or []:
+            info = by_id.get(zone["name"])
+            if info is None:
+                continue
+            resources = zone.setdefault("resources", {})
+            for field in ("allocatable", "capacity"):
+                values = resources.setdefault(field, {})
+                values["cpu"] = str(info.get("cpu_count", 0))
+                values["memory"] = str(info.get("memory_bytes", 0))
+
+
+def plan_status_with_policy(node_name, current, status):
+    """``cnr.plan_cnr_status`` plus ``status.topologyPolicy`` when we report it and it differs."""
+    policy = status.get("topologyPolicy")
+    plan = cnr.plan_cnr_status(node_name, current, {k: v for k, v in status.items() if k != "topologyPolicy"})
+    current_policy = ((current or {}).get("status") or {}).get("topologyPolicy")
+    if policy is None or policy == current_policy:
+        return plan
+    for change in plan:
+        if change.action == "patch":
+            change.data["patch"]["status"]["topologyPolicy"] = policy
+            return plan
+    plan.add("api", "%s/%s" % (cnr.CNR_KIND, node_name), "patch", {"topologyPolicy": current_policy}, {"topologyPolicy": policy},
+             "topology policy changed", {"patch": {"status": {"topologyPolicy": policy}}, "subresource": "status", "patch_type": "merge",
+                                         "api_version": cnr.CNR_API_VERSION, "kind": cnr.CNR_KIND, "name": node_name})
+    return plan
+
+
+def apply_cnr_change(kube, change):
+    """Apply one ``api`` Change of a CNR plan; returns the object the API answered with."""
+    data = change.data
+    if change.action == "create":
+        try:
+            return kube.create(data["object"])
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+            return kube.get(data["api_version"], data["kind"], data["name"])
+    if change.action == "patch":
+        return kube.patch(data["api_version"], data["kind"], data["name"], data["patch"], patch_type=data.get("patch_type", "merge"),
+                          subresource=data.get("subresource"))
+    if change.action == "delete":
+        kube.delete(data["api_version"], data["kind"], data["name"])
+        return None
+    raise ValueError("not a CNR change: %r" % change)
