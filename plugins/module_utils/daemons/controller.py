@@ -83,9 +83,15 @@ def _tide_factory(context):
     return TideReconciler(context)
 
 
+def _cnr_factory(context):
+    from .cnr_controller import CNRReconciler  # pylint: disable=import-outside-toplevel
+    return CNRReconciler(context)
+
+
 # Reconciler name (as in `controllers:`) -> factory(context).
 RECONCILERS = {
     "tide": _tide_factory,
+    "cnr": _cnr_factory,
 }
 
 DEFAULTS = {
