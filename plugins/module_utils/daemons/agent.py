@@ -21,8 +21,9 @@ import time
 
 from . import service
 from .agent_numa import NumaLoops
+from .agent_overcommit import DEFAULTS as REALTIME_OVERCOMMIT_DEFAULTS, RealtimeOvercommit
 from .informer import Informer
-from .. import bpf, cgroups, nodeinfo, oom, oomgather, oomobserver, podcgroups, qos, tcpmem
+from .. import bpf, cgroups, nodeinfo, oom, oomgather, oomobserver, overcommit, podcgroups, qos, tcpmem
 from ..kube import KubeClient
 from ..quantity import parse_quantity
 from ..reconcile import PlanError
@@ -81,6 +82,9 @@ DEFAULTS = {
 }
 
 
+DEFAULTS.update(REALTIME_OVERCOMMIT_DEFAULTS)
+
+
 class Agent:
     def __init__(self, config_path, kube_api_client=None):
         self.config_path = config_path
@@ -95,6 +99,7 @@ class Agent:
         self.kube = None
         self.reported_problems = {}
         self.pod_views, self.previous_pod_views = [], []
+        self.realtime_overcommit = RealtimeOvercommit(self)
         self.numa = NumaLoops(self.config["node_name"])
         self.metrics = {}
         if prometheus_client is not None:
@@ -110,6 +115,9 @@ class Agent:
                 registry=self.daemon.registry)
             self.metrics["oom_inversions"] = prometheus_client.Counter(
                 "katalyst_oom_priority_inversions", "OOM kills while a strictly lower-priority pod in the same OOM domain was alive",
+                registry=self.daemon.registry)
+            self.metrics["realtime_ratio"] = prometheus_client.Gauge(
+                "katalyst_realtime_overcommit_ratio", "Realtime overcommit ratio reported on the CNR", ["resource"],
                 registry=self.daemon.registry)
             self.metrics["oom_map_entries"] = prometheus_client.Gauge(
                 "katalyst_oom_priority_map_entries", "Entries in the pinned OOM priority BPF map", registry=self.daemon.registry)
@@ -285,6 +293,23 @@ class Agent:
             return
         self.record("numa_binding", self.numa.numa_binding(self.sysfs, self.node_pods(), self.kube, self.config))
 
+    def converge_realtime_overcommit(self):
+        """The realtime overcommit ratio (and manager policies, guaranteed CPUs) on this node's CNR."""
+        if not self.config["realtime_overcommit_enabled"] or self.kube is None or self.pods is None:
+            return
+        overcommit.validate_realtime_options(self.config["realtime_overcommit_cpu_target_load"], self.config["realtime_overcommit_memory_target_load"],
+                                             self.config["realtime_overcommit_cpu_estimated_load"],
+                                             self.config["realtime_overcommit_memory_estimated_load"])
+        pods = [p for p in self.pods.items() if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+        desired = self.realtime_overcommit.desired_annotations(nodeinfo.gather(self.sysfs), pods, time.monotonic())
+        changes = self.realtime_overcommit.report(self.kube, self.config["node_name"], desired)
+        if self.metrics:
+            cpu, memory = self.realtime_overcommit.last_ratios
+            self.metrics["realtime_ratio"].labels("cpu").set(cpu)
+            self.metrics["realtime_ratio"].labels("memory").set(memory)
+        if changes:
+            LOG.info("realtime overcommit: %s", changes, extra={"loop": "realtime_overcommit"})
+
     # -- wiring -------------------------------------------------------------------------------
     def build(self):
         cfg = self.config
@@ -292,6 +317,7 @@ class Agent:
         self.daemon.add_loop(service.Loop("tcp_memory", cfg["tcp_memory_period_seconds"], self.converge_tcp_memory))
         self.daemon.add_loop(service.Loop("oom_priority", cfg["oom_priority_period_seconds"], self.converge_oom_priority))
         self.daemon.add_loop(service.Loop("oom_observer", cfg["oom_observer_period_seconds"], self.observe_oom_kills))
+        self.daemon.add_loop(service.Loop("realtime_overcommit", cfg["realtime_overcommit_period_seconds"], self.converge_realtime_overcommit))
         self.daemon.add_loop(service.Loop("reclaimed_resources", cfg["reclaimed_resources_period_seconds"], self.report_reclaimed_resources))
         self.daemon.add_loop(service.Loop("memory_provision", cfg["memory_provision_period_seconds"], self.converge_memory_provision))
         self.daemon.add_loop(service.Loop("numa_binding", cfg["numa_binding_period_seconds"], self.converge_numa_binding))

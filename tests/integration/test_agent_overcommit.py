@@ -1,0 +1,74 @@
+"""katalyst-agent's realtime overcommit ratio on the CNR (cluster spec §2.6), from the pods' cgroups in a
+sandbox sysroot (16 CPUs, 32 GiB) and the pods in the emulator, as a real process."""
+
+import json
+import os
+import subprocess
+import sys
+
+from kubernetes import client
+
+from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
+from sandbox.sysroot import build_sysroot
+from tests.integration.ansible_runner import REPO
+from tests.integration.test_agent_daemon import wait_until
+
+NODE = "oc-node"
+GROUP, VERSION, PLURAL = "node.katalyst.kubewharf.io", "v1alpha1", "customnoderesources"
+
+
+def test_realtime_ratio_follows_usage_and_reports_guaranteed_cpus(kubeapi, kube_client, tmp_path):
+    ext = client.ApiextensionsV1Api(kube_client)
+    for crd in crd_manifests.crds():
+        ext.create_custom_resource_definition(crd)
+    core, custom = client.CoreV1Api(kube_client), client.CustomObjectsApi(kube_client)
+    sysroot = build_sysroot(str(tmp_path / "sysroot"), sockets=1, numa_per_socket=2, cores_per_numa=8, smt=1,
+                            memory_per_numa_bytes=16 << 30, cgroup="v1")
+    core.create_node({"metadata": {"name": NODE}})
+    # 4 CPUs / 8 GiB requested: a Burstable web pod and a Guaranteed pod with 2 whole CPUs
+    web = core.create_namespaced_pod("default", {"metadata": {"name": "web"}, "spec": {"nodeName": NODE, "containers": [
+        {"name": "main", "image": "x", "resources": {"requests": {"cpu": "2", "memory": "6Gi"}}}]}})
+    db = core.create_namespaced_pod("default", {"metadata": {"name": "db"}, "spec": {"nodeName": NODE, "containers": [
+        {"name": "main", "image": "x", "resources": {"limits": {"cpu": "2", "memory": "2Gi"}}}]}})
+    paths = {}
+    for pod, qos in ((web, "burstable"), (db, "")):
+        core.patch_namespaced_pod_status(pod.metadata.name, "default", {"status": {"phase": "Running"}})
+        relative = "/kubepods/%spod%s" % (qos + "/" if qos else "", pod.metadata.uid)
+        for controller, name, value in (("cpuacct", "cpuacct.usage", "5000000000"), ("memory", "memory.stat", "total_rss %d\n" % (1 << 30))):
+            os.makedirs(sysroot + "/sys/fs/cgroup/%s%s" % (controller, relative), exist_ok=True)
+            with open(sysroot + "/sys/fs/cgroup/%s%s/%s" % (controller, relative, name), "w") as handle:
+                handle.write(value)
+        paths[pod.metadata.name] = sysroot + "/sys/fs/cgroup/cpuacct%s/cpuacct.usage" % relative
+    config = tmp_path / "agent.yaml"
+    config.write_text(json.dumps({"node_name": NODE, "kubeconfig": kubeapi.kubeconfig, "sysroot": sysroot, "port": 0,
+                                  "qos_cgroups_enabled": False, "oom_priority_enabled": False, "realtime_overcommit_enabled": True,
+                                  "realtime_overcommit_period_seconds": 0.5, "cpu_manager_policy": "static"}))
+    log = open(tmp_path / "agent.log", "w+")
+    agent = subprocess.Popen([sys.executable, "-m", "ansible_collections.katalyst.colocation.plugins.module_utils.daemons.agent",
+                              "--config", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, PYTHONPATH="%s/.build/collections" % REPO))
+    try:
+        def annotations():
+            try:
+                return custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, NODE)["metadata"].get("annotations") or {}
+            except client.ApiException:
+                return {}
+
+        # no CPU used (the counters stand still), 2 GiB RSS: cpu ((16000*0.6)/0.4 + 4000)/16000 = 1.75,
+        # memory load max(2/8, 0.8) -> ((32*0.8 - 2)/0.8 + 8)/32 = 1.171875 -> "1.17"
+        wait_until(lambda: annotations().get("katalyst.kubewharf.io/cpu_overcommit_ratio") == "1.75",
+                   what="the first report; log: " + open(log.name).read()[-1500:])
+        found = annotations()
+        assert found["katalyst.kubewharf.io/memory_overcommit_ratio"] == "1.17"
+        assert found["katalyst.kubewharf.io/overcommit_cpu_manager"] == "static"
+        assert found["katalyst.kubewharf.io/overcommit_memory_manager"] == "None"
+        assert found["katalyst.kubewharf.io/guaranteed_cpus"] == "2"
+        # the web pod burns far more CPU than the node has: no room to overcommit CPU
+        with open(paths["web"], "w") as handle:
+            handle.write(str(5000000000 + 10 ** 15))
+        wait_until(lambda: annotations().get("katalyst.kubewharf.io/cpu_overcommit_ratio") == "1.00", what="the ratio to drop")
+        assert annotations()["katalyst.kubewharf.io/memory_overcommit_ratio"] == "1.17"
+    finally:
+        agent.terminate()
+        agent.wait(10)
+        log.close()
