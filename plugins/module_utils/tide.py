@@ -638,11 +638,13 @@ def _add_node_change(result, config, node, edit, reasons, role_before, role_afte
     return after_node
 
 
-def plan_tide_pool(pool, nodes, pods, now=None, snapshot_factory=Snapshot):
+def plan_tide_pool(pool, nodes, pods, now=None, snapshot_factory=Snapshot, flips=True):
     """One reconcile of ``pool`` (§1.4, §1.5, §1.8) over every node and pod of the cluster.
 
     ``now`` (an aware datetime) stamps flips and conditions and drives the cooldown; without it no
-    cooldown applies. Deterministic: nodes and pods are taken in name order.
+    cooldown applies. With ``flips=False`` the flip is decided and reported (``flip``) but not part
+    of the plan (a playbook that leaves flipping to the controller). Deterministic: nodes and pods
+    are taken in name order.
     """
     config = PoolConfig(pool)
     meta = pool.get("metadata") or {}
@@ -682,7 +684,9 @@ def plan_tide_pool(pool, nodes, pods, now=None, snapshot_factory=Snapshot):
     snapshot = snapshot_factory(list(view.values()), pods)
     flip, result.flip_note = decide_flip(config, snapshot, pods, now)
     result.flip = flip
-    if flip is not None:
+    if flip is not None and not flips:
+        result.flip_note = "not applied here: katalyst-controller makes flips"
+    elif flip is not None:
         flip_edit = config.flip_edit(flip["direction"], now)
         previous = edits.get(flip["node"])
         edit = merge_edits(previous[0], flip_edit) if previous else flip_edit
@@ -692,7 +696,7 @@ def plan_tide_pool(pool, nodes, pods, now=None, snapshot_factory=Snapshot):
         edit, reason = edits[name]
         after_node = _add_node_change(result, config, by_name[name], edit, [reason], result.roles_before.get(name),
                                       config.role(_labels(apply_node_edit(by_name[name], edit))),
-                                      flip["direction"] if flip and flip["node"] == name else None)
+                                      flip["direction"] if flip and flips and flip["node"] == name else None)
         view[name] = after_node
     result.roles = {_name(n): config.role(_labels(view[_name(n)])) for n in selected}
 

@@ -53,6 +53,49 @@ def pod_fingerprint(pod):
     return (spec.get("nodeName"), status.get("phase"), tuple(scheduled), ((pod.get("metadata") or {}).get("labels") or {}).get(tide.LABEL_POD_TYPE))
 
 
+# -- writes shared by the reconciler and the modules ----------------------------------------------
+def add_finalizer(kube, name, dry_run=False):
+    """Add the finalizer; returns the pool as the API returned it (None when it is gone)."""
+    def mutation(obj):
+        if tide.FINALIZER in (obj["metadata"].get("finalizers") or []):
+            return None
+        obj["metadata"]["finalizers"] = list(obj["metadata"].get("finalizers") or []) + [tide.FINALIZER]
+        return obj
+    _before, after = kube.mutate(tide.API_VERSION, tide.KIND, name, mutation, dry_run=dry_run)
+    return after
+
+
+def remove_finalizer(kube, name, dry_run=False):
+    def mutation(obj):
+        obj["metadata"]["finalizers"] = [f for f in obj["metadata"].get("finalizers") or [] if f != tide.FINALIZER]
+        return obj
+    return kube.mutate(tide.API_VERSION, tide.KIND, name, mutation, dry_run=dry_run)[1]
+
+
+def write_status(kube, name, status, dry_run=False):
+    return kube.mutate(tide.API_VERSION, tide.KIND, name, lambda obj: dict(obj, status=status), subresource="status", dry_run=dry_run)[1]
+
+
+def write_node_changes(kube, result, dry_run=False):
+    """Apply a TidePlan's node edits (read, edit, replace; re-read and re-edited on conflicts; a node
+    that already matches is not written). Returns [(change, node after)] for the nodes written."""
+    written = []
+    for change in result.plan:
+        edit = change.data["edit"]
+        before, after = kube.mutate("v1", "Node", change.data["node"], lambda obj, edit=edit: tide.apply_node_edit(obj, edit), dry_run=dry_run)
+        if after is not None and after is not before:
+            written.append((change, after))
+    return written
+
+
+def flip_event(kube, pool, flip):
+    """The Event every flip gets: which node, which way, and the pods that caused it."""
+    reason = "TideNodeOnline" if flip["direction"] == "online" else "TideNodeOffline"
+    message = "node %s flipped %s: %s" % (flip["node"], flip["direction"], flip["reason"])
+    kube.emit_event(pool, reason, message, "Normal", COMPONENT)
+    return message
+
+
 class TideReconciler:
     name = "tide"
     informers = ("nodes", "pods", "tidenodepools")
@@ -127,10 +170,7 @@ class TideReconciler:
         name = _name(pool)
         meta = pool["metadata"]
         if not meta.get("deletionTimestamp") and tide.FINALIZER not in (meta.get("finalizers") or []):
-            def add_finalizer(obj):
-                obj["metadata"]["finalizers"] = list(obj["metadata"].get("finalizers") or []) + [tide.FINALIZER]
-                return obj
-            _before, pool = kube.mutate(tide.API_VERSION, tide.KIND, name, add_finalizer)
+            pool = add_finalizer(kube, name)          # and go on with the object the API returned
             if pool is None:
                 return None
             self._count("pool")
@@ -139,43 +179,29 @@ class TideReconciler:
         if self.metrics:
             self.metrics["plan_seconds"].observe(time.monotonic() - started)
         self.last_plans[name] = result
-        for change in result.plan:
-            node_name, edit = change.data["node"], change.data["edit"]
-            before, after = kube.mutate("v1", "Node", node_name, lambda obj, edit=edit: tide.apply_node_edit(obj, edit))
-            if after is None:
-                continue
-            if after is not before:
-                self._count("node")
-                nodes[node_name] = after
-                self.written_nodes[node_name] = (after, time.monotonic())
-                LOG.info("tide pool %s: node %s %s -> %s (%s)", name, node_name, change.data["role_before"], change.data["role_after"],
-                         change.reason, extra={"pool": name, "node": node_name})
+        for change, after in write_node_changes(kube, result):
+            node_name = change.data["node"]
+            self._count("node")
+            nodes[node_name] = after
+            self.written_nodes[node_name] = (after, time.monotonic())
+            LOG.info("tide pool %s: node %s %s -> %s (%s)", name, node_name, change.data["role_before"], change.data["role_after"],
+                     change.reason, extra={"pool": name, "node": node_name})
         if result.flip is not None:
-            self.report_flip(pool, result.flip)
+            message = flip_event(kube, pool, result.flip)
+            if self.metrics:
+                self.metrics["flips"].labels(name, result.flip["direction"]).inc()
+            LOG.info("tide pool %s: %s", name, message, extra={"pool": name, "node": result.flip["node"], "pods": result.flip["pods"]})
         if result.deleting:
             if result.remove_finalizer:
-                def remove_finalizer(obj):
-                    obj["metadata"]["finalizers"] = [f for f in obj["metadata"].get("finalizers") or [] if f != tide.FINALIZER]
-                    return obj
-                kube.mutate(tide.API_VERSION, tide.KIND, name, remove_finalizer)
+                remove_finalizer(kube, name)
                 self._count("pool")
                 LOG.info("tide pool %s deleted: nodes cleaned, finalizer removed", name, extra={"pool": name})
             return result
         if result.error and self.reported.get(name) != result.error:
-            reason = result.status["conditions"][0]["reason"]
-            kube.emit_event(pool, reason, result.error, "Warning", COMPONENT)
+            kube.emit_event(pool, result.status["conditions"][0]["reason"], result.error, "Warning", COMPONENT)
             LOG.warning("tide pool %s: %s", name, result.error, extra={"pool": name})
         self.reported[name] = result.error
         if result.status_changed:
-            kube.mutate(tide.API_VERSION, tide.KIND, name, lambda obj: dict(obj, status=result.status), subresource="status")
+            write_status(kube, name, result.status)
             self._count("status")
         return result
-
-    def report_flip(self, pool, flip):
-        name = _name(pool)
-        reason = "TideNodeOnline" if flip["direction"] == "online" else "TideNodeOffline"
-        message = "node %s flipped %s: %s" % (flip["node"], flip["direction"], flip["reason"])
-        self.context.kube.emit_event(pool, reason, message, "Normal", COMPONENT)
-        if self.metrics:
-            self.metrics["flips"].labels(name, flip["direction"]).inc()
-        LOG.info("tide pool %s: %s", name, message, extra={"pool": name, "node": flip["node"], "pods": flip["pods"]})

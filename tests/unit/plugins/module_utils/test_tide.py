@@ -454,3 +454,11 @@ def test_snapshot_factory_is_used_for_the_fit_check():
     tide.plan_tide_pool(pool(reserve={"online": 0, "offline": 0}), [tide_node("n1", True), node("other", labels={"test": "no"})], [],
                         snapshot_factory=factory)
     assert built == [2]                                                          # every node of the cluster, not just the pool
+
+
+def test_flips_can_be_reported_without_being_planned():
+    p = pool(reserve={"online": 0, "offline": 0})
+    nodes = [tide_node("n1", True), tide_node("n2", True)]
+    result = tide.plan_tide_pool(p, nodes, [], now=NOW, flips=False)
+    assert result.flip["node"] == "n1" and not result.plan and "katalyst-controller" in result.flip_note
+    assert result.roles == {"n1": "tide-online", "n2": "tide-online"}
