@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import ssl
+import sys
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +39,9 @@ def write_kubeconfig(path, url, context="sandbox", ca_file=None):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body go out in separate writes: with Nagle's algorithm and the client's delayed ACK
+    # every keep-alive response would wait ~40 ms
+    disable_nagle_algorithm = True
     server_version = "katalyst-sandbox-apiserver"
     _raw = None
 
@@ -224,6 +228,15 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+class QuietThreadingHTTPServer(ThreadingHTTPServer):
+    """Clients that hang up mid-request (closed pools, stopped watches) are normal, not tracebacks."""
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class KubeAPIServer:
     """The emulator: an HTTP server over a KubeAPI, optionally persisted to ``state_file``."""
 
@@ -234,7 +247,7 @@ class KubeAPIServer:
         if state_file and os.path.exists(state_file):
             with open(state_file) as handle:
                 self.api.restore(json.load(handle))
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd = QuietThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.scheme = "http"
         if tls_cert:
