@@ -56,8 +56,12 @@ static __always_inline __u64 memory_cgroup_id(struct task_struct *task)
 	if (!bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id))
 		return 0;
 	int memory = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+	// task may be an untrusted pointer (fentry's oc->chosen): every step goes through probe reads
+	struct css_set *cgroups = BPF_CORE_READ(task, cgroups);
 	struct cgroup_subsys_state *css = 0;
-	bpf_probe_read_kernel(&css, sizeof(css), &task->cgroups->subsys[memory]);
+	if (!cgroups)
+		return 0;
+	bpf_probe_read_kernel(&css, sizeof(css), &cgroups->subsys[memory]);
 	if (!css)
 		return 0;
 	return BPF_CORE_READ(css, cgroup, kn, id);
