@@ -1,0 +1,109 @@
+"""The tide role: installs katalyst-controller with the tide reconciler and runs it (sandbox service
+stand-in) against the emulator; idempotent; the systemd unit verifies and is hardened."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from kubernetes import client
+
+from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests, tide
+from tests.integration.ansible_runner import REPO, run_playbook
+
+PLAY = """
+- hosts: localhost
+  gather_facts: false
+  roles:
+    - role: katalyst.colocation.tide
+"""
+
+SERVICE_TASK = "katalyst.colocation.tide : Run katalyst-controller on the sandbox"
+UNIT_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: unit
+      ansible.builtin.include_role:
+        name: katalyst.colocation.tide
+        tasks_from: unit.yml
+"""
+
+
+def wait_until(predicate, timeout=30.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+def role_vars(tmp_path, kubeconfig):
+    return {"tide_service_manager": "sandbox", "tide_python_mode": "current", "tide_metrics_port": 0,
+            "tide_install_dir": str(tmp_path / "opt"), "tide_config_dir": str(tmp_path / "etc"),
+            "tide_kubeconfig_src": kubeconfig, "katalyst_sandbox_dir": str(tmp_path / "sandbox"),
+            "tide_period_seconds": 1, "tide_lease_namespace": "default"}
+
+
+def stop_service(tmp_path):
+    subprocess.run([sys.executable, "-m", "sandbox", "service", "--state-dir", str(tmp_path / "sandbox"), "stop", "katalyst-controller-localhost"],
+                   cwd=REPO, capture_output=True, check=False, timeout=60)
+
+
+def test_role_runs_the_controller_which_converges_a_pool_and_is_idempotent(kubeapi, kube_client, tmp_path):
+    for crd in crd_manifests.crds():
+        client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(crd)
+    core = client.CoreV1Api(kube_client)
+    for index in range(4):
+        core.create_node({"metadata": {"name": "n%d" % index, "labels": {"pool": "p"}},
+                          "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}})
+    client.CustomObjectsApi(kube_client).create_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, {
+        "apiVersion": tide.API_VERSION, "kind": tide.KIND, "metadata": {"name": "p"},
+        "spec": {"nodeConfigs": {"nodeSelector": {"pool": "p"}, "reserve": {"online": "30%", "offline": "30%"}}}})
+    env = {"PYTHONPATH": REPO}                                          # `python -m sandbox` from the repository
+    (tmp_path / "sandbox").mkdir()
+    extra = role_vars(tmp_path, kubeapi.kubeconfig)
+    try:
+        rc, tasks, out = run_playbook(PLAY, tmp_path, [], extra, env=env)
+        assert rc == 0, out[-3000:]
+        assert tasks[SERVICE_TASK]["changed"] is True
+        config = (tmp_path / "etc" / "controller.yaml").read_text()
+        assert "controllers: [\"tide\"]" in config and "period_seconds" in config
+        assert oct((tmp_path / "etc" / "controller-kubeconfig").stat().st_mode & 0o777) == "0o600"
+
+        def converged():
+            pool = client.CustomObjectsApi(kube_client).get_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, "p")
+            return ((pool.get("status") or {}).get("reserveNodes") == {"onlineNodes": ["n1", "n0"], "offlineNodes": ["n2"]}
+                    and pool["metadata"].get("finalizers") == [tide.FINALIZER])
+        wait_until(converged, what="the controller to converge the pool")
+        labels = core.read_node("n3").metadata.labels
+        assert labels[tide.LABEL_TIDE] == "true" and labels[tide.LABEL_NODE_POOL] == "p"
+
+        rc, tasks, out = run_playbook(PLAY, tmp_path, [], extra, env=env)
+        assert rc == 0, out[-3000:]
+        changed = [name for name, result in tasks.items() if result.get("changed")]
+        assert changed == [], changed                                      # idempotent: nothing rewritten, no restart
+        rc, tasks, out = run_playbook(PLAY, tmp_path, [], dict(extra, tide_log_level="debug"), env=env)
+        assert rc == 0 and tasks[SERVICE_TASK]["changed"] is True, out[-3000:]   # config change restarts
+    finally:
+        stop_service(tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_unit_verifies_and_is_hardened(tmp_path):
+    extra = {"tide_systemd_unit_dir": str(tmp_path), "tide_python_mode": "system", "tide_service_manager": "sandbox", "tide_bundle": {"stdout": json.dumps({"version": "x"})}}
+    rc, tasks, out = run_playbook(UNIT_PLAY, tmp_path, [], extra)
+    assert rc == 0, out[-3000:]                                         # the template's validate ran systemd-analyze verify
+    unit = tmp_path / "katalyst-controller.service"
+    text = unit.read_text()
+    assert "DynamicUser=yes" in text and "LoadCredential=kubeconfig:/etc/katalyst/controller-kubeconfig" in text
+    assert "ExecStart=/usr/bin/python3 -m katalyst_colocation.daemons.controller --config /etc/katalyst/controller.yaml" in text
+    report = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True, check=False)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", report.stdout + report.stderr)
+    assert match, report.stdout + report.stderr
+    print("systemd-analyze security exposure: %s" % match.group(1))
+    assert float(match.group(1)) <= 2.0, report.stdout
