@@ -95,7 +95,8 @@ def test_role_runs_the_controller_which_converges_a_pool_and_is_idempotent(kubea
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_unit_verifies_and_is_hardened(tmp_path):
-    extra = {"tide_systemd_unit_dir": str(tmp_path), "tide_python_mode": "system", "tide_service_manager": "sandbox", "tide_bundle": {"stdout": json.dumps({"version": "x"})}}
+    extra = {"tide_systemd_unit_dir": str(tmp_path), "tide_python_mode": "system", "tide_service_manager": "sandbox",
+             "tide_bundle": {"stdout": json.dumps({"version": "x"})}}
     rc, tasks, out = run_playbook(UNIT_PLAY, tmp_path, [], extra)
     assert rc == 0, out[-3000:]                                         # the template's validate ran systemd-analyze verify
     unit = tmp_path / "katalyst-controller.service"
