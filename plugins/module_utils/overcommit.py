@@ -508,7 +508,7 @@ def decrease_violations(node, current_annotations, desired_annotations, cnr, req
             after = parse_go_float(desired_annotations.get(RATIO_KEY[resource], DEFAULT_RATIO))
         except ValueError:
             continue
-        if not after < before:
+        if after >= before:
             continue
         new_allocatable = _amount(resource, _resulting_allocatable(node, desired_annotations, cnr, resource))
         if new_allocatable < requested.get(resource, 0):

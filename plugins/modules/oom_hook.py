@@ -12,7 +12,7 @@ version_added: 0.1.0
 description:
   - Compiles the CO-RE OOM observer (C(oom_observer.bpf.c)) with clang against the running kernel's BTF
     (C(/sys/kernel/btf/vmlinux), via C(bpftool btf dump)), loads it through the system libbpf and pins its maps and
-    links under O(pin_dir): the Katalyst-compatible priority map C(oom_priority) (key u64 cgroup id, value s64
+    links under O(pin_dir), namely the Katalyst-compatible priority map C(oom_priority) (key u64 cgroup id, value s64
     priority) and the kill records C(oom_events). Pinned links stay attached after this module exits.
   - C(fentry/oom_kill_process) (victim points and OOM domain) is used where the kernel allows BPF trampolines;
     otherwise C(tp_btf/mark_victim) alone.

@@ -100,8 +100,9 @@ def main():
             pod = core.create_namespaced_pod("default", {"metadata": {"name": name, "annotations": {QOS: qos_level}},
                                                          "spec": {"nodeName": NODE, "containers": containers}})
             pids = []
+            qos_class = "BestEffort" if qos_level == "reclaimed_cores" else "Burstable"
             for container in range(args.containers):
-                cgroup = os.path.join(domain.path, "kubepods", "besteffort" if qos_level == "reclaimed_cores" else "burstable", "pod" + pod.metadata.uid, "ctr%d" % container)
+                cgroup = os.path.join(domain.path, "kubepods", qos_class.lower(), "pod" + pod.metadata.uid, "ctr%d" % container)
                 os.makedirs(cgroup)
                 process = subprocess.Popen([sys.executable, "-c", SLEEPER], preexec_fn=lambda c=cgroup: open(c + "/cgroup.procs", "w").write(
                     str(os.getpid())))  # pylint: disable=subprocess-popen-preexec-fn
@@ -109,7 +110,7 @@ def main():
                 pids.append(process.pid)
             time.sleep(0.05)   # the interpreters are up (their oom_score_adj is 0)
             start = time.monotonic()
-            core.patch_namespaced_pod_status(name, "default", {"status": {"phase": "Running", "qosClass": "BestEffort" if qos_level == "reclaimed_cores" else "Burstable"}})
+            core.patch_namespaced_pod_status(name, "default", {"status": {"phase": "Running", "qosClass": qos_class}})
             if name == "web":
                 continue
             while not all(adj(pid) > 0 for pid in pids):

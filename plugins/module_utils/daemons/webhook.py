@@ -21,7 +21,10 @@ import json
 import logging
 import sys
 
-import jsonpatch
+try:
+    import jsonpatch
+except ImportError:  # pragma: no cover - the daemon's requirements install it
+    jsonpatch = None
 
 from . import service
 from .extender import JSONServer, server_ssl_context
