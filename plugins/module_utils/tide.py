@@ -468,8 +468,28 @@ def _flip_in_snapshot(snapshot, config, name, direction, now):
 
 def _fits_empty(snapshot, pod, name):
     """Cheap pre-check: would the pod's requests fit the node's allocatable with nothing on it?"""
-    allocatable = snapshot.allocatable[name]
-    return all(not amount or amount <= allocatable.get(resource, 0) for resource, amount in snapshot.requests(pod).items())
+    return not _beyond(snapshot, pod, snapshot.allocatable[name])
+
+
+def _most_free(snapshot, names):
+    """Per resource, the most any of ``names`` has free (``pods``: free pod slots; no limit is infinite)."""
+    best = {"pods": -1}
+    for name in names:
+        allocatable, requested = snapshot.allocatable[name], snapshot.requested[name]
+        for resource, amount in allocatable.items():
+            free = amount - (snapshot.pod_count[name] if resource == "pods" else requested.get(resource, 0))
+            if free > best.get(resource, -1):
+                best[resource] = free
+        if "pods" not in allocatable:
+            best["pods"] = float("inf")
+    return best
+
+
+def _beyond(snapshot, pod, most):
+    """True when a request exceeds what ``most`` offers, so the fit check cannot pass (no need to scan)."""
+    if most.get("pods", float("inf")) < 1:
+        return True
+    return any(amount and amount > most.get(resource, 0) for resource, amount in snapshot.requests(pod).items() if resource != "pods")
 
 
 def decide_flip(config, snapshot, pods, now=None):
@@ -491,11 +511,19 @@ def decide_flip(config, snapshot, pods, now=None):
         if not offline:
             return None, "%d pending online pod(s) but no offline tide node to bring online" % len(pending)
         fits_somewhere, hopeless = {}, set()
+        most_free = _most_free(snapshot, names)                     # the snapshot is back to this after every trial flip
+        most_offline = {}
+        for name in offline:
+            for resource, amount in snapshot.allocatable[name].items():
+                most_offline[resource] = max(amount, most_offline.get(resource, 0))
         for pod in pending:
             klass = _fit_class(snapshot, pod)
             if klass not in fits_somewhere:
-                fits_somewhere[klass] = snapshot.fits_any_node(pod) is not None
+                fits_somewhere[klass] = not _beyond(snapshot, pod, most_free) and snapshot.fits_any_node(pod) is not None
             if fits_somewhere[klass] or klass in hopeless:
+                continue
+            if _beyond(snapshot, pod, dict(most_offline, pods=1)):    # too big for any offline node, even empty
+                hopeless.add(klass)
                 continue
             for name in offline:
                 if name in cooling or not _fits_empty(snapshot, pod, name):
@@ -544,10 +572,11 @@ def decide_flip(config, snapshot, pods, now=None):
 def _pods_helped(snapshot, pending, name):
     """The pending pods that fit no other node and fit on ``name`` (packed one after another)."""
     helped, elsewhere = [], {}
+    most_free = _most_free(snapshot, [other["metadata"]["name"] for other in snapshot.nodes() if other["metadata"]["name"] != name])
     for pod in pending:
         klass = _fit_class(snapshot, pod)
         if klass not in elsewhere:
-            elsewhere[klass] = snapshot.fits_any_node(pod, exclude=(name,)) is not None
+            elsewhere[klass] = not _beyond(snapshot, pod, most_free) and snapshot.fits_any_node(pod, exclude=(name,)) is not None
         if elsewhere[klass] or not snapshot.fits(pod, name)[0]:
             continue
         snapshot.add_pod(pod, name)

@@ -462,3 +462,20 @@ def test_flips_can_be_reported_without_being_planned():
     result = tide.plan_tide_pool(p, nodes, [], now=NOW, flips=False)
     assert result.flip["node"] == "n1" and not result.plan and "katalyst-controller" in result.flip_note
     assert result.roles == {"n1": "tide-online", "n2": "tide-online"}
+
+
+def test_resource_pruning_never_rejects_a_pod_that_fits():
+    """The shortcut (a request above what any node has free) agrees with the full fit check."""
+    rng = random.Random(7)
+    for _round in range(30):
+        nodes = [node("n%d" % i, millicpu=rng.choice([1000, 2000, 4000]), memory=rng.choice([1000, 4000]), pods=rng.choice([1, 2, 110]))
+                 for i in range(5)]
+        if rng.random() < 0.3:
+            del nodes[0]["status"]["allocatable"]["pods"]
+        bound = [online_pod("b%d" % i, rng.randint(100, 1500), rng.randint(100, 1500), "n%d" % rng.randint(0, 4)) for i in range(6)]
+        snapshot = Snapshot(nodes, bound)
+        most = tide._most_free(snapshot, [n["metadata"]["name"] for n in nodes])
+        for index in range(20):
+            candidate = online_pod("c%d" % index, rng.randint(0, 4000), rng.randint(0, 4000))
+            if tide._beyond(snapshot, candidate, most):
+                assert snapshot.fits_any_node(candidate) is None
