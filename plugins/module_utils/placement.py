@@ -27,7 +27,7 @@ from .cnr import RECLAIMED_MEMORY, RECLAIMED_MILLICPU, reclaimed_from_cnr
 from .fit import is_active, pod_requests
 from .nodeinfo import parse_cpu_list
 from .quantity import parse_quantity
-from .qos import DEDICATED_CORES, NUMA_BIND_RESULT_KEY, QoSError, RECLAIMED_CORES, memory_enhancement, resolve_qos_level
+from .qos import DEDICATED_CORES, MEMORY_ENHANCEMENT_KEY, NUMA_BIND_RESULT_KEY, QoSError, RECLAIMED_CORES, memory_enhancement, resolve_qos_level
 from .selectors import label_selector_from_dict
 
 AFFINITY_KEY = "katalyst.kubewharf.io/microtopology_affinity"
@@ -70,13 +70,20 @@ def _qos(pod):
         return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _memory_flags(text):
+    """(numa_binding, numa_exclusive) of a memory_enhancement annotation text (cached: pods repeat a few texts)."""
+    values = memory_enhancement({MEMORY_ENHANCEMENT_KEY: text})[0] if text is not None else {}
+    return values.get("numa_binding") == "true", values.get("numa_exclusive") == "true"
+
+
 def is_numa_binding_pod(pod):
     """``dynamic`` support: dedicated_cores with ``memory_enhancement.numa_binding == "true"``."""
-    return _qos(pod) == DEDICATED_CORES and memory_enhancement(_annotations(pod))[0].get("numa_binding") == "true"
+    return _qos(pod) == DEDICATED_CORES and _memory_flags(_annotations(pod).get(MEMORY_ENHANCEMENT_KEY))[0]
 
 
 def is_numa_exclusive_pod(pod):
-    return is_numa_binding_pod(pod) and memory_enhancement(_annotations(pod))[0].get("numa_exclusive") == "true"
+    return is_numa_binding_pod(pod) and _memory_flags(_annotations(pod).get(MEMORY_ENHANCEMENT_KEY))[1]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -139,8 +146,29 @@ def main_container(pod):
 
 
 # -- NUMA topology from the CNR ------------------------------------------------------------------------
+_TOPOLOGY_CACHE = {}
+_TOPOLOGY_CACHE_SIZE = 16384
+
+
 def numa_topology(cnr):
-    """``{"policy": topologyPolicy, "numas": {id: {"socket", "allocatable": {res: int}, "allocations": [(consumer, requests)]}}}``."""
+    """``{"policy": topologyPolicy, "numas": {id: {"socket", "allocatable": {res: int}, "allocations": [(consumer, requests)]}}}``.
+
+    Read-only for callers: a CNR with a resourceVersion is parsed once per version (the extender sees the same
+    CNRs for every pod).
+    """
+    meta = _meta(cnr)
+    key = (meta.get("uid") or meta.get("name"), meta.get("resourceVersion"))
+    if key[1] is None:
+        return _parse_numa_topology(cnr)
+    topology = _TOPOLOGY_CACHE.get(key)
+    if topology is None:
+        if len(_TOPOLOGY_CACHE) >= _TOPOLOGY_CACHE_SIZE:
+            _TOPOLOGY_CACHE.clear()
+        topology = _TOPOLOGY_CACHE[key] = _parse_numa_topology(cnr)
+    return topology
+
+
+def _parse_numa_topology(cnr):
     status = (cnr or {}).get("status") or {}
     numas = {}
     for socket in status.get("topologyZone") or []:
@@ -204,7 +232,9 @@ def numa_available(topology, pods_on_node, policy=DYNAMIC):
     """``available = allocatable - requests`` per NUMA (floored at 0).
 
     ``dynamic`` counts only dedicated_cores pods; ``native`` counts every allocation. Pods bound by
-    ``numa_bind_result`` but not yet in the CNR are counted on their NUMA nodes (assumed pods).
+    ``numa_bind_result`` but not yet in the CNR are counted on their NUMA nodes (assumed pods); a pod of
+    the policy that is on the node but has neither (the agent has not pinned it yet) is counted on
+    **every** NUMA node, as Katalyst's scheduler does with its assumed pods (pessimistic).
     """
     active = {pod_key(p): p for p in pods_on_node if is_active(p)}
     by_uid = {_meta(p).get("uid"): p for p in active.values()}
@@ -222,10 +252,15 @@ def numa_available(topology, pods_on_node, policy=DYNAMIC):
             for name, value in requests.items():
                 used[numa][name] = used[numa].get(name, 0) + value
     for key, pod in active.items():
-        numas = [n for n in _bind_result(pod) or [] if n in used and (key, n) not in counted_keys]
-        if not numas or (policy == DYNAMIC and _qos(pod) != DEDICATED_CORES):
-            continue
         if any((key, n) in counted_keys for n in topology["numas"]):
+            continue
+        numas = [n for n in _bind_result(pod) or [] if n in used]
+        if not numas and _bind_result(pod) is None and (is_numa_binding_pod(pod) if policy == DYNAMIC else is_native_supported(pod)):
+            for name, value in pod_requests(pod).items():
+                for numa in used:
+                    used[numa][name] = used[numa].get(name, 0) + value
+            continue
+        if not numas or (policy == DYNAMIC and _qos(pod) != DEDICATED_CORES):
             continue
         for name, value in pod_requests(pod).items():
             for numa in numas:
@@ -299,7 +334,25 @@ def _numeric_fit(requests, available, allocatable, numas, sockets, binding, excl
     return best
 
 
-def numa_resource_fit(pod, cnr, pods_on_node, policy=DYNAMIC):
+def node_view(cnr, pods_on_node, policy=DYNAMIC):
+    """What the NUMA decisions read from one node, computed once: ``{"topology", "placed", "available", "policy"}``.
+
+    A caller that sees the same node state for many pods (the scheduler extender) keeps it and passes it as
+    ``view=`` to ``filter_pod`` / ``score_pod`` / ``numa_resource_fit``; it must not be modified.
+    """
+    topology = numa_topology(cnr)
+    placed = pods_by_numa(topology, pods_on_node)
+    return {"topology": topology, "placed": placed, "existing": existing_pod_terms(placed),
+            "available": numa_available(topology, pods_on_node, policy), "policy": policy}
+
+
+def _view(view, cnr, pods_on_node, policy):
+    if view is not None and view["policy"] == policy:
+        return view
+    return node_view(cnr, pods_on_node, policy)
+
+
+def numa_resource_fit(pod, cnr, pods_on_node, policy=DYNAMIC, view=None):
     """NUMA fit of one pod on one node: ``{"fit": bool, "numas": [candidate NUMA ids] or None, "reason": str}``.
 
     ``numas`` is None when the pod or the node is not subject to NUMA fit (any NUMA will do).
@@ -307,13 +360,16 @@ def numa_resource_fit(pod, cnr, pods_on_node, policy=DYNAMIC):
     supported = is_numa_binding_pod(pod) if policy == DYNAMIC else is_native_supported(pod)
     if not supported or cnr is None:
         return {"fit": True, "numas": None, "reason": ""}
-    topology = numa_topology(cnr)
+    topology = numa_topology(cnr) if view is None else view["topology"]
     topology_policy = topology["policy"]
     handlers = {NATIVE: (SINGLE_NUMA_CONTAINER, SINGLE_NUMA_POD), DYNAMIC: (SINGLE_NUMA_CONTAINER, NUMERIC_CONTAINER)}[policy]
     if topology_policy not in handlers or not topology["numas"]:
         return {"fit": True, "numas": None, "reason": ""}
     exclusive = policy == DYNAMIC and is_numa_exclusive_pod(pod)
-    available = numa_available(topology, pods_on_node, policy)
+    if view is not None and view["policy"] == policy:
+        available = {numa: dict(values) for numa, values in view["available"].items()}
+    else:
+        available = numa_available(topology, pods_on_node, policy)
     allocatable = {n: z["allocatable"] for n, z in topology["numas"].items()}
     numas = sorted(topology["numas"])
     if topology_policy == NUMERIC_CONTAINER:
@@ -394,10 +450,21 @@ def _parse_term(term, where, preferred):
 
 
 def parse_microtopology(annotations, key):
-    """``{"required": [term], "preferred": [term]}`` from one annotation; AffinityError when malformed."""
+    """``{"required": [term], "preferred": [term]}`` from one annotation; AffinityError when malformed (read-only result)."""
     text = (annotations or {}).get(key)
     if text is None:
         return {"required": [], "preferred": []}
+    if not isinstance(text, str):
+        return _parse_microtopology_text(key, text)
+    return _cached_microtopology(key, text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_microtopology(key, text):
+    return _parse_microtopology_text(key, text)
+
+
+def _parse_microtopology_text(key, text):
     try:
         value = json.loads(text)
     except (TypeError, ValueError) as exc:
@@ -442,16 +509,35 @@ def _matches_in_zone(term, numa, placed, sockets, exclude_key):
     return count
 
 
-def affinity_numas(pod, placed, sockets):
+def existing_pod_terms(placed):
+    """What ``affinity_numas`` reads from the pods already placed (``{numa: [pods]}``), parsed once per node state:
+    ``{"exclusive": {numa: {pod key}}, "anti": [(numa, pod key, required anti-affinity terms, problem or None)]}``."""
+    exclusive, anti = {}, []
+    for other_numa, pods in placed.items():
+        for other in pods:
+            other_key = pod_key(other)
+            if is_numa_exclusive_pod(other):
+                exclusive.setdefault(other_numa, set()).add(other_key)
+            try:
+                anti.append((other_numa, other_key, parse_microtopology(_annotations(other), ANTI_AFFINITY_KEY)["required"], None))
+            except AffinityError as exc:
+                anti.append((other_numa, other_key, [], "%s: %s" % (other_key, exc)))
+    return {"exclusive": exclusive, "anti": anti}
+
+
+def affinity_numas(pod, placed, sockets, existing=None):
     """NUMA ids (of ``sockets``) where the pod's required terms and the existing pods' required anti-affinity hold.
 
-    ``placed``: ``{numa: [pods]}``; ``sockets``: ``{numa: socket}``. Returns ``(set, problems)``; an existing
-    pod with a malformed annotation is skipped (it is reported where it is scheduled).
+    ``placed``: ``{numa: [pods]}``; ``sockets``: ``{numa: socket}``; ``existing``: ``existing_pod_terms(placed)``
+    when the caller keeps it. Returns ``(set, problems)``; an existing pod with a malformed annotation is skipped
+    (it is reported where it is scheduled).
     """
     affinity, anti = pod_microtopology(pod)
     key, labels = pod_key(pod), _labels(pod)
     allowed = set(sockets)
-    exclusive_numas = {n for n, pods in placed.items() for p in pods if pod_key(p) != key and is_numa_exclusive_pod(p)}
+    if existing is None:
+        existing = existing_pod_terms(placed)
+    exclusive_numas = {n for n, keys in existing["exclusive"].items() if keys - {key}}
     problems = []
     for numa in sorted(sockets):
         if numa in exclusive_numas and (affinity["required"] or anti["required"]):
@@ -459,21 +545,14 @@ def affinity_numas(pod, placed, sockets):
             continue
         if any(_matches_in_zone(term, numa, placed, sockets, key) for term in anti["required"]):
             allowed.discard(numa)
-    parsed = {}
-    for other_numa, pods in placed.items():
-        for other in pods:
-            other_key = pod_key(other)
-            if other_key == key:
-                continue
-            if other_key not in parsed:
-                try:
-                    parsed[other_key] = parse_microtopology(_annotations(other), ANTI_AFFINITY_KEY)["required"]
-                except AffinityError as exc:
-                    problems.append("%s: %s" % (other_key, exc))
-                    parsed[other_key] = []
-            for term in parsed[other_key]:
-                if term["selector"].matches(labels):
-                    allowed -= set(_zone_numas(other_numa, term["zone"], sockets))
+    for other_numa, other_key, terms, problem in existing["anti"]:
+        if other_key == key:
+            continue
+        if problem:
+            problems.append(problem)
+        for term in terms:
+            if term["selector"].matches(labels):
+                allowed -= set(_zone_numas(other_numa, term["zone"], sockets))
     for term in affinity["required"]:
         anywhere = any(term["selector"].matches(_labels(p)) for pods in placed.values() for p in pods if pod_key(p) != key)
         if not anywhere and term["selector"].matches(labels):
@@ -495,7 +574,7 @@ def preferred_affinity_score(pod, numa, placed, sockets):
 
 
 # -- extender entry points ----------------------------------------------------------------------------
-def filter_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC):
+def filter_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, view=None):
     """Does ``pod`` fit ``node``? ``{"fit": bool, "reason": str, "numas": [..] or None, "problems": [..]}``.
 
     ``problems`` are messages for Events (a malformed annotation of the pod makes it unschedulable).
@@ -504,7 +583,7 @@ def filter_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC):
     ok, reason = reclaimed_resource_fit(pod, cnr, pods_on_node)
     if not ok:
         return {"fit": False, "reason": reason, "numas": None, "problems": []}
-    resource = numa_resource_fit(pod, cnr, pods_on_node, policy)
+    resource = numa_resource_fit(pod, cnr, pods_on_node, policy, view)
     if not resource["fit"]:
         return {"fit": False, "reason": resource["reason"], "numas": [], "problems": []}
     if not is_numa_binding_pod(pod):
@@ -513,7 +592,7 @@ def filter_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC):
         affinity, anti = pod_microtopology(pod)
     except AffinityError as exc:
         return {"fit": False, "reason": "invalid microtopology annotation: %s" % exc, "numas": [], "problems": [str(exc)]}
-    topology = numa_topology(cnr)
+    topology = numa_topology(cnr) if view is None else view["topology"]
     if not topology["numas"]:
         if affinity["required"] or anti["required"]:
             return {"fit": False, "reason": "failed to get Node Resource Topology from cache", "numas": [], "problems": []}
@@ -522,33 +601,34 @@ def filter_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC):
         return {"fit": False, "reason": "a numa_exclusive pod cannot have required microtopology affinity", "numas": [],
                 "problems": ["%s: numa_exclusive with required microtopology affinity" % pod_key(pod)]}
     sockets = {n: z["socket"] for n, z in topology["numas"].items()}
-    placed = pods_by_numa(topology, pods_on_node)
-    allowed, problems = affinity_numas(pod, placed, sockets)
+    placed = pods_by_numa(topology, pods_on_node) if view is None else view["placed"]
+    allowed, problems = affinity_numas(pod, placed, sockets, None if view is None else view["existing"])
     candidates = allowed if resource["numas"] is None else allowed & set(resource["numas"])
     if not candidates:
         return {"fit": False, "reason": UNSCHEDULABLE_AFFINITY, "numas": [], "problems": problems}
     return {"fit": True, "reason": "", "numas": sorted(candidates), "problems": problems}
 
 
-def score_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, numas=None):
+def score_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, numas=None, view=None):
     """A raw score (higher is better): LeastAllocated (cpu, memory) on the best candidate NUMA x 100
     plus preferred microtopology terms x 10. Pods without NUMA handling score 0.
     """
     del node
     if cnr is None or not (is_numa_binding_pod(pod) if policy == DYNAMIC else is_native_supported(pod)):
         return 0.0
-    topology = numa_topology(cnr)
+    view = _view(view, cnr, pods_on_node, policy)
+    topology = view["topology"]
     if not topology["numas"]:
         return 0.0
     if numas is None:
-        numas = filter_pod(pod, None, cnr, pods_on_node, policy)["numas"] or sorted(topology["numas"])
-    available = numa_available(topology, pods_on_node, policy)
+        numas = filter_pod(pod, None, cnr, pods_on_node, policy, view)["numas"] or sorted(topology["numas"])
+    available = view["available"]
     requests = _container_requests(main_container(pod)) if policy == DYNAMIC else pod_requests(pod)
     sockets = {n: z["socket"] for n, z in topology["numas"].items()}
-    placed = pods_by_numa(topology, pods_on_node)
+    placed = view["placed"]
     try:
-        pod_microtopology(pod)
-        preferred = True
+        affinity, anti = pod_microtopology(pod)
+        preferred = bool(affinity["preferred"] or anti["preferred"])
     except AffinityError:
         preferred = False
     best = None

@@ -9,7 +9,8 @@ kube-scheduler POSTs ``ExtenderArgs`` (the pod plus full nodes, or node names wh
 is an ``ExtenderFilterResult`` or a ``HostPriorityList``. The decisions are plugins, run in order:
 each has ``filter(pod, nodes, cache)`` -> ``{node name: (code, reason)}`` and optionally
 ``prioritize(pod, nodes, cache)`` -> ``{node name: score}``; today ``NodeOvercommitment`` (cluster
-spec 2.7), NUMA placement can be added as another plugin. Pods, nodes and CNRs come from informers.
+spec 2.7) and ``NUMA`` (extender_numa.py: NUMA topology fit and NUMA-level inter-pod affinity, cluster spec
+3.3, 4.2, 4.3). Pods, nodes and CNRs come from informers; plugins keep per-node results in ``ClusterCache.memo``.
 ``/healthz`` and ``/metrics`` are served on the same port.
 """
 
@@ -26,6 +27,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import service
+from .extender_numa import NumaPlugin
 from .informer import Informer, object_key
 from .. import overcommit
 
@@ -48,6 +50,8 @@ DEFAULTS = {
     "json_logs": True,
     "resync_seconds": 300,
     "plugins": ["NodeOvercommitment"],
+    # the NUMA plugin's resource policy (cluster spec 4.2): dynamic (dedicated_cores + numa_binding) or native
+    "numa_resource_policy": "dynamic",
     # what a plugin's Error status does: "error" fails the whole request as kube-scheduler does for an
     # Error from a filter plugin; "fail_node" only marks that node as failed
     "error_policy": "error",
@@ -157,6 +161,10 @@ def server_ssl_context(cert_file, key_file):
 
 
 # -- the cluster view ----------------------------------------------------------------------------------
+def _version(obj):
+    return ((obj or {}).get("metadata") or {}).get("resourceVersion")
+
+
 class ClusterCache:
     """Nodes, CNRs and pods by node, kept by informers (or fed directly in tests)."""
 
@@ -167,6 +175,34 @@ class ClusterCache:
         self.pods = {}           # key -> pod
         self.pods_by_node = {}   # node name -> {key: pod}
         self.informers = []
+        self.memos = {}          # node name -> {key: value computed from that node's CNR and pods}
+        self.generations = {}    # node name -> count of changes to its CNR or pods
+
+    def _changed(self, name, old, new):
+        """Forget what was computed from node ``name`` unless the object is the same version (resync)."""
+        if name is None:
+            return
+        if old is not None and new is not None and _version(old) is not None and _version(old) == _version(new):
+            return
+        self.memos.pop(name, None)
+        self.generations[name] = self.generations.get(name, 0) + 1
+
+    def memo(self, name, key, build, limit=64):
+        """``build()``, kept until node ``name``'s CNR or pods change (plugins share parsed node state this way)."""
+        with self.lock:
+            entries = self.memos.get(name)
+            if entries is not None and key in entries:
+                value = entries[key] = entries.pop(key)      # most recently used last
+                return value
+            generation = self.generations.get(name, 0)
+        value = build()
+        with self.lock:
+            if self.generations.get(name, 0) == generation:
+                entries = self.memos.setdefault(name, {})
+                while len(entries) >= limit:
+                    entries.pop(next(iter(entries)))         # least recently used first
+                entries[key] = value
+        return value
 
     def on_node(self, event_type, node):
         with self.lock:
@@ -177,21 +213,28 @@ class ClusterCache:
 
     def on_cnr(self, event_type, cnr):
         with self.lock:
+            name = cnr["metadata"]["name"]
+            self._changed(name, self.cnrs.get(name), None if event_type == "DELETED" else cnr)
             if event_type == "DELETED":
-                self.cnrs.pop(cnr["metadata"]["name"], None)
+                self.cnrs.pop(name, None)
             else:
-                self.cnrs[cnr["metadata"]["name"]] = cnr
+                self.cnrs[name] = cnr
 
     def on_pod(self, event_type, pod):
         key = object_key(pod)
         with self.lock:
             old = self.pods.pop(key, None)
+            node_name = (pod.get("spec") or {}).get("nodeName")
             if old is not None:
-                self.pods_by_node.get((old.get("spec") or {}).get("nodeName"), {}).pop(key, None)
+                old_node = (old.get("spec") or {}).get("nodeName")
+                self.pods_by_node.get(old_node, {}).pop(key, None)
+                if old_node != node_name or event_type == "DELETED":
+                    self._changed(old_node, None, None)
+            if event_type != "DELETED":
+                self._changed(node_name, old, pod)
             if event_type == "DELETED":
                 return
             self.pods[key] = pod
-            node_name = (pod.get("spec") or {}).get("nodeName")
             if node_name:
                 self.pods_by_node.setdefault(node_name, {})[key] = pod
 
@@ -234,12 +277,12 @@ class NodeOvercommitmentPlugin:
         verdicts = {}
         for node in nodes:
             name = node["metadata"]["name"]
-            node_state = overcommit.node_filter_state(cache.cnr(name), cache.pods_on(name))
+            node_state = cache.memo(name, self.name, lambda name=name: overcommit.node_filter_state(cache.cnr(name), cache.pods_on(name)))
             verdicts[name] = overcommit.filter_node_overcommitment(pod_state, node, node_state)
         return verdicts
 
 
-PLUGINS = {NodeOvercommitmentPlugin.name: NodeOvercommitmentPlugin}
+PLUGINS = {NodeOvercommitmentPlugin.name: NodeOvercommitmentPlugin, NumaPlugin.name: NumaPlugin}
 
 
 class SchedulerExtender:
@@ -264,6 +307,11 @@ class SchedulerExtender:
             return nodes, unknown, True
         return list((args.get("nodes") or {}).get("items") or []), [], False
 
+    def _count(self, plugin_name, counts):
+        if self.metrics:
+            for code, count in counts.items():
+                self.metrics["verdicts"].labels(plugin_name, code).inc(count)
+
     def filter(self, args):
         pod = args.get("pod") or {}
         nodes, unknown, by_name = self._nodes(args)
@@ -272,19 +320,20 @@ class SchedulerExtender:
             if not nodes:
                 break
             verdicts = plugin.filter(pod, nodes, self.cache)
-            passing = []
+            passing, counts = [], {}
             for node in nodes:
                 name = node["metadata"]["name"]
                 code, reason = verdicts.get(name, (overcommit.SUCCESS, ""))
-                if self.metrics:
-                    self.metrics["verdicts"].labels(plugin.name, code).inc()
+                counts[code] = counts.get(code, 0) + 1
                 if code == overcommit.SUCCESS:
                     passing.append(node)
                 elif code == overcommit.ERROR and self.error_policy == "error":
+                    self._count(plugin.name, counts)
                     return {"nodes": None, "nodenames": None, "failedNodes": {}, "failedAndUnresolvableNodes": {},
                             "error": "%s: %s" % (plugin.name, reason)}
                 else:
                     failed[name] = reason
+            self._count(plugin.name, counts)
             nodes = passing
         result = {"failedNodes": failed, "failedAndUnresolvableNodes": {}, "error": ""}
         if by_name:
@@ -324,8 +373,9 @@ class ExtenderDaemon:
             metrics["verdicts"] = prometheus_client.Counter(
                 "katalyst_extender_filter_verdicts_total", "Per-node filter verdicts by plugin and code", ["plugin", "code"],
                 registry=self.daemon.registry)
-        self.extender = SchedulerExtender(self.cache, [PLUGINS[name]() for name in self.config["plugins"]],
-                                          self.config["error_policy"], metrics)
+        plugins = [NumaPlugin(self.config["numa_resource_policy"]) if name == NumaPlugin.name else PLUGINS[name]()
+                   for name in self.config["plugins"]]
+        self.extender = SchedulerExtender(self.cache, plugins, self.config["error_policy"], metrics)
         context = None
         if self.config["tls_cert_file"]:
             context = server_ssl_context(self.config["tls_cert_file"], self.config["tls_key_file"])
@@ -339,6 +389,9 @@ class ExtenderDaemon:
             from kubernetes import config as kube_config  # pylint: disable=import-outside-toplevel
             self.api_client = kube_config.new_client_from_config(config_file=self.config["kubeconfig"])
         if self.api_client is not None:
+            for plugin in self.extender.plugins:
+                if hasattr(plugin, "attach"):
+                    plugin.attach(self.api_client)
             self.cache.start(self.api_client, self.daemon.stop_event, self.config["resync_seconds"])
             if wait_synced:
                 self.cache.synced(wait_synced)
