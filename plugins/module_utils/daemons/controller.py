@@ -88,10 +88,16 @@ def _cnr_factory(context):
     return CNRReconciler(context)
 
 
+def _overcommit_factory(context):
+    from .overcommit_controller import OvercommitReconciler  # pylint: disable=import-outside-toplevel
+    return OvercommitReconciler(context)
+
+
 # Reconciler name (as in `controllers:`) -> factory(context).
 RECONCILERS = {
     "tide": _tide_factory,
     "cnr": _cnr_factory,
+    "overcommit": _overcommit_factory,
 }
 
 DEFAULTS = {
