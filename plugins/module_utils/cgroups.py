@@ -44,6 +44,14 @@ def reclaim_paths(driver, reclaim_root, numa_ids):
     return reclaim_root, {numa: "%s-%d" % (reclaim_root, numa) for numa in numa_ids}
 
 
+PAGE_BYTES = 4096
+
+
+def page_aligned(limit_bytes):
+    """The kernel keeps memory limits in whole pages and reads them back rounded down: write what it will show."""
+    return int(limit_bytes) // PAGE_BYTES * PAGE_BYTES
+
+
 def desired_qos_cgroups(facts, driver="cgroupfs", reclaim_root="/kubepods/besteffort", cpu_shares=2, memory_limit_bytes=None,
                         reserved_cpus=""):
     """The cgroups to converge: [{path, create, files: {absolute file path: value}}] in creation order."""
@@ -80,9 +88,9 @@ def desired_qos_cgroups(facts, driver="cgroupfs", reclaim_root="/kubepods/bestef
 
     root_files = {"v2": {"cpu.weight": str(shares_to_weight(cpu_shares))}, "v1": {"cpu": {"cpu.shares": str(cpu_shares)}}}
     if memory_limit_bytes is not None:
-        root_files["v2"]["memory.max"] = str(memory_limit_bytes)
-        root_files["v2"]["memory.high"] = str(int(memory_limit_bytes * 0.95))
-        root_files["v1"]["memory"] = {"memory.limit_in_bytes": str(memory_limit_bytes)}
+        root_files["v2"]["memory.max"] = str(page_aligned(memory_limit_bytes))
+        root_files["v2"]["memory.high"] = str(page_aligned(memory_limit_bytes * 0.95))
+        root_files["v1"]["memory"] = {"memory.limit_in_bytes": str(page_aligned(memory_limit_bytes))}
     directory(root, False, root_files)
     for numa in numa_nodes:
         cpus = sorted(set(parse_cpu_list(numa["cpus"])) - reserved)

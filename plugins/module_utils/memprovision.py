@@ -17,7 +17,7 @@ Containers, pods and NUMA readings have the shapes documented in ``headroom``.
 
 from __future__ import annotations
 
-from .cgroups import reclaim_paths
+from .cgroups import page_aligned, reclaim_paths
 from .headroom import GI, HeadroomError, actual_numa_binding_numas, get_available_numas_and_reclaimed
 
 DEFAULT_RESERVED_FOR_ALLOCATE = 5 * GI
@@ -184,10 +184,10 @@ def desired_memory_limits(facts, limits, driver="cgroupfs", reclaim_root="/kubep
     def add(relative, value):
         if version == "v2":
             base = "/sys/fs/cgroup" + relative
-            files = {base + "/memory.max": str(value), base + "/memory.high": str(int(value * MEMORY_HIGH_RATIO))}
+            files = {base + "/memory.max": str(page_aligned(value)), base + "/memory.high": str(page_aligned(value * MEMORY_HIGH_RATIO))}
         else:
             base = "/sys/fs/cgroup/memory" + relative
-            files = {base + "/memory.limit_in_bytes": str(value)}
+            files = {base + "/memory.limit_in_bytes": str(page_aligned(value))}
         wanted.append({"path": base, "create": False, "files": files})
 
     add(root, int(limits["root"]))
