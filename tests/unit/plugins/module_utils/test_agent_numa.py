@@ -86,8 +86,8 @@ def test_cpuset_plan_narrows_containers_first_and_only_what_differs(tmp_path):
     config = {"cgroup_root": "/", "cgroup_driver": "cgroupfs"}
     choice = {"cpuset_cpus": "4-7,20-23", "cpuset_mems": "1"}
     plan = agent_numa.plan_cpuset(fs, p, "v1", config, choice)
-    assert [c.target.rsplit("/", 2)[-2:] for c in plan] == [["c-db", "cpuset.cpus"], ["c-db", "cpuset.mems"],
-                                                             ["podu-db", "cpuset.cpus"], ["podu-db", "cpuset.mems"]]
+    expected = [["c-db", "cpuset.cpus"], ["c-db", "cpuset.mems"], ["podu-db", "cpuset.cpus"], ["podu-db", "cpuset.mems"]]
+    assert [c.target.rsplit("/", 2)[-2:] for c in plan] == expected
     for change in plan:
         fs.write_text(change.target, change.after)
     assert not agent_numa.plan_cpuset(fs, p, "v1", config, choice)
