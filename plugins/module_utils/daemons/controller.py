@@ -35,7 +35,6 @@ import argparse
 import datetime
 import functools
 import logging
-import re
 import socket
 import sys
 import threading
@@ -123,32 +122,6 @@ def defaults():
     known = dict(DEFAULTS)
     known.update({name: {} for name in RECONCILERS})
     return known
-
-
-class _Raw:
-    def __init__(self, data):
-        self.data = data
-
-
-class LeaseTimeAPI:
-    """CoordinationV1Api whose Lease reads carry MicroTime as RFC 3339 with ``Z``, as a real API server
-    returns it. (The Python client can write ``+00:00`` offsets, which an API server that stores bodies
-    as written hands back and ``leader.parse_micro_time`` does not read, so an expired holder was never
-    taken over.)"""
-
-    _OFFSET = re.compile(rb'(T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?)\+00:00"')
-
-    def __init__(self, api):
-        self._api = api
-
-    def __getattr__(self, name):
-        return getattr(self._api, name)
-
-    def read_namespaced_lease(self, name, namespace, **kwargs):
-        response = self._api.read_namespaced_lease(name, namespace, **kwargs)
-        if kwargs.get("_preload_content") is False:
-            return _Raw(self._OFFSET.sub(rb'\1Z"', response.data))
-        return response
 
 
 def utc_now():
@@ -249,7 +222,7 @@ class Controller:
         if cfg["leader_election"]:
             from kubernetes import client  # pylint: disable=import-outside-toplevel
             identity = cfg["identity"] or "%s_%s" % (socket.gethostname(), uuid.uuid4().hex[:8])
-            self.elector = LeaderElector(LeaseTimeAPI(client.CoordinationV1Api(self.api_client)), cfg["lease_name"], cfg["lease_namespace"], identity,
+            self.elector = LeaderElector(client.CoordinationV1Api(self.api_client), cfg["lease_name"], cfg["lease_namespace"], identity,
                                          lease_duration=float(cfg["lease_duration_seconds"]),
                                          renew_deadline=float(cfg["renew_deadline_seconds"]),
                                          retry_period=float(cfg["retry_period_seconds"]))

@@ -28,11 +28,13 @@ def micro_time(dt):
 
 
 def parse_micro_time(text):
+    """RFC 3339 as API servers and clients write MicroTime: ``Z`` or a numeric offset, with or without fractions."""
     if not text:
         return None
-    text = text.rstrip("Z")
-    fmt = "%Y-%m-%dT%H:%M:%S.%f" if "." in text else "%Y-%m-%dT%H:%M:%S"
-    return datetime.datetime.strptime(text, fmt).replace(tzinfo=datetime.timezone.utc)
+    parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed.astimezone(datetime.timezone.utc)
 
 
 def lease_expired(spec, now, default_duration=LEASE_DURATION):
