@@ -10,6 +10,7 @@ import json
 import logging
 import ssl
 import threading
+import time
 import urllib.request
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import fit
@@ -83,13 +84,31 @@ class SandboxScheduler:
         self.nodes = Informer(core_api.list_node, handler=self._poke, resync_seconds=60, name="scheduler-nodes")
         self.pods = Informer(core_api.list_pod_for_all_namespaces, handler=self._poke, resync_seconds=10, name="scheduler-pods")
         self.reported_unschedulable = {}
+        # kube-scheduler's assume cache: pods bound by us that the informer has not shown bound yet
+        self.assumed = {}
 
     def _poke(self, _event_type, _obj):
         self.wakeup.set()
 
-    def pending_pods(self):
-        pods = []
+    def cluster_pods(self):
+        """The informer's pods with our recent bindings applied (until the watch catches up)."""
+        pods, seen = [], set()
         for pod in self.pods.items():
+            uid = pod["metadata"].get("uid")
+            seen.add(uid)
+            if uid in self.assumed and not (pod.get("spec") or {}).get("nodeName"):
+                pod = self.assumed[uid][0]
+            else:
+                self.assumed.pop(uid, None)
+            pods.append(pod)
+        deadline = time.monotonic() - 30
+        for uid in [u for u, (_pod, at) in self.assumed.items() if u not in seen or at < deadline]:
+            del self.assumed[uid]      # deleted meanwhile, or the watch never confirmed: trust the API again
+        return pods
+
+    def pending_pods(self, pods=None):
+        pending = []
+        for pod in self.pods.items() if pods is None else pods:
             spec, meta = pod.get("spec") or {}, pod["metadata"]
             if spec.get("nodeName") or meta.get("deletionTimestamp"):
                 continue
@@ -97,14 +116,15 @@ class SandboxScheduler:
                 continue
             if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 continue
-            pods.append(pod)
-        return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"]))
+            pending.append(pod)
+        return sorted(pending, key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"]))
 
     def schedule_once(self):
         """Try to place every pending pod; returns the number bound."""
         bound = 0
-        snapshot = fit.Snapshot(self.nodes.items(), self.pods.items())
-        for pod in self.pending_pods():
+        pods = self.cluster_pods()
+        snapshot = fit.Snapshot(self.nodes.items(), pods)
+        for pod in self.pending_pods(pods):
             node_name, reason = self.choose_node(snapshot, pod)
             if node_name is None:
                 self.mark_unschedulable(pod, reason)
@@ -119,6 +139,7 @@ class SandboxScheduler:
                 continue
             pod = dict(pod, spec=dict(pod["spec"], nodeName=node_name))
             snapshot.add_pod(pod)
+            self.assumed[meta.get("uid")] = (pod, time.monotonic())
             bound += 1
             LOG.info("bound %s/%s to %s", meta["namespace"], meta["name"], node_name)
         return bound
