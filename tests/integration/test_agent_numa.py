@@ -44,6 +44,10 @@ def set_meminfo(sysroot, numa, free_bytes, total_bytes=16 * GI):
             ("MemTotal", kib), ("MemFree", free), ("MemUsed", kib - free), ("Inactive(file)", kib // 16))) + "\n")
 
 
+def page(value):
+    return value // 4096 * 4096
+
+
 def read(sysroot, path):
     with open(sysroot + path) as handle:
         return handle.read().strip()
@@ -150,16 +154,16 @@ def test_memory_provision_limits_follow_usage_with_a_floor_and_the_guard(numa_ag
     env["start"](memory_provision_enabled=True, reclaimed_resources_enabled=False)
     limit = "/sys/fs/cgroup/memory/kubepods/besteffort-%d/memory.limit_in_bytes"
     watermark_avg = int(64 * GI * 2 * 10 / 10000) // 4
-    provision = 12 * GI - (5 * GI) // 4 - watermark_avg
+    provision = page(12 * GI - (5 * GI) // 4 - watermark_avg)         # limits are written in whole pages
     wait_until(lambda: os.path.exists(sysroot + limit % 3) and read(sysroot, limit % 3) == str(provision), what="per-NUMA limits")
     assert [int(read(sysroot, limit % n)) for n in range(4)] == [provision] * 4
-    assert read(sysroot, "/sys/fs/cgroup/memory/kubepods/besteffort/memory.limit_in_bytes") == str(4 * provision)
+    assert read(sysroot, "/sys/fs/cgroup/memory/kubepods/besteffort/memory.limit_in_bytes") == str(page(4 * (12 * GI - (5 * GI) // 4 - watermark_avg)))
     # a spike of online memory on NUMA 1: its provision drops to 0, the floor (1Gi > 5% of 16Gi) keeps reclaimed pods alive
     set_meminfo(sysroot, 1, 512 << 20)
     wait_until(lambda: read(sysroot, limit % 1) == str(GI), what="the floor on NUMA 1")
     assert read(sysroot, limit % 0) == str(provision)
     set_meminfo(sysroot, 1, 8 * GI)
-    wait_until(lambda: read(sysroot, limit % 1) == str(8 * GI - (5 * GI) // 4 - watermark_avg), what="NUMA 1 to recover")
+    wait_until(lambda: read(sysroot, limit % 1) == str(page(8 * GI - (5 * GI) // 4 - watermark_avg)), what="NUMA 1 to recover")
     # the memory guard (once memory.numa_stat is readable): usage + free above the 4Gi critical watermark
     for cgroup in ["besteffort"] + ["besteffort-%d" % n for n in range(4)]:
         with open(sysroot + "/sys/fs/cgroup/memory/kubepods/%s/memory.numa_stat" % cgroup, "w") as handle:
