@@ -1,0 +1,156 @@
+"""The webhook role: generates a CA and a certificate (or installs the user's), runs katalyst-webhook (sandbox
+service stand-in), registers the MutatingWebhookConfiguration through the API; kubelet heartbeats through the
+emulator come back amplified; idempotent; check mode writes nothing; the systemd unit verifies and is hardened."""
+
+import base64
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+from kubernetes import client
+
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.webhook import WEBHOOK_CONFIGURATION_NAME
+from tests.integration.ansible_runner import REPO, run_playbook
+from tests.integration.tlsutil import make_ca_and_server_cert
+
+PREFIX = "katalyst.kubewharf.io/"
+PLAY = """
+- hosts: localhost
+  gather_facts: false
+  roles:
+    - role: katalyst.colocation.webhook
+"""
+UNIT_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: unit
+      ansible.builtin.include_role:
+        name: katalyst.colocation.webhook
+        tasks_from: unit.yml
+"""
+SERVICE_TASK = "katalyst.colocation.webhook : Run katalyst-webhook on the sandbox"
+REGISTER_TASK = "katalyst.colocation.webhook : Register the MutatingWebhookConfiguration with the CA bundle"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def role_vars(tmp_path, kubeconfig, port):
+    return {"webhook_service_manager": "sandbox", "webhook_python_mode": "current", "webhook_port": port,
+            "webhook_listen_address": "127.0.0.1", "webhook_service_host": "127.0.0.1",
+            "webhook_install_dir": str(tmp_path / "opt"), "webhook_config_dir": str(tmp_path / "etc"),
+            "webhook_kubeconfig": kubeconfig, "katalyst_sandbox_dir": str(tmp_path / "sandbox")}
+
+
+def stop_service(tmp_path):
+    subprocess.run([sys.executable, "-m", "sandbox", "service", "--state-dir", str(tmp_path / "sandbox"), "stop", "katalyst-webhook-localhost"],
+                   cwd=REPO, capture_output=True, check=False, timeout=60)
+
+
+def heartbeat(core, name):
+    core.patch_node_status(name, {"status": {"capacity": {"cpu": "8", "memory": "16Gi", "pods": "110"},
+                                             "allocatable": {"cpu": "7500m", "memory": "15Gi", "pods": "110"}}})
+    return core.read_node(name)
+
+
+def test_role_generates_tls_runs_and_registers_the_webhook_idempotently(kubeapi, kube_client, tmp_path):
+    core = client.CoreV1Api(kube_client)
+    admission = client.AdmissionregistrationV1Api(kube_client)
+    core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": "n1", "annotations": {PREFIX + "cpu_overcommit_ratio": "2", PREFIX + "memory_overcommit_ratio": "1.5"}}})
+    env = {"PYTHONPATH": REPO}
+    (tmp_path / "sandbox").mkdir()
+    extra = role_vars(tmp_path, kubeapi.kubeconfig, free_port())
+    try:
+        # check mode on a fresh host: reports the work, writes nothing, registers nothing
+        rc, tasks, out = run_playbook(PLAY, tmp_path, ["--check", "--diff"], extra, env=env)
+        assert rc == 0, out[-3000:]
+        assert not (tmp_path / "etc" / "pki" / "webhook.key").exists()
+        assert admission.list_mutating_webhook_configuration().items == []
+
+        rc, tasks, out = run_playbook(PLAY, tmp_path, [], extra, env=env)
+        assert rc == 0, out[-3000:]
+        assert tasks[SERVICE_TASK]["changed"] is True and tasks[REGISTER_TASK]["changed"] is True
+        pki = tmp_path / "etc" / "pki"
+        assert oct(pki.stat().st_mode & 0o777) == "0o700"
+        assert oct((pki / "webhook.key").stat().st_mode & 0o777) == "0o600"
+        assert oct((pki / "ca.key").stat().st_mode & 0o777) == "0o600"
+        registered = admission.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION_NAME)
+        hook = registered.webhooks[0]
+        assert hook.client_config.url == "https://127.0.0.1:%d/node" % extra["webhook_port"]
+        assert hook.failure_policy == "Ignore" and hook.rules[0].resources == ["nodes/status"]
+        assert base64.b64decode(hook.client_config.ca_bundle).decode() == (pki / "ca.crt").read_text()
+        openssl = subprocess.run(["openssl", "verify", "-CAfile", str(pki / "ca.crt"), str(pki / "webhook.crt")],
+                                 capture_output=True, text=True, check=False)
+        assert openssl.returncode == 0, openssl.stdout + openssl.stderr
+
+        # the emulator calls the webhook over HTTPS with that CA bundle: the heartbeat comes back amplified
+        node = heartbeat(core, "n1")
+        assert node.status.allocatable == {"cpu": "15", "memory": "23040Mi", "pods": "110"}
+        assert node.metadata.annotations[PREFIX + "original_allocatable_cpu"] == "7500m"
+
+        certificate = (pki / "webhook.crt").read_text()
+        rc, tasks, out = run_playbook(PLAY, tmp_path, [], extra, env=env)
+        assert rc == 0, out[-3000:]
+        changed = [name for name, result in tasks.items() if result.get("changed")]
+        assert changed == [], changed                              # no new certificate, no restart, no re-registration
+        assert (pki / "webhook.crt").read_text() == certificate
+
+        # a certificate about to expire is renewed (and the service restarted with it)
+        rc, tasks, out = run_playbook(PLAY, tmp_path, [], dict(extra, webhook_tls_renew_days=400), env=env)
+        assert rc == 0, out[-3000:]
+        assert (pki / "webhook.crt").read_text() != certificate and tasks[SERVICE_TASK]["changed"] is True
+        assert heartbeat(core, "n1").status.capacity["cpu"] == "16"
+    finally:
+        stop_service(tmp_path)
+
+
+def test_role_installs_the_users_certificate(kubeapi, kube_client, tmp_path):
+    certs = make_ca_and_server_cert(tmp_path)
+    read = {name: open(path).read() for name, path in certs.items()}
+    env = {"PYTHONPATH": REPO}
+    (tmp_path / "sandbox").mkdir()
+    extra = dict(role_vars(tmp_path, kubeapi.kubeconfig, free_port()),
+                 webhook_tls_cert=read["cert"], webhook_tls_key=read["key"], webhook_tls_ca=read["ca"])
+    core = client.CoreV1Api(kube_client)
+    core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "annotations": {PREFIX + "cpu_overcommit_ratio": "2"}}})
+    try:
+        rc, tasks, out = run_playbook(PLAY, tmp_path, [], extra, env=env)
+        assert rc == 0, out[-3000:]
+        pki = tmp_path / "etc" / "pki"
+        assert not (pki / "ca.key").exists()                        # nothing generated
+        assert (pki / "webhook.crt").read_text().strip() == read["cert"].strip()
+        assert oct((pki / "webhook.key").stat().st_mode & 0o777) == "0o600"
+        assert read["key"].strip() not in out                       # the key is never logged
+        hook = client.AdmissionregistrationV1Api(kube_client).read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION_NAME).webhooks[0]
+        assert base64.b64decode(hook.client_config.ca_bundle).decode() == read["ca"]
+        assert heartbeat(core, "n1").status.allocatable["cpu"] == "15"
+        rc, tasks, out = run_playbook(PLAY, tmp_path, [], extra, env=env)
+        assert rc == 0 and [name for name, result in tasks.items() if result.get("changed")] == [], out[-3000:]
+    finally:
+        stop_service(tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_unit_verifies_and_is_hardened(tmp_path):
+    extra = {"webhook_systemd_unit_dir": str(tmp_path), "webhook_python_mode": "system", "webhook_service_manager": "sandbox",
+             "webhook_bundle": {"stdout": json.dumps({"version": "x"})}}
+    rc, _tasks, out = run_playbook(UNIT_PLAY, tmp_path, [], extra)
+    assert rc == 0, out[-3000:]                                   # the template's validate ran systemd-analyze verify
+    unit = tmp_path / "katalyst-webhook.service"
+    text = unit.read_text()
+    assert "DynamicUser=yes" in text and "LoadCredential=tls.key:/etc/katalyst/pki/webhook.key" in text
+    assert "ExecStart=/usr/bin/python3 -m katalyst_colocation.daemons.webhook --config /etc/katalyst/webhook.yaml" in text
+    report = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True, check=False)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", report.stdout + report.stderr)
+    assert match, report.stdout + report.stderr
+    print("systemd-analyze security exposure: %s" % match.group(1))
+    assert float(match.group(1)) <= 2.0, report.stdout
