@@ -27,6 +27,15 @@ def load_scheduler_config(path):
         return yaml.safe_load(handle) or {}
 
 
+def config_stamp(path):
+    """What tells a changed scheduler config file: (mtime, size), or None when there is none."""
+    try:
+        status = os.stat(path) if path else None
+    except OSError:
+        return None
+    return (status.st_mtime_ns, status.st_size) if status else None
+
+
 def run(state_dir, node_names, kubeconfig, heartbeat_seconds=5.0, scheduler_config=None):
     from kubernetes import client, config  # pylint: disable=import-outside-toplevel
     api_client = config.new_client_from_config(config_file=kubeconfig)
@@ -38,10 +47,21 @@ def run(state_dir, node_names, kubeconfig, heartbeat_seconds=5.0, scheduler_conf
         sysroot = os.path.join(state_dir, "nodes", name, "sysroot")
         SandboxKubelet(core, name, sysroot, heartbeat_seconds=heartbeat_seconds).start(stop)
     extenders = load_extenders(load_scheduler_config(scheduler_config))
-    SandboxScheduler(core, extenders=extenders).start(stop)
+    scheduler = SandboxScheduler(core, extenders=extenders)
+    scheduler.start(stop)
     LOG.info("sandbox cluster running: %d kubelets, scheduler with %d extender(s)", len(node_names), len(extenders))
+    stamp = config_stamp(scheduler_config)
     while not stop.wait(1.0):
-        pass
+        # the scheduler_extender role writes the KubeSchedulerConfiguration here: pick up its extenders
+        if config_stamp(scheduler_config) != stamp:
+            stamp = config_stamp(scheduler_config)
+            try:
+                scheduler.extenders = load_extenders(load_scheduler_config(scheduler_config))
+            except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+                LOG.warning("scheduler config %s not loaded: %s", scheduler_config, exc)
+                continue
+            LOG.info("scheduler config reloaded: %d extender(s)", len(scheduler.extenders))
+            scheduler.wakeup.set()
     LOG.info("sandbox cluster stopped")
 
 

@@ -1,0 +1,169 @@
+"""The scheduler_extender role: runs katalyst-scheduler-extender (sandbox service stand-in) on the emulator, writes
+the KubeSchedulerConfiguration, configures the sandbox scheduler with it, and the sandbox scheduler's extender
+client (kube-scheduler's JSON and verbs) places a pod through it; idempotent; the systemd unit verifies."""
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+from kubernetes import client
+
+from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
+from sandbox.scheduler import ExtenderError, SandboxScheduler, load_extenders
+from tests.integration.ansible_runner import REPO, run_playbook
+
+PREFIX = "katalyst.kubewharf.io/"
+PLAY = """
+- hosts: localhost
+  gather_facts: false
+  roles:
+    - role: katalyst.colocation.scheduler_extender
+"""
+UNIT_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: unit
+      ansible.builtin.include_role:
+        name: katalyst.colocation.scheduler_extender
+        tasks_from: unit.yml
+"""
+SERVICE_TASK = "katalyst.colocation.scheduler_extender : Run katalyst-scheduler-extender on the sandbox"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout=30.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if predicate():
+                return
+        except ExtenderError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+def make_node(core, name, cpu, annotations):
+    core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "annotations": annotations}})
+    core.patch_node_status(name, {"status": {"capacity": {"cpu": cpu, "memory": "64Gi", "pods": "110"},
+                                             "allocatable": {"cpu": cpu, "memory": "64Gi", "pods": "110"}}})
+
+
+def pod_body(name, cpu, guaranteed=False, node=None):
+    resources = {"requests": {"cpu": cpu, "memory": "1Gi"}}
+    if guaranteed:
+        resources["limits"] = {"cpu": cpu, "memory": "1Gi"}
+    spec = {"containers": [{"name": "app", "image": "app", "resources": resources}]}
+    if node:
+        spec["nodeName"] = node
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": spec}
+
+
+def stop_service(tmp_path):
+    subprocess.run([sys.executable, "-m", "sandbox", "service", "--state-dir", str(tmp_path / "sandbox"), "stop",
+                    "katalyst-scheduler-extender-localhost"], cwd=REPO, capture_output=True, check=False, timeout=60)
+
+
+def test_role_runs_the_extender_that_the_sandbox_scheduler_calls(kubeapi, kube_client, tmp_path):
+    for crd in crd_manifests.crds(["customnoderesources"]):
+        client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(crd)
+    core, custom = client.CoreV1Api(kube_client), client.CustomObjectsApi(kube_client)
+    ratio = {PREFIX + "cpu_overcommit_ratio": "2", PREFIX + "memory_overcommit_ratio": "1"}
+    # a-static: 16 real cpus amplified to 32, 8 held by a cpuset-bound pod; b-plain: no static CPU manager;
+    # c-new: no CNR yet (the extender knows nothing about it: with error_policy fail_node only that node fails)
+    make_node(core, "a-static", "32", dict(ratio, **{PREFIX + "original_allocatable_cpu": "16"}))
+    make_node(core, "b-plain", "32", dict(ratio, **{PREFIX + "original_allocatable_cpu": "16"}))
+    make_node(core, "c-new", "32", dict(ratio))
+    for name, manager, guaranteed in (("a-static", "static", "8"), ("b-plain", "none", "0")):
+        custom.create_cluster_custom_object("node.katalyst.kubewharf.io", "v1alpha1", "customnoderesources", {
+            "apiVersion": "node.katalyst.kubewharf.io/v1alpha1", "kind": "CustomNodeResource",
+            "metadata": {"name": name, "annotations": {PREFIX + "overcommit_cpu_manager": manager,
+                                                       PREFIX + "overcommit_memory_manager": "None", PREFIX + "guaranteed_cpus": guaranteed}}})
+    core.create_namespaced_pod("default", pod_body("bound", "8", guaranteed=True, node="a-static"))
+
+    port = free_port()
+    (tmp_path / "sandbox").mkdir()
+    extra = {"scheduler_extender_service_manager": "sandbox", "scheduler_extender_python_mode": "current",
+             "scheduler_extender_port": port, "scheduler_extender_install_dir": str(tmp_path / "opt"),
+             "scheduler_extender_config_dir": str(tmp_path / "etc"), "scheduler_extender_kubeconfig_src": kubeapi.kubeconfig,
+             "katalyst_sandbox_dir": str(tmp_path / "sandbox")}
+    env = {"PYTHONPATH": REPO}
+    stop = threading.Event()
+    scheduler = None
+    try:
+        rc, tasks, out = run_playbook(PLAY, tmp_path, [], extra, env=env)
+        assert rc == 0, out[-3000:]
+        assert tasks[SERVICE_TASK]["changed"] is True
+        assert oct((tmp_path / "etc" / "scheduler-extender-kubeconfig").stat().st_mode & 0o777) == "0o600"
+        snippet = yaml.safe_load((tmp_path / "etc" / "kube-scheduler-extender.yaml").read_text())
+        assert snippet["apiVersion"] == "kubescheduler.config.k8s.io/v1" and snippet["kind"] == "KubeSchedulerConfiguration"
+        assert snippet["extenders"] == [{"urlPrefix": "http://127.0.0.1:%d" % port, "filterVerb": "filter", "prioritizeVerb": "prioritize",
+                                         "weight": 1, "enableHTTPS": False, "nodeCacheCapable": True, "ignorable": True,
+                                         "httpTimeout": "5s", "managedResources": []}]
+        sandbox_config = yaml.safe_load((tmp_path / "sandbox" / "kube-scheduler-config.yaml").read_text())
+        assert sandbox_config == snippet
+        config = yaml.safe_load((tmp_path / "etc" / "scheduler-extender.yaml").read_text())
+        assert config["plugins"] == ["NodeOvercommitment", "NUMA"] and config["error_policy"] == "fail_node"
+
+        # kube-scheduler's view: the sandbox scheduler configured from the written file
+        scheduler = SandboxScheduler(core, load_extenders(sandbox_config))
+        nodes = [core.api_client.sanitize_for_serialization(core.read_node(n)) for n in ("a-static", "b-plain", "c-new")]
+        probe = core.api_client.sanitize_for_serialization(core.create_namespaced_pod("default", pod_body("probe", "20")))
+        # (16 - 8 held) * 2 = 16 cpus for pods that are not cpuset-bound on a-static: 20 does not fit there
+        wait_until(lambda: [n["metadata"]["name"] for n in scheduler.extenders[0].filter(probe, nodes)[0]] == ["b-plain"],
+                   what="the extender's caches")
+        _passing, failed = scheduler.extenders[0].filter(probe, nodes)
+        assert failed["a-static"] == "node overcommitment insufficient cpu" and "c-new" in failed
+        core.delete_namespaced_pod("probe", "default")
+        scheduler.nodes.start(stop)
+        scheduler.pods.start(stop)
+        core.create_namespaced_pod("default", pod_body("web", "20"))
+        wait_until(lambda: scheduler.nodes.synced.is_set() and scheduler.pods.get("default/web") is not None, what="scheduler cache")
+        assert scheduler.schedule_once() >= 1
+        # without the extender the scheduler would pick a-static (first by name)
+        assert core.read_namespaced_pod("web", "default").spec.node_name == "b-plain"
+
+        rc, tasks, out = run_playbook(PLAY, tmp_path, [], extra, env=env)
+        assert rc == 0, out[-3000:]
+        changed = [name for name, result in tasks.items() if result.get("changed")]
+        assert changed == [], changed
+        rc, tasks, out = run_playbook(PLAY, tmp_path, ["--check"], dict(extra, scheduler_extender_weight=5), env=env)
+        assert rc == 0, out[-3000:]
+        assert "weight: 1" in (tmp_path / "etc" / "kube-scheduler-extender.yaml").read_text()     # check mode writes nothing
+    finally:
+        stop.set()
+        if scheduler is not None:
+            scheduler.nodes.stop()
+            scheduler.pods.stop()
+        stop_service(tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_unit_verifies_and_is_hardened(tmp_path):
+    extra = {"scheduler_extender_systemd_unit_dir": str(tmp_path), "scheduler_extender_python_mode": "system",
+             "scheduler_extender_service_manager": "sandbox", "scheduler_extender_bundle": {"stdout": json.dumps({"version": "x"})},
+             "scheduler_extender_tls_cert_path": "/etc/katalyst/pki/webhook.crt", "scheduler_extender_tls_key_path": "/etc/katalyst/pki/webhook.key"}
+    rc, _tasks, out = run_playbook(UNIT_PLAY, tmp_path, [], extra)
+    assert rc == 0, out[-3000:]
+    unit = tmp_path / "katalyst-scheduler-extender.service"
+    text = unit.read_text()
+    assert "LoadCredential=kubeconfig:/etc/katalyst/scheduler-extender-kubeconfig" in text
+    assert "LoadCredential=tls.key:/etc/katalyst/pki/webhook.key" in text
+    report = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True, check=False)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", report.stdout + report.stderr)
+    assert match, report.stdout + report.stderr
+    print("systemd-analyze security exposure: %s" % match.group(1))
+    assert float(match.group(1)) <= 2.0, report.stdout
