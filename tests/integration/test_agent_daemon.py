@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -15,17 +14,9 @@ from kubernetes import client
 
 from sandbox.sysroot import build_sysroot
 from tests.integration.ansible_runner import REPO
+from tests.integration.waiting import wait_until
 
 NODE = "agent-node"
-
-
-def wait_until(predicate, timeout=20.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 def write_config(path, sysroot, kubeconfig, **extra):

@@ -17,6 +17,7 @@ from plugins.module_utils import crd_manifests
 from plugins.module_utils.quantity import parse_quantity
 from sandbox.sysroot import build_sysroot
 from tests.integration.ansible_runner import REPO
+from tests.integration.waiting import wait_until
 
 NODE = "numa-node"
 GI = 1 << 30
@@ -26,15 +27,6 @@ RECLAIMED_MEMORY = "resource.katalyst.kubewharf.io/reclaimed_memory"
 BINDING = json.dumps({"numa_binding": "true"})
 ANTI = "katalyst.kubewharf.io/microtopology_antiaffinity"
 BIND_RESULT = "katalyst.kubewharf.io/numa_bind_result"
-
-
-def wait_until(predicate, timeout=20.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 def set_meminfo(sysroot, numa, free_bytes, total_bytes=16 * GI):

@@ -11,7 +11,7 @@ from kubernetes import client
 from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
 from sandbox.sysroot import build_sysroot
 from tests.integration.ansible_runner import REPO
-from tests.integration.test_agent_daemon import wait_until
+from tests.integration.waiting import wait_until
 
 NODE = "oc-node"
 GROUP, VERSION, PLURAL = "node.katalyst.kubewharf.io", "v1alpha1", "customnoderesources"

@@ -12,17 +12,9 @@ from prometheus_client import generate_latest
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.controller import Controller
+from tests.integration.waiting import wait_until
 
 CNR_ARGS = ("node.katalyst.kubewharf.io", "v1alpha1", "customnoderesources")
-
-
-def wait_until(predicate, timeout=20.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from kubernetes import client
@@ -21,21 +20,13 @@ from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.extend
 from sandbox.scheduler import Extender, SandboxScheduler
 from sandbox.sysroot import build_sysroot
 from tests.integration.ansible_runner import REPO
+from tests.integration.waiting import wait_until
 
 NODES = ("n1", "n2", "n3")
 CNR_ARGS = ("node.katalyst.kubewharf.io", "v1alpha1", "customnoderesources")
 BINDING = json.dumps({"numa_binding": "true"})
 ANTI = "katalyst.kubewharf.io/microtopology_antiaffinity"
 BIND_RESULT = "katalyst.kubewharf.io/numa_bind_result"
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 @pytest.fixture

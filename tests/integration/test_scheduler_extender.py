@@ -3,7 +3,6 @@ kube-scheduler extender client (node names and full nodes), /healthz and /metric
 
 import json
 import threading
-import time
 import urllib.request
 
 import pytest
@@ -12,17 +11,9 @@ from kubernetes import client
 from plugins.module_utils import crd_manifests
 from plugins.module_utils.daemons.extender import ExtenderDaemon
 from sandbox.scheduler import Extender, ExtenderError, SandboxScheduler
+from tests.integration.waiting import wait_until
 
 PREFIX = "katalyst.kubewharf.io/"
-
-
-def wait_until(predicate, timeout=15.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 def make_node(core, name, cpu, annotations):

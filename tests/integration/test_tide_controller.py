@@ -24,19 +24,11 @@ from ansible_collections.katalyst.colocation.plugins.module_utils import crd_man
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.controller import Controller
 from sandbox.scheduler import SandboxScheduler
 from tests.integration.ansible_runner import REPO
+from tests.integration.waiting import wait_until
 
 POOL = "demo"
 NODES = ["n%02d" % i for i in range(10)]
 ON_TOLERATION = {"key": tide.TAINT_EVICT_OFFLINE_POD, "operator": "Equal", "value": "true", "effect": "NoExecute"}
-
-
-def wait_until(predicate, timeout=20.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 def install_crds(kube_client):
@@ -155,7 +147,7 @@ def events(core, reason):
 def test_pool_of_ten_gets_reserves_tide_roles_status_and_finalizer(cluster, inproc):
     core, custom = cluster
     create_pool(custom)
-    wait_until(lambda: inproc.controller.informers["tidenodepools"].items(), what="the pool in the cache")
+    wait_until(inproc.controller.informers["tidenodepools"].items, what="the pool in the cache")
     plan = inproc.cycle()
     assert plan.reserve == {"online": 1, "offline": 2, "nodes": 10}                 # 10% up, 25% down
     roles = node_roles(core)
@@ -180,7 +172,7 @@ def test_pool_of_ten_gets_reserves_tide_roles_status_and_finalizer(cluster, inpr
 def test_pending_online_pods_bring_exactly_one_offline_node_online_per_pass(cluster, inproc, kube_client):
     core, custom = cluster
     create_pool(custom, reserve={"online": 1, "offline": 2})
-    wait_until(lambda: inproc.controller.informers["tidenodepools"].items(), what="the pool in the cache")
+    wait_until(inproc.controller.informers["tidenodepools"].items, what="the pool in the cache")
     for _attempt in range(10):                                          # a quiet cluster: release down to one online tide node
         plan = inproc.cycle()
         if plan.flip is None:
@@ -235,7 +227,7 @@ def test_quiet_period_releases_the_least_loaded_online_node(cluster, inproc):
     for node_name, cpu in loads.items():
         online_pod(core, "app-%s" % node_name, cpu, node_name)
     create_pool(custom, reserve={"online": 1, "offline": 2})
-    wait_until(lambda: inproc.controller.informers["tidenodepools"].items(), what="the pool in the cache")
+    wait_until(inproc.controller.informers["tidenodepools"].items, what="the pool in the cache")
     released = []
     for _attempt in range(3):
         plan = inproc.cycle()
@@ -252,7 +244,7 @@ def test_deleting_the_pool_cleans_every_label_taint_and_the_finalizer(cluster, i
     core.patch_node("n05", {"metadata": {"labels": {"team": "keep"}},
                             "spec": {"taints": [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]}})
     create_pool(custom)
-    wait_until(lambda: inproc.controller.informers["tidenodepools"].items(), what="the pool in the cache")
+    wait_until(inproc.controller.informers["tidenodepools"].items, what="the pool in the cache")
     for _attempt in range(3):
         inproc.cycle()
     assert any(t.key == tide.TAINT_EVICT_ONLINE_POD for n in core.list_node().items for t in (n.spec.taints if n.spec else None) or [])
@@ -276,7 +268,7 @@ def test_deleting_the_pool_cleans_every_label_taint_and_the_finalizer(cluster, i
 def test_invalid_reserve_is_a_condition_and_an_event_not_a_crash_loop(cluster, inproc):
     core, custom = cluster
     create_pool(custom, reserve={"online": "10", "offline": 1})
-    wait_until(lambda: inproc.controller.informers["tidenodepools"].items(), what="the pool in the cache")
+    wait_until(inproc.controller.informers["tidenodepools"].items, what="the pool in the cache")
     inproc.cycle()
     inproc.cycle()
     ready = pool_object(custom)["status"]["conditions"][0]
