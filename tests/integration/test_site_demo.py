@@ -1,0 +1,121 @@
+"""The demo path end to end: `python -m sandbox up` in a temporary state directory, then `python -m sandbox demo`
+(playbooks/site.yml on inventories/sandbox: CRDs, katalyst-controller with tide + overcommit + cnr,
+katalyst-webhook, katalyst-scheduler-extender, the node roles and agents). Then, in the running sandbox:
+a node labelled for an overcommit pool with a NodeOvercommitConfig gets amplified allocatable through a sandbox
+kubelet heartbeat (the webhook the role registered), a TideNodePool gets tide roles (the controller the role
+started), and a pod is bound by the sandbox scheduler configured with the role's extender."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from kubernetes import client, config
+
+from ansible_collections.katalyst.colocation.plugins.module_utils import overcommit, tide
+from ansible_collections.katalyst.colocation.plugins.module_utils.quantity import parse_quantity
+from tests.integration.ansible_runner import REPO
+
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
+PREFIX = "katalyst.kubewharf.io/"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sandbox(state, *args, timeout=300):
+    environ = dict(os.environ, PYTHONPATH="%s/.build/collections:%s" % (REPO, REPO), ANSIBLE_COLLECTIONS_PATH="%s/.build/collections:%s/.build/deps" % (REPO, REPO),
+                   ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"),
+                   PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    return subprocess.run([sys.executable, "-m", "sandbox", args[0], "--state-dir", str(state)] + list(args[1:]), cwd=REPO, env=environ,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+@pytest.fixture
+def sandbox_state(tmp_path):
+    state = tmp_path / "sandbox"
+    try:
+        yield state
+    finally:
+        sandbox(state, "down", timeout=120)
+
+
+def test_site_on_the_sandbox_overcommits_and_tides(sandbox_state):
+    started = time.monotonic()
+    up = sandbox(sandbox_state, "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    timings = {"up": time.monotonic() - started}
+    # the demo's own ports are fixed; this sandbox may run beside it
+    demo = sandbox(sandbox_state, "demo", "-e", "katalyst_sandbox_dir=%s" % sandbox_state, "-e", "webhook_port=%d" % free_port(),
+                   "-e", "scheduler_extender_port=%d" % free_port())
+    timings["site.yml"] = time.monotonic() - started - timings["up"]
+    assert demo.returncode == 0, demo.stdout[-5000:] + demo.stderr[-2000:]
+    recap = {host: (int(changed), int(failed)) for host, _ok, changed, _unreachable, failed in RECAP.findall(demo.stdout)}
+    assert set(recap) == {"sandbox-control", "sandbox-node-1", "sandbox-node-2", "sandbox-node-3"}, demo.stdout[-3000:]
+    assert all(failed == 0 for _changed, failed in recap.values())
+    assert recap["sandbox-control"][0] > 0
+
+    api = config.new_client_from_config(config_file=str(sandbox_state / "kubeconfig"))
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    hooks = client.AdmissionregistrationV1Api(api).list_mutating_webhook_configuration().items
+    assert [hook.webhooks[0].failure_policy for hook in hooks] == ["Ignore"]
+
+    # overcommit: label a node into a pool and declare the pool's ratio; the controller annotates the node and the
+    # next kubelet heartbeat comes back amplified by the webhook
+    original = parse_quantity(core.read_node("sandbox-node-1").status.allocatable["cpu"])
+    core.patch_node("sandbox-node-1", {"metadata": {"labels": {overcommit.POOL_LABEL: "demo"}}})
+    custom.create_cluster_custom_object("overcommit.katalyst.kubewharf.io", "v1alpha1", "nodeovercommitconfigs", {
+        "apiVersion": overcommit.NOC_API_VERSION, "kind": overcommit.NOC_KIND, "metadata": {"name": "demo"},
+        "spec": {"nodeOvercommitSelectorVal": "demo", "resourceOvercommitRatio": {"cpu": "2"}}})
+
+    def amplified():
+        node = core.read_node("sandbox-node-1")
+        annotations = node.metadata.annotations or {}
+        wanted = annotations.get(PREFIX + "overcommit_allocatable_cpu")
+        return (annotations.get(PREFIX + "cpu_overcommit_ratio") == "2" and wanted is not None
+                and node.status.allocatable["cpu"] == wanted and parse_quantity(wanted) > original)
+    wait_until(amplified, 20, "sandbox-node-1's heartbeat to come back amplified")
+    node = core.read_node("sandbox-node-1")
+    assert node.metadata.annotations[PREFIX + "original_allocatable_cpu"] == str(original)
+    assert core.read_node("sandbox-node-2").status.allocatable["cpu"] == str(original)      # not in the pool
+
+    # tide: a pool over the three nodes, one kept online and one offline, the third a tide node
+    custom.create_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, {
+        "apiVersion": tide.API_VERSION, "kind": tide.KIND, "metadata": {"name": "demo"},
+        "spec": {"nodeConfigs": {"nodeSelector": {"node.kubernetes.io/instance-type": "sandbox"},
+                                 "reserve": {"online": 1, "offline": 1}}}})
+
+    def tided():
+        labels = {n.metadata.name: n.metadata.labels or {} for n in core.list_node().items}
+        return (all(labels[name].get(tide.LABEL_NODE_POOL) == "demo" for name in labels)
+                and sum(1 for value in labels.values() if value.get(tide.LABEL_TIDE) == "true") == 1)
+    wait_until(tided, 20, "the tide controller to give the pool's nodes their roles")
+    pool = custom.get_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, "demo")
+    reserve = pool["status"]["reserveNodes"]
+    assert len(reserve["onlineNodes"]) == 1 and len(reserve["offlineNodes"]) == 1
+    assert pool["metadata"]["finalizers"] == [tide.FINALIZER]
+
+    # the sandbox scheduler (configured with the role's extender) binds a pod
+    core.create_namespaced_pod("default", {"metadata": {"name": "web"}, "spec": {
+        "containers": [{"name": "app", "image": "app", "resources": {"requests": {"cpu": "1"}}}],
+        "tolerations": [{"operator": "Exists"}]}})
+    wait_until(lambda: core.read_namespaced_pod("web", "default").spec.node_name is not None, 20, "the pod to be bound")
+    scheduler_config = (sandbox_state / "kube-scheduler-config.yaml").read_text()
+    assert "urlPrefix" in scheduler_config
+    timings["total"] = time.monotonic() - started
+    print("end-to-end timings: " + ", ".join("%s %.1f s" % item for item in timings.items()))
