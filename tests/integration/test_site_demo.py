@@ -30,8 +30,8 @@ def free_port():
 
 
 def sandbox(state, *args, timeout=300):
-    environ = dict(os.environ, PYTHONPATH="%s/.build/collections:%s" % (REPO, REPO), ANSIBLE_COLLECTIONS_PATH="%s/.build/collections:%s/.build/deps" % (REPO, REPO),
-                   ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"),
+    environ = dict(os.environ, PYTHONPATH="%s/.build/collections:%s" % (REPO, REPO),
+                   ANSIBLE_COLLECTIONS_PATH="%s/.build/collections:%s/.build/deps" % (REPO, REPO), ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"),
                    PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     return subprocess.run([sys.executable, "-m", "sandbox", args[0], "--state-dir", str(state)] + list(args[1:]), cwd=REPO, env=environ,
                           capture_output=True, text=True, timeout=timeout, check=False)
