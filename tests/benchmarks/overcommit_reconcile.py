@@ -17,9 +17,9 @@ sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO]
 
 from kubernetes import client  # noqa: E402  pylint: disable=wrong-import-position
 
-from plugins.module_utils import crd_manifests, overcommit  # noqa: E402  pylint: disable=wrong-import-position
-from plugins.module_utils.daemons.overcommit_controller import OvercommitReconciler  # noqa: E402  pylint: disable=wrong-import-position
-from plugins.module_utils.kube import KubeClient  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests, overcommit  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import overcommit_controller  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient  # noqa: E402  pylint: disable=wrong-import-position
 from sandbox.kubeapi.server import KubeAPIServer  # noqa: E402  pylint: disable=wrong-import-position
 
 PREFIX = "katalyst.kubewharf.io/"
@@ -53,7 +53,7 @@ def main():
             {"apiVersion": overcommit.NOC_API_VERSION, "kind": overcommit.NOC_KIND, "metadata": {"name": "pool-a"},
              "spec": {"nodeOvercommitSelectorVal": "a", "resourceOvercommitRatio": {"cpu": "1.5", "memory": "1.2"}}})
         kube = KubeClient(api_client=api_client)
-        reconciler = OvercommitReconciler.standalone(kube)
+        reconciler = overcommit_controller.OvercommitReconciler.standalone(kube)
         for label in ("first pass (writes)", "second pass (no-op)"):
             kube.calls = 0
             began = time.time()

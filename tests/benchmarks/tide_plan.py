@@ -22,7 +22,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO]
 
-from plugins.module_utils import fit, tide  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.katalyst.colocation.plugins.module_utils import fit, tide  # noqa: E402  pylint: disable=wrong-import-position
 
 NOW = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
 ON_TOLERATION = {"key": tide.TAINT_EVICT_OFFLINE_POD, "operator": "Exists"}

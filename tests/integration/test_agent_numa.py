@@ -13,8 +13,8 @@ import time
 import pytest
 from kubernetes import client
 
-from plugins.module_utils import crd_manifests
-from plugins.module_utils.quantity import parse_quantity
+from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
+from ansible_collections.katalyst.colocation.plugins.module_utils.quantity import parse_quantity
 from sandbox.sysroot import build_sysroot
 from tests.integration.ansible_runner import REPO
 from tests.integration.waiting import wait_until

@@ -8,11 +8,11 @@ import time
 import pytest
 from kubernetes import client
 
-from plugins.module_utils import crd_manifests
-from plugins.module_utils.daemons import controller as controller_module
-from plugins.module_utils.daemons.overcommit_controller import OvercommitReconciler
-from plugins.module_utils.daemons.webhook import WebhookDaemon, webhook_configuration
-from plugins.module_utils.kube import KubeClient
+from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import controller as controller_module
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.overcommit_controller import OvercommitReconciler
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.webhook import WebhookDaemon, webhook_configuration
+from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient
 from tests.integration.tlsutil import make_ca_and_server_cert
 
 PREFIX = "katalyst.kubewharf.io/"
@@ -122,6 +122,8 @@ def test_overcommit_end_to_end(env):
     OvercommitReconciler.standalone(kube).reconcile_all()
 
     # a second config for the same pool: the newest wins, both report the conflict
+    # (creationTimestamp has whole seconds: within the same second the tie goes by name, to pool-a)
+    time.sleep(1.1)
     create_noc(custom, "pool-a-new", "a", {"cpu": "2.5"})
     OvercommitReconciler.standalone(kube).reconcile_all()
     assert conditions(custom, "pool-a")["Conflict"]["status"] == "True"

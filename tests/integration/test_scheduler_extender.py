@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 from kubernetes import client
 
-from plugins.module_utils import crd_manifests
-from plugins.module_utils.daemons.extender import ExtenderDaemon
+from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.extender import ExtenderDaemon
 from sandbox.scheduler import Extender, ExtenderError, SandboxScheduler
 from tests.integration.waiting import wait_until
 

@@ -10,8 +10,8 @@ import jsonpatch
 import pytest
 from kubernetes import client
 
-from plugins.module_utils.daemons.webhook import WebhookDaemon, review, webhook_configuration
-from plugins.module_utils.overcommit import mutate_node
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.webhook import WebhookDaemon, review, webhook_configuration
+from ansible_collections.katalyst.colocation.plugins.module_utils.overcommit import mutate_node
 from tests.integration.tlsutil import make_ca_and_server_cert
 
 PREFIX = "katalyst.kubewharf.io/"

@@ -6,7 +6,7 @@ import math
 import jsonpatch
 import pytest
 
-from plugins.module_utils import overcommit as oc
+from ansible_collections.katalyst.colocation.plugins.module_utils import overcommit as oc
 
 CPU_RATIO = "katalyst.kubewharf.io/cpu_overcommit_ratio"
 MEM_RATIO = "katalyst.kubewharf.io/memory_overcommit_ratio"
