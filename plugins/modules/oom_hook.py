@@ -16,7 +16,7 @@ description:
     priority) and the kill records C(oom_events). Pinned links stay attached after this module exits.
   - C(fentry/oom_kill_process) (victim points and OOM domain) is used where the kernel allows BPF trampolines;
     otherwise C(tp_btf/mark_victim) alone.
-  - Idempotent: nothing is rebuilt or reloaded while the same object is attached. A reload keeps the
+  - Idempotent, so nothing is rebuilt or reloaded while the same object is attached. A reload keeps the
     priority map's entries.
   - C(katalyst-agent) keeps the priority map in sync with the node's pods and explains every recorded kill.
 options:
