@@ -139,7 +139,7 @@ options:
   flip:
     description:
       - With O(converge=true), also apply the flip decision of that pass (at most one node). By default flips are
-        only reported (RV(plan.flip)) and left to C(katalyst-controller), so repeated runs stay idempotent.
+        only reported (the C(flip) key of RV(plan)) and left to C(katalyst-controller), so repeated runs stay idempotent.
     type: bool
     default: false
 extends_documentation_fragment:

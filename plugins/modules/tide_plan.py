@@ -33,6 +33,7 @@ attributes:
     description: Never changes anything.
   diff_mode:
     support: none
+    description: Reads only; the plan itself is the result.
   platform:
     support: full
     description: Runs against the Kubernetes API.

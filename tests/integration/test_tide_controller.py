@@ -289,7 +289,7 @@ def test_cooldown_keeps_a_flipped_node_from_flipping_back(cluster, kubeapi, kube
     runner = InProcess(kubeapi, kube_client, tmp_path, clock=lambda: now["value"])
     try:
         create_pool(custom, reserve={"online": 0, "offline": 0}, cooldownSeconds=300)
-        wait_until(lambda: runner.controller.informers["tidenodepools"].items(), what="the pool in the cache")
+        wait_until(runner.controller.informers["tidenodepools"].items, what="the pool in the cache")
         plan = runner.cycle()
         assert plan.flip["node"] == "n00" and plan.flip["direction"] == "offline"
         assert core.read_node("n00").metadata.annotations[tide.ANNOTATION_LAST_FLIP] == "2025-01-01T00:00:00Z"
