@@ -127,3 +127,35 @@ class Domain:
                     break
                 except OSError:
                     time.sleep(0.1)
+
+
+OBSERVER_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                               "roles", "oom_hook", "files", "oom_observer.bpf.c")
+
+
+class Observer:
+    """The real BPF OOM observer, built with clang and loaded into a private bpffs mounted under ``directory``."""
+
+    def __init__(self, directory, build_dir):
+        from ansible_collections.katalyst.colocation.plugins.module_utils import bpf  # pylint: disable=import-outside-toplevel
+        self.bpf = bpf
+        self.mount = os.path.join(directory, "bpffs")
+        os.makedirs(self.mount, exist_ok=True)
+        subprocess.run(["mount", "-t", "bpf", "bpffs", self.mount], check=True)
+        self.pins = os.path.join(self.mount, "katalyst")
+        try:
+            obj, _built = bpf.build_observer(OBSERVER_SOURCE, build_dir)
+            self.programs = bpf.load_observer(obj, self.pins)
+        except Exception:
+            self.close()
+            raise
+
+    def priority_map(self):
+        return self.bpf.PinnedMap(os.path.join(self.pins, self.bpf.PRIORITY_MAP))
+
+    def drain(self):
+        return self.bpf.drain_events(self.pins)
+
+    def close(self):
+        self.bpf.unload_observer(self.pins)
+        subprocess.run(["umount", "-l", self.mount], check=False)

@@ -25,32 +25,19 @@ pytestmark = pytest.mark.skipif(oomlib.usable() is not None, reason=str(oomlib.u
 NODE = "oom-node"
 MEM = "katalyst.kubewharf.io/memory_enhancement"
 QOS = "katalyst.kubewharf.io/qos_level"
-SOURCE = os.path.join(REPO, "roles", "oom_hook", "files", "oom_observer.bpf.c")
 # batch (reclaimed) 8 MiB, web (shared, 50) 16 MiB, system (system_cores; 250 as a number is invalid
 # -> the QoS default) 40 MiB and growing: the kubelet's formula would kill system first.
 SPECS = [("batch", {QOS: "reclaimed_cores"}, 8, 0), ("web", {MEM: '{"oom_priority": "50"}'}, 16, 0),
          ("system", {QOS: "system_cores", MEM: '{"oom_priority": 250}'}, 40, 300)]
 
 
-@pytest.fixture(scope="module")
-def observer_object(tmp_path_factory):
-    obj, _changed = bpf.build_observer(SOURCE, str(tmp_path_factory.mktemp("bpf-build")))
-    return obj
-
-
 @pytest.fixture
-def pin_dir(tmp_path, observer_object):
+def pin_dir(tmp_path):
     """The observer loaded into a private bpffs (links and maps pinned there; unmounting detaches)."""
-    mount = tmp_path / "bpffs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "bpf", "bpffs", str(mount)], check=True)
-    pins = str(mount / "katalyst")
-    try:
-        assert "on_mark_victim" in bpf.load_observer(observer_object, pins)
-        yield pins
-    finally:
-        bpf.unload_observer(pins)
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    observer = oomlib.Observer(str(tmp_path), str(tmp_path / "bpf-build"))
+    assert "on_mark_victim" in observer.programs
+    yield observer.pins
+    observer.close()
 
 
 def pod_body(name, annotations):

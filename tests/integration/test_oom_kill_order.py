@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import oom
+from ansible_collections.katalyst.colocation.plugins.module_utils import oom, oomobserver
 from tests.integration import oomlib
 
 pytestmark = pytest.mark.skipif(oomlib.usable() is not None, reason=str(oomlib.usable()))
@@ -22,12 +22,20 @@ PODS = [("batch", -100, 8, 0), ("web", 50, 16, 0), ("system", 250, 40, 300)]
 LIMIT = 128 << 20
 
 
-def run_once(index, use_plan):
+def run_once(index, use_plan, observer):
+    """One OOM episode; returns (kill order from the kernel log, the observer's explanations)."""
     domain = oomlib.Domain("katalyst-oom-%d-%d" % (os.getpid(), index), LIMIT)
     log = oomlib.KernelLog()
     try:
         started = {pod: domain.start(pod, size, grow) for pod, _priority, size, grow in PODS}
         priorities = {pod: priority for pod, priority, _size, _grow in PODS}
+        views = []
+        with observer.priority_map() as priority_map:        # what the agent keeps in the map
+            for pod, process in started.items():
+                cgroup_id = os.stat(os.path.join(domain.path, pod)).st_ino
+                priority_map.update(cgroup_id, priorities[pod])
+                views.append(oomobserver.PodView(pod, "", priorities[pod], {cgroup_id}, {process.pid},
+                                                 [(cgroup_id, False), (os.stat(domain.path).st_ino, True)], True))
         stop = threading.Event()
         replanner = None
         if use_plan:
@@ -53,7 +61,10 @@ def run_once(index, use_plan):
             replanner.join(5)
         by_pid = {p.pid: pod for pod, p in started.items()}
         order = [by_pid[pid] for pid in log.killed_pids() if pid in by_pid]
-        return order
+        for view in views:                                  # the agent's view after the episode
+            view.alive = started[view.name].poll() is None
+        kills = [k for k in oomobserver.explain_kills(observer.drain(), views) if k["pod"] is not None]
+        return order, kills
     finally:
         log.close()
         domain.close()
@@ -85,11 +96,23 @@ def keep_replanning(started, priorities, stop):
         replan(started, priorities)
 
 
-def test_kill_order_follows_priority_10_of_10():
-    orders = [run_once(i, use_plan=True) for i in range(10)]
-    assert orders == [["batch", "web", "system"]] * 10
+@pytest.fixture(scope="module")
+def observer(tmp_path_factory):
+    loaded = oomlib.Observer(str(tmp_path_factory.mktemp("observer")), str(tmp_path_factory.mktemp("bpf-build")))
+    yield loaded
+    loaded.close()
 
 
-def test_without_the_plan_the_kubelet_formula_kills_the_wrong_pod_first():
-    order = run_once(99, use_plan=False)
+def test_kill_order_follows_priority_10_of_10(observer):
+    runs = [run_once(i, True, observer) for i in range(10)]
+    assert [order for order, _kills in runs] == [["batch", "web", "system"]] * 10
+    for order, kills in runs:
+        # the observer saw every kill, read the right priority from the map, and found no inversion
+        assert [(k["pod"], k["map_priority"], k["inversion"]) for k in kills] == [
+            ("batch", -100, False), ("web", 50, False), ("system", 250, False)]
+
+
+def test_without_the_plan_the_kubelet_formula_kills_the_wrong_pod_first(observer):
+    order, kills = run_once(99, False, observer)
     assert order and order[0] == "system"
+    assert kills[0]["pod"] == "system" and kills[0]["inversion"]
