@@ -59,6 +59,7 @@ attributes:
   platform:
     support: full
     description: Linux nodes with BTF, bpffs, clang, bpftool and libbpf1.
+    platforms: posix
 notes:
   - Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN). The O(pin_dir) must be on a mounted bpffs (the C(oom_hook) role mounts one).
 seealso:
