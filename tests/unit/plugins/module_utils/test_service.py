@@ -54,9 +54,9 @@ def test_loops_health_metrics_and_stop():
     fail["on"] = True
     loop.last_success = daemon.clock() - 10  # the last success is now far outside tolerance x period
     loop.trigger()
-    for _attempt in range(100):
+    for _attempt in range(250):   # unhealthy at once (old success); the failing run's error follows
         status, body = _get(port, "/healthz")
-        if status == 503:
+        if status == 503 and json.loads(body)["loops"]["work"]["last_error"]:
             break
         threading.Event().wait(0.02)
     assert status == 503 and json.loads(body)["loops"]["work"]["last_error"] == "boom"
