@@ -145,6 +145,74 @@ def main_container(pod):
     return containers[0] if containers else {}
 
 
+def _labels_key(labels):
+    """A stand-in for a label set (pods of one template share it): a string, so its hash is computed once."""
+    return "\n".join("%s=%s" % item for item in sorted((labels or {}).items()))
+
+
+class PodQuery:
+    """What the NUMA decisions read from one pending pod, worked out once and read-only afterwards.
+
+    The scheduler extender builds one per request and passes it as ``query=`` for every node, so per-node
+    work does not re-read the pod's annotations, quantities or microtopology terms; selector matches
+    against a label set are remembered for the life of the query (``match``).
+    """
+
+    def __init__(self, pod, policy=DYNAMIC):
+        self.pod = pod
+        self.policy = policy
+        self.key = pod_key(pod)
+        self.labels = _labels(pod)
+        self.labels_key = _labels_key(self.labels)
+        self.qos = _qos(pod)
+        self.binding = is_numa_binding_pod(pod)
+        self.exclusive = self.binding and is_numa_exclusive_pod(pod)
+        self.supported = self.binding if policy == DYNAMIC else is_native_supported(pod)
+        self._matches = {}
+
+    @functools.cached_property
+    def requests(self):
+        return pod_requests(self.pod)
+
+    @functools.cached_property
+    def main_requests(self):
+        return _container_requests(main_container(self.pod))
+
+    @functools.cached_property
+    def fit_containers(self):
+        return [(c.get("name"), _container_requests(c)) for c in _containers_to_fit(self.pod, self.policy)]
+
+    @functools.cached_property
+    def microtopology(self):
+        """``(affinity, anti_affinity, None)``, or ``(None, None, AffinityError)`` for a malformed annotation."""
+        try:
+            affinity, anti = pod_microtopology(self.pod)
+        except AffinityError as exc:
+            return None, None, exc
+        return affinity, anti, None
+
+    def matches_of(self, selector):
+        """``{label set key: selector.matches(labels)}`` remembered for this query (filled by ``match``)."""
+        found = self._matches.get(selector)
+        if found is None:
+            found = self._matches[selector] = {}
+        return found
+
+    def match(self, selector, labels_key, labels):
+        """``selector.matches(labels)``, remembered per (selector, label set)."""
+        memo = self.matches_of(selector)
+        found = memo.get(labels_key)
+        if found is None:
+            found = memo[labels_key] = selector.matches(labels)
+        return found
+
+
+def _pod_query(query, pod, policy):
+    if query is not None and query.pod is pod and query.policy == policy:
+        return query
+    return PodQuery(pod, policy)
+
+
 # -- NUMA topology from the CNR ------------------------------------------------------------------------
 _TOPOLOGY_CACHE = {}
 _TOPOLOGY_CACHE_SIZE = 16384
@@ -338,12 +406,47 @@ def node_view(cnr, pods_on_node, policy=DYNAMIC):
     """What the NUMA decisions read from one node, computed once: ``{"topology", "placed", "available", "policy"}``.
 
     A caller that sees the same node state for many pods (the scheduler extender) keeps it and passes it as
-    ``view=`` to ``filter_pod`` / ``score_pod`` / ``numa_resource_fit``; it must not be modified.
+    ``view=`` to ``filter_pod`` / ``score_pod`` / ``numa_resource_fit``; it must not be modified. Besides the
+    parsed state it keeps what every pod's check starts from: the largest and the total available amount of
+    each resource over the NUMA nodes (a pod that exceeds them fails without NUMA work), pods per NUMA with
+    their label sets, the NUMA ids of each zone.
     """
     topology = numa_topology(cnr)
     placed = pods_by_numa(topology, pods_on_node)
-    return {"topology": topology, "placed": placed, "existing": existing_pod_terms(placed),
-            "available": numa_available(topology, pods_on_node, policy), "policy": policy}
+    available = numa_available(topology, pods_on_node, policy)
+    sockets = {n: z["socket"] for n, z in topology["numas"].items()}
+    most, total, rows = {}, {}, {}
+    for numa in sorted(available):
+        for name, value in available[numa].items():
+            most[name] = max(most.get(name, 0), value)
+            total[name] = total.get(name, 0) + value
+            rows.setdefault(name, []).append((numa, value, topology["numas"][numa]["allocatable"][name]))
+    aligned = {numa: tuple((name, values[name], float(zone["allocatable"][name])) for name in ALIGNED_RESOURCES
+                           if zone["allocatable"].get(name, 0) > 0)
+               for numa, zone, values in ((n, z, available[n]) for n, z in topology["numas"].items())}
+    return {"topology": topology, "placed": placed, "existing": existing_pod_terms(placed), "available": available, "policy": policy,
+            "cnr": cnr, "pods": pods_on_node, "sockets": sockets, "zones": _zone_table(sockets), "entries": _placed_entries(placed),
+            "allocatable": {n: z["allocatable"] for n, z in topology["numas"].items()}, "numa_ids": sorted(topology["numas"]),
+            "most_available": most, "total_available": total, "resource_rows": rows, "aligned": aligned}
+
+
+def _single_numa_fit_view(requests, view, exclusive):
+    """``_single_numa_fit`` on the view's unchanged availability (its per-resource rows)."""
+    fitting = None
+    for name, value in requests.items():
+        if value <= 0:
+            continue
+        rows = view["resource_rows"].get(name)
+        if not rows:
+            if name in NATIVE_RESOURCES:
+                return set()
+            continue
+        strict = exclusive and name in ALIGNED_RESOURCES
+        ok = {numa for numa, available, allocatable in rows if available >= value and not (strict and available != allocatable)}
+        fitting = ok if fitting is None else fitting & ok
+        if not fitting:
+            return set()
+    return set(view["numa_ids"]) if fitting is None else fitting
 
 
 def _view(view, cnr, pods_on_node, policy):
@@ -352,70 +455,89 @@ def _view(view, cnr, pods_on_node, policy):
     return node_view(cnr, pods_on_node, policy)
 
 
-def numa_resource_fit(pod, cnr, pods_on_node, policy=DYNAMIC, view=None):
+def _exceeds(requests, most_available):
+    """A requested amount no NUMA node has available (so no single-NUMA fit exists)."""
+    return any(value > 0 and name in most_available and value > most_available[name] for name, value in requests.items())
+
+
+def numa_resource_fit(pod, cnr, pods_on_node, policy=DYNAMIC, view=None, query=None):
     """NUMA fit of one pod on one node: ``{"fit": bool, "numas": [candidate NUMA ids] or None, "reason": str}``.
 
     ``numas`` is None when the pod or the node is not subject to NUMA fit (any NUMA will do).
     """
-    supported = is_numa_binding_pod(pod) if policy == DYNAMIC else is_native_supported(pod)
-    if not supported or cnr is None:
+    query = _pod_query(query, pod, policy)
+    if not query.supported or cnr is None:
         return {"fit": True, "numas": None, "reason": ""}
-    topology = numa_topology(cnr) if view is None else view["topology"]
+    view = _view(view, cnr, pods_on_node, policy)
+    topology = view["topology"]
     topology_policy = topology["policy"]
     handlers = {NATIVE: (SINGLE_NUMA_CONTAINER, SINGLE_NUMA_POD), DYNAMIC: (SINGLE_NUMA_CONTAINER, NUMERIC_CONTAINER)}[policy]
     if topology_policy not in handlers or not topology["numas"]:
         return {"fit": True, "numas": None, "reason": ""}
-    exclusive = policy == DYNAMIC and is_numa_exclusive_pod(pod)
-    if view is not None and view["policy"] == policy:
-        available = {numa: dict(values) for numa, values in view["available"].items()}
-    else:
-        available = numa_available(topology, pods_on_node, policy)
-    allocatable = {n: z["allocatable"] for n, z in topology["numas"].items()}
-    numas = sorted(topology["numas"])
+    exclusive = policy == DYNAMIC and query.exclusive
+    available, allocatable, numas = view["available"], view["allocatable"], view["numa_ids"]
     if topology_policy == NUMERIC_CONTAINER:
-        sockets = {n: z["socket"] for n, z in topology["numas"].items()}
-        mask = _numeric_fit(_container_requests(main_container(pod)), available, allocatable, numas, sockets, True, exclusive)
+        requests = query.main_requests
+        short = any(value > view["total_available"].get(name, 0) for name, value in requests.items() if name in ALIGNED_RESOURCES)
+        mask = None if short else _numeric_fit(requests, available, allocatable, numas, view["sockets"], True, exclusive)
         if mask is None:
             return {"fit": False, "numas": [], "reason": "cannot align container"}
         return {"fit": True, "numas": list(mask), "reason": ""}
     if topology_policy == SINGLE_NUMA_POD:
-        candidates = _single_numa_fit(pod_requests(pod), available, allocatable, numas, exclusive)
+        candidates = None if _exceeds(query.requests, view["most_available"]) else _single_numa_fit_view(query.requests, view, exclusive)
         if not candidates:
             return {"fit": False, "numas": [], "reason": "cannot align pod"}
         return {"fit": True, "numas": sorted(candidates), "reason": ""}
     first = None
-    for container in _containers_to_fit(pod, policy):
-        requests = _container_requests(container)
-        candidates = _single_numa_fit(requests, available, allocatable, numas, exclusive)
+    containers = query.fit_containers
+    for index, (name, requests) in enumerate(containers):
+        if index == 0:
+            candidates = None if _exceeds(requests, view["most_available"]) else _single_numa_fit_view(requests, view, exclusive)
+        else:
+            candidates = _single_numa_fit(requests, available, allocatable, numas, exclusive)
         if not candidates:
-            return {"fit": False, "numas": [], "reason": "cannot align container %s" % container.get("name")}
+            return {"fit": False, "numas": [], "reason": "cannot align container %s" % name}
         if first is None:
             first = sorted(candidates)
-        chosen = min(candidates)
-        for name, value in requests.items():
-            if name in available[chosen]:
-                available[chosen][name] = max(available[chosen][name] - value, 0)
+        if index + 1 < len(containers):      # the next containers see what this one takes
+            if available is view["available"]:
+                available = {numa: dict(values) for numa, values in available.items()}
+            chosen = min(candidates)
+            for resource, value in requests.items():
+                if resource in available[chosen]:
+                    available[chosen][resource] = max(available[chosen][resource] - value, 0)
     return {"fit": True, "numas": first or numas, "reason": ""}
 
 
 # -- QoS-aware fit of reclaimed resources (cluster §3.3) ------------------------------------------------
-def reclaimed_resource_fit(pod, cnr, pods_on_node):
+def reclaimed_resource_fit(pod, cnr, pods_on_node, view=None):
     """``QoSAwareNodeResourcesFit`` for reclaimed_cores pods: ``(fit, reason)``."""
     if _qos(pod) != RECLAIMED_CORES:
         return True, ""
-    requests = pod_requests(pod)
+    return _reclaimed_fit(pod_requests(pod), _reclaimed_free(view, cnr, pods_on_node))
+
+
+def _reclaimed_free(view, cnr, pods_on_node):
+    """Reclaimed allocatable of the node minus the requests of its active reclaimed pods (kept in ``view``)."""
+    if view is not None and "reclaimed_free" in view:
+        return view["reclaimed_free"]
     allocatable = reclaimed_from_cnr(cnr)["allocatable"] if cnr else {}
     used = {}
     for other in pods_on_node:
         if is_active(other) and _qos(other) == RECLAIMED_CORES:
             for name, value in pod_requests(other).items():
                 used[name] = used.get(name, 0) + value
+    free = {name: (allocatable[name].value() if name in allocatable else 0) - used.get(name, 0)
+            for name in (RECLAIMED_MILLICPU, RECLAIMED_MEMORY)}
+    if view is not None:
+        view["reclaimed_free"] = free
+    return free
+
+
+def _reclaimed_fit(requests, free):
     for name in (RECLAIMED_MILLICPU, RECLAIMED_MEMORY):
         want = requests.get(name, 0)
-        if want <= 0:
-            continue
-        have = allocatable[name].value() if name in allocatable else 0
-        if want > have - used.get(name, 0):
+        if want > 0 and want > free[name]:
             return False, "Insufficient %s" % name
     return True, ""
 
@@ -490,22 +612,41 @@ def pod_microtopology(pod):
     return parse_microtopology(annotations, AFFINITY_KEY), parse_microtopology(annotations, ANTI_AFFINITY_KEY)
 
 
-def _zone_numas(numa, zone, sockets):
-    if zone == "socket":
-        return [n for n, s in sockets.items() if s == sockets.get(numa)]
-    return [numa]
+def _zone_table(sockets):
+    """``{"numa": {numa: (numa,)}, "socket": {numa: NUMA ids of its socket}}``."""
+    by_socket = {}
+    for numa, socket in sorted(sockets.items()):
+        by_socket.setdefault(socket, []).append(numa)
+    return {"numa": {n: (n,) for n in sockets}, "socket": {n: tuple(by_socket[s]) for n, s in sockets.items()}}
+
+
+def _zone(zones, zone, numa):
+    found = zones[zone].get(numa)
+    if found is None:      # a NUMA id the topology does not have (a stale numa_bind_result)
+        return (numa,) if zone == "numa" else ()
+    return found
 
 
 def _labels(pod):
     return _meta(pod).get("labels") or {}
 
 
-def _matches_in_zone(term, numa, placed, sockets, exclude_key):
+def _placed_entries(placed):
+    """``{numa: [(pod key, label set key, labels)]}`` of ``placed`` (``{numa: [pods]}``)."""
+    return {numa: [(pod_key(p), _labels_key(_labels(p)), _labels(p)) for p in pods] for numa, pods in placed.items()}
+
+
+def _count_in_zone(query, selector, zone_numas, entries):
+    memo, key = query.matches_of(selector), query.key
     count = 0
-    for other_numa in _zone_numas(numa, term["zone"], sockets):
-        for other in placed.get(other_numa, []):
-            if pod_key(other) != exclude_key and term["selector"].matches(_labels(other)):
-                count += 1
+    for numa in zone_numas:
+        for other_key, labels_key, labels in entries.get(numa, ()):
+            if other_key != key:
+                found = memo.get(labels_key)
+                if found is None:
+                    found = memo[labels_key] = selector.matches(labels)
+                if found:
+                    count += 1
     return count
 
 
@@ -525,122 +666,130 @@ def existing_pod_terms(placed):
     return {"exclusive": exclusive, "anti": anti}
 
 
-def affinity_numas(pod, placed, sockets, existing=None):
+def affinity_numas(pod, placed, sockets, existing=None, query=None):
     """NUMA ids (of ``sockets``) where the pod's required terms and the existing pods' required anti-affinity hold.
 
     ``placed``: ``{numa: [pods]}``; ``sockets``: ``{numa: socket}``; ``existing``: ``existing_pod_terms(placed)``
     when the caller keeps it. Returns ``(set, problems)``; an existing pod with a malformed annotation is skipped
-    (it is reported where it is scheduled).
+    (it is reported where it is scheduled). AffinityError when the pod's own annotation is malformed.
     """
-    affinity, anti = pod_microtopology(pod)
-    key, labels = pod_key(pod), _labels(pod)
-    allowed = set(sockets)
+    query = query if query is not None and query.pod is pod else PodQuery(pod)
+    if query.microtopology[2] is not None:
+        raise query.microtopology[2]
     if existing is None:
         existing = existing_pod_terms(placed)
-    exclusive_numas = {n for n, keys in existing["exclusive"].items() if keys - {key}}
+    return _allowed_numas(query, _placed_entries(placed), sorted(sockets), existing, _zone_table(sockets))
+
+
+def _allowed_numas(query, entries, numa_ids, existing, zones):
+    affinity, anti, _error = query.microtopology
+    key = query.key
+    allowed = set(numa_ids)
+    exclusive_numas = {n for n, keys in existing["exclusive"].items() if keys - {key}} if existing["exclusive"] else ()
     problems = []
-    for numa in sorted(sockets):
+    for numa in numa_ids:
         if numa in exclusive_numas and (affinity["required"] or anti["required"]):
             allowed.discard(numa)
             continue
-        if any(_matches_in_zone(term, numa, placed, sockets, key) for term in anti["required"]):
-            allowed.discard(numa)
+        for term in anti["required"]:
+            if _count_in_zone(query, term["selector"], _zone(zones, term["zone"], numa), entries):
+                allowed.discard(numa)
+                break
     for other_numa, other_key, terms, problem in existing["anti"]:
         if other_key == key:
             continue
         if problem:
             problems.append(problem)
         for term in terms:
-            if term["selector"].matches(labels):
-                allowed -= set(_zone_numas(other_numa, term["zone"], sockets))
+            if query.match(term["selector"], query.labels_key, query.labels):
+                allowed -= set(_zone(zones, term["zone"], other_numa))
     for term in affinity["required"]:
-        anywhere = any(term["selector"].matches(_labels(p)) for pods in placed.values() for p in pods if pod_key(p) != key)
-        if not anywhere and term["selector"].matches(labels):
+        selector = term["selector"]
+        anywhere = any(other_key != key and query.match(selector, labels_key, labels)
+                       for numa_entries in entries.values() for other_key, labels_key, labels in numa_entries)
+        if not anywhere and selector.matches(query.labels):
             continue    # the first pod of a group may start it (Kubernetes semantics)
-        allowed = {n for n in allowed if _matches_in_zone(term, n, placed, sockets, key) > 0}
+        allowed = {n for n in allowed if _count_in_zone(query, selector, _zone(zones, term["zone"], n), entries) > 0}
     return allowed, sorted(set(problems))
 
 
-def preferred_affinity_score(pod, numa, placed, sockets):
+def preferred_affinity_score(pod, numa, placed, sockets, query=None):
     """Σ weight x matches of preferred affinity minus the same for preferred anti-affinity, on one NUMA."""
-    affinity, anti = pod_microtopology(pod)
-    key = pod_key(pod)
+    query = query if query is not None and query.pod is pod else PodQuery(pod)
+    if query.microtopology[2] is not None:
+        raise query.microtopology[2]
+    return _preferred_score(query, numa, _placed_entries(placed), _zone_table(sockets))
+
+
+def _preferred_score(query, numa, entries, zones):
+    affinity, anti, _error = query.microtopology
     score = 0
     for term in affinity["preferred"]:
-        score += term["weight"] * _matches_in_zone(term, numa, placed, sockets, key)
+        score += term["weight"] * _count_in_zone(query, term["selector"], _zone(zones, term["zone"], numa), entries)
     for term in anti["preferred"]:
-        score -= term["weight"] * _matches_in_zone(term, numa, placed, sockets, key)
+        score -= term["weight"] * _count_in_zone(query, term["selector"], _zone(zones, term["zone"], numa), entries)
     return score
 
 
 # -- extender entry points ----------------------------------------------------------------------------
-def filter_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, view=None):
+def filter_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, view=None, query=None):
     """Does ``pod`` fit ``node``? ``{"fit": bool, "reason": str, "numas": [..] or None, "problems": [..]}``.
 
     ``problems`` are messages for Events (a malformed annotation of the pod makes it unschedulable).
+    ``view``: ``node_view(cnr, pods_on_node, policy)`` and ``query``: ``PodQuery(pod, policy)`` when the caller keeps them.
     """
     del node    # the node's own fit (taints, allocatable) is kube-scheduler's; kept for the extender signature
-    ok, reason = reclaimed_resource_fit(pod, cnr, pods_on_node)
-    if not ok:
-        return {"fit": False, "reason": reason, "numas": None, "problems": []}
-    resource = numa_resource_fit(pod, cnr, pods_on_node, policy, view)
+    query = _pod_query(query, pod, policy)
+    if query.qos == RECLAIMED_CORES:
+        ok, reason = _reclaimed_fit(query.requests, _reclaimed_free(view, cnr, pods_on_node))
+        if not ok:
+            return {"fit": False, "reason": reason, "numas": None, "problems": []}
+    resource = numa_resource_fit(pod, cnr, pods_on_node, policy, view, query)
     if not resource["fit"]:
         return {"fit": False, "reason": resource["reason"], "numas": [], "problems": []}
-    if not is_numa_binding_pod(pod):
+    if not query.binding:
         return {"fit": True, "reason": "", "numas": resource["numas"], "problems": []}
-    try:
-        affinity, anti = pod_microtopology(pod)
-    except AffinityError as exc:
-        return {"fit": False, "reason": "invalid microtopology annotation: %s" % exc, "numas": [], "problems": [str(exc)]}
-    topology = numa_topology(cnr) if view is None else view["topology"]
-    if not topology["numas"]:
+    affinity, anti, error = query.microtopology
+    if error is not None:
+        return {"fit": False, "reason": "invalid microtopology annotation: %s" % error, "numas": [], "problems": [str(error)]}
+    view = _view(view, cnr, pods_on_node, policy)
+    if not view["topology"]["numas"]:
         if affinity["required"] or anti["required"]:
             return {"fit": False, "reason": "failed to get Node Resource Topology from cache", "numas": [], "problems": []}
         return {"fit": True, "reason": "", "numas": resource["numas"], "problems": []}
-    if is_numa_exclusive_pod(pod) and affinity["required"]:
+    if query.exclusive and affinity["required"]:
         return {"fit": False, "reason": "a numa_exclusive pod cannot have required microtopology affinity", "numas": [],
-                "problems": ["%s: numa_exclusive with required microtopology affinity" % pod_key(pod)]}
-    sockets = {n: z["socket"] for n, z in topology["numas"].items()}
-    placed = pods_by_numa(topology, pods_on_node) if view is None else view["placed"]
-    allowed, problems = affinity_numas(pod, placed, sockets, None if view is None else view["existing"])
+                "problems": ["%s: numa_exclusive with required microtopology affinity" % query.key]}
+    allowed, problems = _allowed_numas(query, view["entries"], view["numa_ids"], view["existing"], view["zones"])
     candidates = allowed if resource["numas"] is None else allowed & set(resource["numas"])
     if not candidates:
         return {"fit": False, "reason": UNSCHEDULABLE_AFFINITY, "numas": [], "problems": problems}
     return {"fit": True, "reason": "", "numas": sorted(candidates), "problems": problems}
 
 
-def score_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, numas=None, view=None):
+def score_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, numas=None, view=None, query=None):
     """A raw score (higher is better): LeastAllocated (cpu, memory) on the best candidate NUMA x 100
     plus preferred microtopology terms x 10. Pods without NUMA handling score 0.
     """
     del node
-    if cnr is None or not (is_numa_binding_pod(pod) if policy == DYNAMIC else is_native_supported(pod)):
+    query = _pod_query(query, pod, policy)
+    if cnr is None or not query.supported:
         return 0.0
     view = _view(view, cnr, pods_on_node, policy)
-    topology = view["topology"]
-    if not topology["numas"]:
+    if not view["topology"]["numas"]:
         return 0.0
     if numas is None:
-        numas = filter_pod(pod, None, cnr, pods_on_node, policy, view)["numas"] or sorted(topology["numas"])
-    available = view["available"]
-    requests = _container_requests(main_container(pod)) if policy == DYNAMIC else pod_requests(pod)
-    sockets = {n: z["socket"] for n, z in topology["numas"].items()}
-    placed = view["placed"]
-    try:
-        affinity, anti = pod_microtopology(pod)
-        preferred = bool(affinity["preferred"] or anti["preferred"])
-    except AffinityError:
-        preferred = False
+        numas = filter_pod(pod, None, cnr, pods_on_node, policy, view, query)["numas"] or view["numa_ids"]
+    requests = query.main_requests if policy == DYNAMIC else query.requests
+    affinity, anti, error = query.microtopology
+    preferred = error is None and bool(affinity["preferred"] or anti["preferred"])
+    aligned = view["aligned"]
     best = None
     for numa in numas:
-        allocatable = topology["numas"][numa]["allocatable"]
-        parts = []
-        for name in ALIGNED_RESOURCES:
-            if allocatable.get(name, 0) > 0:
-                parts.append(max(available[numa].get(name, 0) - requests.get(name, 0), 0) / float(allocatable[name]))
+        parts = [max(available - requests.get(name, 0), 0) / allocatable for name, available, allocatable in aligned[numa]]
         score = 100.0 * sum(parts) / len(parts) if parts else 0.0
         if preferred:
-            score += 10.0 * preferred_affinity_score(pod, numa, placed, sockets)
+            score += 10.0 * _preferred_score(query, numa, view["entries"], view["zones"])
         best = score if best is None else max(best, score)
     return best or 0.0
 
@@ -677,8 +826,9 @@ def choose_numa_for_pod(pod, facts, pods_on_node):
     for other in others:
         for numa in _bind_result(other) or []:
             placed.setdefault(numa, []).append(other)
-    allowed, _problems = affinity_numas(pod, placed, sockets)
-    requests = pod_requests(pod)
+    query = PodQuery(pod)
+    allowed, _problems = affinity_numas(pod, placed, sockets, query=query)
+    requests = query.requests
     exclusive = is_numa_exclusive_pod(pod)
     fitting = []
     for numa in sorted(allowed):
@@ -696,7 +846,8 @@ def choose_numa_for_pod(pod, facts, pods_on_node):
         fitting.append((-(cpu_free - requests.get("cpu", 0)), numa))   # most free CPU left first, then lowest id
     if not fitting:
         return {"numa": None, "reason": "no NUMA node satisfies the pod's resources and microtopology rules"}
-    scored = sorted(fitting, key=lambda item: (-preferred_affinity_score(pod, item[1], placed, sockets), item[0], item[1]))
+    entries, zones = _placed_entries(placed), _zone_table(sockets)
+    scored = sorted(fitting, key=lambda item: (-_preferred_score(query, item[1], entries, zones), item[0], item[1]))
     return _binding(numa_nodes[scored[0][1]])
 
 

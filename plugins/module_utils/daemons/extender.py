@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import logging
 import ssl
@@ -161,6 +162,9 @@ def server_ssl_context(cert_file, key_file):
 
 
 # -- the cluster view ----------------------------------------------------------------------------------
+_MISSING = object()
+
+
 def _version(obj):
     return ((obj or {}).get("metadata") or {}).get("resourceVersion")
 
@@ -175,7 +179,8 @@ class ClusterCache:
         self.pods = {}           # key -> pod
         self.pods_by_node = {}   # node name -> {key: pod}
         self.informers = []
-        self.memos = {}          # node name -> {key: value computed from that node's CNR and pods}
+        self.memos = {}          # node name -> {key: value computed from that node's CNR and pods}, at most ``limit`` (FIFO)
+        self.kept = {}           # node name -> {key: value}: node state every request reads (never evicted, only invalidated)
         self.generations = {}    # node name -> count of changes to its CNR or pods
 
     def _changed(self, name, old, new):
@@ -185,22 +190,28 @@ class ClusterCache:
         if old is not None and new is not None and _version(old) is not None and _version(old) == _version(new):
             return
         self.memos.pop(name, None)
+        self.kept.pop(name, None)
         self.generations[name] = self.generations.get(name, 0) + 1
 
-    def memo(self, name, key, build, limit=64):
-        """``build()``, kept until node ``name``'s CNR or pods change (plugins share parsed node state this way)."""
-        with self.lock:
-            entries = self.memos.get(name)
-            if entries is not None and key in entries:
-                value = entries[key] = entries.pop(key)      # most recently used last
+    def memo(self, name, key, build, limit=64, keep=False):
+        """``build()``, kept until node ``name``'s CNR or pods change (plugins share parsed node state this way).
+
+        Hits take no lock (a dict read is atomic). Per-pod results (``keep=False``) are bounded per node, oldest
+        first out; ``keep=True`` is for the node's own parsed state, which every request reads: never evicted.
+        """
+        entries = (self.kept if keep else self.memos).get(name)
+        if entries is not None:
+            value = entries.get(key, _MISSING)
+            if value is not _MISSING:
                 return value
+        with self.lock:
             generation = self.generations.get(name, 0)
         value = build()
         with self.lock:
             if self.generations.get(name, 0) == generation:
-                entries = self.memos.setdefault(name, {})
-                while len(entries) >= limit:
-                    entries.pop(next(iter(entries)))         # least recently used first
+                entries = (self.kept if keep else self.memos).setdefault(name, {})
+                while not keep and len(entries) >= limit:
+                    entries.pop(next(iter(entries)))
                 entries[key] = value
         return value
 
@@ -242,6 +253,10 @@ class ClusterCache:
         with self.lock:
             return self.nodes.get(name)
 
+    def node_names(self):
+        with self.lock:
+            return list(self.nodes)
+
     def cnr(self, name):
         with self.lock:
             return self.cnrs.get(name)
@@ -277,9 +292,15 @@ class NodeOvercommitmentPlugin:
         verdicts = {}
         for node in nodes:
             name = node["metadata"]["name"]
-            node_state = cache.memo(name, self.name, lambda name=name: overcommit.node_filter_state(cache.cnr(name), cache.pods_on(name)))
-            verdicts[name] = overcommit.filter_node_overcommitment(pod_state, node, node_state)
+            verdicts[name] = overcommit.filter_node_overcommitment(pod_state, node, self.node_state(name, cache))
         return verdicts
+
+    def node_state(self, name, cache):
+        return cache.memo(name, self.name, lambda: overcommit.node_filter_state(cache.cnr(name), cache.pods_on(name)), keep=True)
+
+    def warm(self, cache):
+        for name in cache.node_names():
+            self.node_state(name, cache)
 
 
 PLUGINS = {NodeOvercommitmentPlugin.name: NodeOvercommitmentPlugin, NumaPlugin.name: NumaPlugin}
@@ -298,12 +319,14 @@ class SchedulerExtender:
         """(node objects, names that were asked for but are unknown, names-only request?)"""
         if args.get("nodenames") is not None and not (args.get("nodes") or {}).get("items"):
             nodes, unknown = [], []
-            for name in args.get("nodenames") or []:
-                node = self.cache.node(name)
-                if node is None:
-                    unknown.append(name)
-                else:
-                    nodes.append(node)
+            with self.cache.lock:
+                known = self.cache.nodes
+                for name in args.get("nodenames") or []:
+                    node = known.get(name)
+                    if node is None:
+                        unknown.append(name)
+                    else:
+                        nodes.append(node)
             return nodes, unknown, True
         return list((args.get("nodes") or {}).get("items") or []), [], False
 
@@ -395,16 +418,35 @@ class ExtenderDaemon:
             self.cache.start(self.api_client, self.daemon.stop_event, self.config["resync_seconds"])
             if wait_synced:
                 self.cache.synced(wait_synced)
+                self.warm()
         port = self.server.start()
         LOG.info("katalyst-scheduler-extender serving on %s:%d (plugins: %s)", self.config["listen_address"], port,
                  ", ".join(self.config["plugins"]))
         return port
+
+    def warm(self):
+        """Parse every node's state now (the plugins' kept memos) rather than in the first request: a cold request
+        over 1,000 nodes costs ~0.2 s. Returns the seconds it took."""
+        started = time.monotonic()
+        for plugin in self.extender.plugins:
+            if hasattr(plugin, "warm"):
+                plugin.warm(self.cache)
+        return time.monotonic() - started
 
     def stop(self):
         self.daemon.stop()
         for informer in self.cache.informers:
             informer.stop()
         self.server.stop()
+
+
+def freeze_heap():
+    """Collect once, then leave everything alive now (the synced informer caches and parsed node states, which
+    live as long as the process) out of the garbage collector's passes. Python's full collection walks every
+    tracked object: over the cache of a 1,000-node cluster that is a 50-100 ms stop in the middle of a request.
+    Objects created later are collected as usual; frozen ones are still freed by reference counting."""
+    gc.collect()
+    gc.freeze()
 
 
 def main(argv=None):
@@ -418,6 +460,7 @@ def main(argv=None):
         return 2
     service.setup_logging(extender.config["log_level"], extender.config["json_logs"])
     extender.start()
+    freeze_heap()
     extender.daemon.install_signal_handlers()
     extender.daemon.run_forever()
     extender.stop()

@@ -52,13 +52,10 @@ class NumaPlugin:
             self.kube = KubeClient(api_client=api_client)
 
     # -- which pods ------------------------------------------------------------------------------
-    def applies(self, pod):
+    def applies(self, pod, query=None):
         """Is any NUMA rule relevant for this pod? (reclaimed fit, or NUMA fit and affinity of the policy)"""
-        if placement._qos(pod) == RECLAIMED_CORES:      # pylint: disable=protected-access
-            return True
-        if self.policy == placement.DYNAMIC:
-            return placement.is_numa_binding_pod(pod)
-        return placement.is_native_supported(pod)
+        query = query or placement.PodQuery(pod, self.policy)
+        return query.qos == RECLAIMED_CORES or query.supported
 
     # -- per-node state ------------------------------------------------------------------------------
     def view(self, name, cache):
@@ -66,14 +63,33 @@ class NumaPlugin:
         def build():
             self.stats["views_built"] += 1
             return placement.node_view(cache.cnr(name), cache.pods_on(name), self.policy)
-        return cache.memo(name, (self.name, "view", self.policy), build)
+        return cache.memo(name, (self.name, "view", self.policy), build, keep=True)
 
-    def decide(self, pod, signature, node, cache):
-        """``placement.filter_pod`` for one node; pods with the same signature share it until the node changes."""
+    def warm(self, cache):
+        """Build every node's view ahead of the first request (the extender calls this once its caches synced)."""
+        for name in cache.node_names():
+            self.view(name, cache)
+
+    def decide(self, pod, signature, node, cache, query=None):
+        """``placement.filter_pod`` for one node, and ``placement.score_pod`` when the pod fits there, as
+        ``((code, reason), NUMA candidates or None, problems, raw score)``; pods with the same signature share it
+        until the node changes (prioritize, which kube-scheduler calls right after filter, only reads it).
+
+        Kept as tuples of strings and numbers: the garbage collector stops tracking those, so thousands of kept
+        verdicts do not lengthen its full collections (which would show as latency spikes).
+        """
         name = node["metadata"]["name"]
 
         def build():
-            return placement.filter_pod(pod, node, cache.cnr(name), cache.pods_on(name), self.policy, self.view(name, cache))
+            query_ = query or placement.PodQuery(pod, self.policy)
+            view = self.view(name, cache)
+            result = placement.filter_pod(pod, node, view["cnr"], view["pods"], self.policy, view, query_)
+            verdict = (SUCCESS, "") if result["fit"] else (UNSCHEDULABLE, result["reason"])
+            numas = None if result["numas"] is None else tuple(result["numas"])
+            score = 0.0
+            if result["fit"] and query_.qos != RECLAIMED_CORES:
+                score = placement.score_pod(pod, node, view["cnr"], view["pods"], self.policy, numas, view, query_)
+            return verdict, numas, tuple(result["problems"]), score
         return cache.memo(name, (self.name, "filter", signature), build)
 
     def report(self, pod, problems):
@@ -92,30 +108,26 @@ class NumaPlugin:
 
     # -- verbs -------------------------------------------------------------------------------------
     def filter(self, pod, nodes, cache):
-        if not self.applies(pod):
+        query = placement.PodQuery(pod, self.policy)
+        if not self.applies(pod, query):
             return {}
         signature = pod_signature(pod)
         verdicts, problems = {}, set()
         for node in nodes:
-            result = self.decide(pod, signature, node, cache)
-            problems.update(result["problems"])
-            verdicts[node["metadata"]["name"]] = (SUCCESS, "") if result["fit"] else (UNSCHEDULABLE, result["reason"])
+            verdict, _numas, node_problems, _score = self.decide(pod, signature, node, cache, query)
+            if node_problems:
+                problems.update(node_problems)
+            verdicts[node["metadata"]["name"]] = verdict
         if problems:
             self.report(pod, sorted(problems))
         return verdicts
 
     def prioritize(self, pod, nodes, cache):
-        if not self.applies(pod) or placement._qos(pod) == RECLAIMED_CORES:    # pylint: disable=protected-access
+        query = placement.PodQuery(pod, self.policy)
+        if not self.applies(pod, query) or query.qos == RECLAIMED_CORES:
             return {}
         signature = pod_signature(pod)
-        raw = {}
-        for node in nodes:
-            name = node["metadata"]["name"]
-
-            def build(node=node, name=name):
-                numas = self.decide(pod, signature, node, cache)["numas"]
-                return placement.score_pod(pod, node, cache.cnr(name), cache.pods_on(name), self.policy, numas, self.view(name, cache))
-            raw[name] = cache.memo(name, (self.name, "score", signature), build)
+        raw = {node["metadata"]["name"]: self.decide(pod, signature, node, cache, query)[3] for node in nodes}
         return placement.normalize_scores(raw)
 
 
