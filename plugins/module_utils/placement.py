@@ -147,7 +147,7 @@ def main_container(pod):
 
 def _labels_key(labels):
     """A stand-in for a label set (pods of one template share it): a string, so its hash is computed once."""
-    return "\n".join("%s=%s" % item for item in sorted((labels or {}).items()))
+    return json.dumps(sorted((labels or {}).items()), separators=(",", ":"), default=str)
 
 
 class PodQuery:
@@ -424,10 +424,31 @@ def node_view(cnr, pods_on_node, policy=DYNAMIC):
     aligned = {numa: tuple((name, values[name], float(zone["allocatable"][name])) for name in ALIGNED_RESOURCES
                            if zone["allocatable"].get(name, 0) > 0)
                for numa, zone, values in ((n, z, available[n]) for n, z in topology["numas"].items())}
-    return {"topology": topology, "placed": placed, "existing": existing_pod_terms(placed), "available": available, "policy": policy,
+    existing = existing_pod_terms(placed)
+    return {"topology": topology, "placed": placed, "existing": existing, "available": available, "policy": policy,
             "cnr": cnr, "pods": pods_on_node, "sockets": sockets, "zones": _zone_table(sockets), "entries": _placed_entries(placed),
             "allocatable": {n: z["allocatable"] for n, z in topology["numas"].items()}, "numa_ids": sorted(topology["numas"]),
-            "most_available": most, "total_available": total, "resource_rows": rows, "aligned": aligned}
+            "most_available": most, "total_available": total, "resource_rows": rows, "aligned": aligned,
+            "keys": frozenset(pod_key(p) for pods in placed.values() for p in pods),
+            "state_key": _state_key(policy, cnr, topology, available, placed, existing)}
+
+
+def _state_key(policy, cnr, topology, available, placed, existing):
+    """Everything ``filter_pod`` and ``score_pod`` read from a view for a non-reclaimed pod that is not placed on
+    the node, as one string: nodes with equal keys give such a pod the same verdict, candidates and score."""
+    numas = [(n, topology["numas"][n]["socket"], sorted(topology["numas"][n]["allocatable"].items()), sorted(available[n].items()))
+             for n in sorted(topology["numas"])]
+    pods = []
+    for numa, numa_pods in sorted(placed.items()):
+        rows = []
+        for other in numa_pods:
+            anti = _annotations(other).get(ANTI_AFFINITY_KEY)
+            if anti is not None and not isinstance(anti, str):
+                anti = json.dumps(anti, sort_keys=True, default=str)
+            rows.append((_labels_key(_labels(other)), anti, is_numa_exclusive_pod(other)))
+        pods.append((numa, sorted(rows, key=repr)))
+    problems = sorted(set(problem for _numa, _key, _terms, problem in existing["anti"] if problem))
+    return repr((policy, cnr is None, topology["policy"], numas, pods, problems))
 
 
 def _single_numa_fit_view(requests, view, exclusive):

@@ -1,6 +1,6 @@
 """Benchmark: katalyst-scheduler-extender filter + prioritize for one pod over 1,000 nodes with 4 NUMA nodes each.
 
-    python tests/benchmarks/extender.py [--nodes 1000] [--rounds 200] [--http] [--cold]
+    python tests/benchmarks/extender.py [--nodes 1000] [--rounds 200] [--http] [--cold] [--diverse]
 
 The cluster: every node has a CNR (2 sockets x 2 NUMA, cpu/memory and reclaimed resources per NUMA, topology
 policy SingleNUMANodeContainerLevel) and three pods (a TensorFlow parameter server bound to one NUMA with
@@ -15,8 +15,11 @@ node's view parsed) and ``freeze_heap()`` (one collection, then the long-lived h
 collector's full passes); ``--cold`` skips both. It prints milliseconds for the first request, then wall-clock
 p50/p95/p99/max and CPU p50/p99 (``time.process_time``: this process's CPU, so other load on the machine does
 not count) per request, for replicas of one pod template (verdicts shared per node until the node changes) and
-for pods that all differ (novel pods: only the parsed node views are shared), with the count of full garbage
-collections that fell inside the measured requests; with --http the same through the HTTP server.
+for pods that all differ (novel pods: only the parsed node views are shared, and within one request the
+evaluation of nodes whose NUMA state is identical), with the count of full garbage collections that fell inside
+the measured requests; with --http the same through the HTTP server. The nodes come in four states (which NUMA
+node holds the parameter server) until pods are bound; ``--diverse`` gives every node a different NUMA memory
+size, so no two nodes share an evaluation (the worst case for novel pods).
 """
 
 import argparse
@@ -62,10 +65,10 @@ def node(name):
             "status": {"allocatable": {"cpu": "32", "memory": "64Gi", "pods": "110"}, "capacity": {"cpu": "32", "memory": "64Gi", "pods": "110"}}}
 
 
-def cnr(name):
+def cnr(name, memory="16Gi"):
     sockets = {}
     for numa in range(4):
-        resources = {"cpu": "8", "memory": "16Gi", "resource.katalyst.kubewharf.io/reclaimed_millicpu": "4k",
+        resources = {"cpu": "8", "memory": memory, "resource.katalyst.kubewharf.io/reclaimed_millicpu": "4k",
                      "resource.katalyst.kubewharf.io/reclaimed_memory": "8Gi"}
         sockets.setdefault(str(numa // 2), []).append({"type": "Numa", "name": str(numa),
                                                        "resources": {"allocatable": resources, "capacity": dict(resources)}})
@@ -77,12 +80,12 @@ def cnr(name):
                        "topologyZone": [{"type": "Socket", "name": s, "children": c} for s, c in sorted(sockets.items())]}}
 
 
-def build_cache(count):
+def build_cache(count, diverse=False):
     cache = ClusterCache()
     names = ["node-%04d" % i for i in range(count)]
     for index, name in enumerate(names):
         cache.on_node("ADDED", node(name))
-        cache.on_cnr("ADDED", cnr(name))
+        cache.on_cnr("ADDED", cnr(name, "%dMi" % (16384 - index) if diverse else "16Gi"))
         cache.on_pod("ADDED", pod(name + "-ps", {"app": "tf", "role": "ps"}, numa=index % 4, anti={"app": "tf", "role": "worker"},
                                   node=name))
         cache.on_pod("ADDED", pod(name + "-w", {"app": "tf", "role": "worker"}, numa=(index + 1) % 4, node=name))
@@ -145,12 +148,14 @@ def main():
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--http", action="store_true", help="also measure through the HTTP server")
     parser.add_argument("--cold", action="store_true", help="no warm-up and no freeze_heap before measuring")
+    parser.add_argument("--diverse", action="store_true", help="every node in a different NUMA state")
     args = parser.parse_args()
-    cache, names = build_cache(args.nodes)
+    cache, names = build_cache(args.nodes, args.diverse)
     daemon = ExtenderDaemon({"listen_address": "127.0.0.1", "port": 0, "plugins": ["NodeOvercommitment", "NUMA"], "json_logs": False},
                             cache=cache)
     extender = daemon.extender
-    print("%d nodes x 4 NUMA, 3 pods per node; pod: TensorFlow worker with required NUMA anti-affinity" % args.nodes)
+    print("%d nodes x 4 NUMA, 3 pods per node%s; pod: TensorFlow worker with required NUMA anti-affinity"
+          % (args.nodes, ", every node in a different NUMA state" if args.diverse else ""))
     if not args.cold:
         cpu_started = time.process_time()
         seconds = daemon.warm()

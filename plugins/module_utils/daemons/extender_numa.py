@@ -70,27 +70,42 @@ class NumaPlugin:
         for name in cache.node_names():
             self.view(name, cache)
 
-    def decide(self, pod, signature, node, cache, query=None):
+    def decide(self, pod, signature, node, cache, query=None, shared=None):
         """``placement.filter_pod`` for one node, and ``placement.score_pod`` when the pod fits there, as
         ``((code, reason), NUMA candidates or None, problems, raw score)``; pods with the same signature share it
         until the node changes (prioritize, which kube-scheduler calls right after filter, only reads it).
 
         Kept as tuples of strings and numbers: the garbage collector stops tracking those, so thousands of kept
-        verdicts do not lengthen its full collections (which would show as latency spikes).
+        verdicts do not lengthen its full collections (which would show as latency spikes). ``shared``: a dict for
+        one request; nodes whose views have the same ``state_key`` (same NUMA availability, placed pods' labels and
+        terms) share one evaluation, unless the pod is reclaimed (its fit reads node-level amounts) or already on the node.
         """
         name = node["metadata"]["name"]
 
         def build():
             query_ = query or placement.PodQuery(pod, self.policy)
             view = self.view(name, cache)
-            result = placement.filter_pod(pod, node, view["cnr"], view["pods"], self.policy, view, query_)
-            verdict = (SUCCESS, "") if result["fit"] else (UNSCHEDULABLE, result["reason"])
-            numas = None if result["numas"] is None else tuple(result["numas"])
-            score = 0.0
-            if result["fit"] and query_.qos != RECLAIMED_CORES:
-                score = placement.score_pod(pod, node, view["cnr"], view["pods"], self.policy, numas, view, query_)
-            return verdict, numas, tuple(result["problems"]), score
-        return cache.memo(name, (self.name, "filter", signature), build)
+            state = None
+            if shared is not None and query_.qos != RECLAIMED_CORES and query_.key not in view["keys"]:
+                state = view["state_key"]
+                found = shared.get(state)
+                if found is not None:
+                    return found
+            value = self.evaluate(pod, node, view, query_)
+            if state is not None:
+                shared[state] = value
+            return value
+        return cache.memo(name, (self.name, "filter", self.policy, signature), build)
+
+    def evaluate(self, pod, node, view, query):
+        """``decide``'s tuple for one node view."""
+        result = placement.filter_pod(pod, node, view["cnr"], view["pods"], self.policy, view, query)
+        verdict = (SUCCESS, "") if result["fit"] else (UNSCHEDULABLE, result["reason"])
+        numas = None if result["numas"] is None else tuple(result["numas"])
+        score = 0.0
+        if result["fit"] and query.qos != RECLAIMED_CORES:
+            score = placement.score_pod(pod, node, view["cnr"], view["pods"], self.policy, numas, view, query)
+        return verdict, numas, tuple(result["problems"]), score
 
     def report(self, pod, problems):
         uid = _meta(pod).get("uid") or placement.pod_key(pod)
@@ -112,9 +127,9 @@ class NumaPlugin:
         if not self.applies(pod, query):
             return {}
         signature = pod_signature(pod)
-        verdicts, problems = {}, set()
+        verdicts, problems, shared = {}, set(), {}
         for node in nodes:
-            verdict, _numas, node_problems, _score = self.decide(pod, signature, node, cache, query)
+            verdict, _numas, node_problems, _score = self.decide(pod, signature, node, cache, query, shared)
             if node_problems:
                 problems.update(node_problems)
             verdicts[node["metadata"]["name"]] = verdict
@@ -127,7 +142,8 @@ class NumaPlugin:
         if not self.applies(pod, query) or query.qos == RECLAIMED_CORES:
             return {}
         signature = pod_signature(pod)
-        raw = {node["metadata"]["name"]: self.decide(pod, signature, node, cache, query)[3] for node in nodes}
+        shared = {}
+        raw = {node["metadata"]["name"]: self.decide(pod, signature, node, cache, query, shared)[3] for node in nodes}
         return placement.normalize_scores(raw)
 
 
