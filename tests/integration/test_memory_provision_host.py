@@ -200,7 +200,7 @@ def expected_limits(env, frees, guard=None):
     root = sum(limits.values())
     if guard is not None:
         root = min(root, sum(int(guard["root"][n] + headroom[n]) for n in numas))
-    root = max(root, max(floors.values()))
+    root = max(root, *floors.values())
     return {"numa": {n: page(v) for n, v in limits.items()}, "root": page(root), "floors": floors}
 
 
