@@ -51,6 +51,8 @@ def run_once(index, use_plan, observer):
         started["system"].stdin.write("grow\n")
         started["system"].stdin.flush()
         started["system"].wait(60)            # the grower is the last one standing (or the first to go)
+        for view in views:                     # the agent's view when the pressure is over, before the cleanup below
+            view.alive = started[view.name].poll() is None
         for process in started.values():
             try:
                 process.wait(2)
@@ -61,8 +63,6 @@ def run_once(index, use_plan, observer):
             replanner.join(5)
         by_pid = {p.pid: pod for pod, p in started.items()}
         order = [by_pid[pid] for pid in log.killed_pids() if pid in by_pid]
-        for view in views:                                  # the agent's view after the episode
-            view.alive = started[view.name].poll() is None
         kills = [k for k in oomobserver.explain_kills(observer.drain(), views) if k["pod"] is not None]
         return order, kills
     finally:

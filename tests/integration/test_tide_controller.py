@@ -361,8 +361,11 @@ def test_restarting_the_controller_mid_way_ends_in_the_same_state(cluster, kubea
             wait_until(lambda: managed_state(core) == expected, timeout=40, what="the fixed point after the restart")
             time.sleep(1.5)                                              # and it stays there
             assert managed_state(core) == expected
-            lease = client.CoordinationV1Api(core.api_client).read_namespaced_lease("katalyst-controller", "default")
-            assert lease.spec.holder_identity == "second"
+            leases = client.CoordinationV1Api(core.api_client)
+            # the fixed point may already stand when the first replica dies: the second takes over once its Lease expires
+            wait_until(lambda: leases.read_namespaced_lease("katalyst-controller", "default").spec.holder_identity == "second",
+                       timeout=20, what="the second replica to hold the Lease")
+            assert managed_state(core) == expected
             pool = pool_object(custom)
             assert pool["metadata"]["finalizers"] == [tide.FINALIZER]
             assert pool["status"]["conditions"][0]["status"] == "True"
