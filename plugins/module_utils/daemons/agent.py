@@ -342,12 +342,13 @@ class Agent:
                 loop.trigger()
 
     def run(self):
+        # first: a SIGHUP/SIGTERM that arrives once we announce ourselves must find the handlers
+        self.daemon.install_signal_handlers()
         port = self.daemon.serve_http(self.config["listen_address"], int(self.config["port"]))
         LOG.info("katalyst-agent for node %s serving /healthz and /metrics on %s:%d", self.config["node_name"],
                  self.config["listen_address"], port, extra={"node": self.config["node_name"]})
         if self.pods is not None:
             self.pods.start(self.daemon.stop_event)
-        self.daemon.install_signal_handlers()
         self.daemon.run_forever()
         if self.pods is not None:
             self.pods.stop()

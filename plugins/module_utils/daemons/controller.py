@@ -269,6 +269,8 @@ class Controller:
 
     def run(self):
         stop = self.daemon.stop_event
+        # first: a SIGHUP/SIGTERM that arrives once we announce ourselves must find the handlers
+        self.daemon.install_signal_handlers()
         port = self.daemon.serve_http(self.config["listen_address"], int(self.config["port"]))
         LOG.info("katalyst-controller (%s) serving /healthz and /metrics on %s:%d", ", ".join(self.config["controllers"]),
                  self.config["listen_address"], port)
@@ -277,7 +279,6 @@ class Controller:
         if self.elector is not None:
             elector_thread = threading.Thread(target=self.elector.run, args=(stop, self._lead), name="leader-election", daemon=True)
             elector_thread.start()
-        self.daemon.install_signal_handlers()
         self.daemon.run_forever()
         if elector_thread is not None:
             elector_thread.join(timeout=10)     # the elector releases the Lease once stop is set

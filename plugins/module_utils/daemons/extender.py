@@ -459,9 +459,9 @@ def main(argv=None):
         sys.stderr.write("katalyst-scheduler-extender: %s\n" % exc)
         return 2
     service.setup_logging(extender.config["log_level"], extender.config["json_logs"])
+    extender.daemon.install_signal_handlers()   # before start(): a signal right after the first log line is handled
     extender.start()
     freeze_heap()
-    extender.daemon.install_signal_handlers()
     extender.daemon.run_forever()
     extender.stop()
     return service.exit_cleanly(0)

@@ -151,8 +151,8 @@ def main(argv=None):
         sys.stderr.write("katalyst-webhook: %s\n" % exc)
         return 2
     service.setup_logging(webhook.config["log_level"], webhook.config["json_logs"])
+    webhook.daemon.install_signal_handlers()    # before start(): a signal right after the first log line is handled
     webhook.start()
-    webhook.daemon.install_signal_handlers()
     webhook.daemon.run_forever()
     webhook.stop()
     return service.exit_cleanly(0)
