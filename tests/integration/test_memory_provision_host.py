@@ -214,7 +214,9 @@ def node_free(numa):
 
 
 def set_frees(env, frees):
+    """Write the readings; ``frees`` is truncated to what meminfo can say (whole kB), as the agent will read it."""
     for numa in env["numas"]:
+        frees[numa] = frees[numa] // 1024 * 1024
         env["fs"].set_meminfo(numa, env["totals"][numa], frees[numa])
 
 
