@@ -98,6 +98,7 @@ class Agent:
         self.pods = None
         self.kube = None
         self.reported_problems = {}
+        self._node_facts = None
         self.pod_views, self.previous_pod_views = [], []
         self.realtime_overcommit = RealtimeOvercommit(self)
         self.numa = NumaLoops(self.config["node_name"])
@@ -129,7 +130,15 @@ class Agent:
             raise ValueError("node_name cannot change on reload (restart the agent instead)")
         with self.lock:
             self.config = fresh
+            self._node_facts = None
         logging.getLogger().setLevel(getattr(logging, str(fresh["log_level"]).upper(), logging.INFO))
+
+    def node_facts(self):
+        """Topology, cgroup mode and capabilities: read once (and again after a reload), not on every pass of the
+        fast loops; the loops that need live memory readings gather their own."""
+        if self._node_facts is None:
+            self._node_facts = nodeinfo.gather(self.sysfs)
+        return self._node_facts
 
     @property
     def sysfs(self):
@@ -172,7 +181,7 @@ class Agent:
         if not self.config["tcp_memory_enabled"]:
             return
         fs = self.sysfs
-        version = "v2" if nodeinfo.gather(fs)["cgroup"]["mode"] == "v2" else "v1"
+        version = "v2" if self.node_facts()["cgroup"]["mode"] == "v2" else "v1"
         containers = []
         for pod in self.active_pods():
             limits = {c["name"]: ((c.get("resources") or {}).get("limits") or {}).get("memory") for c in pod["spec"].get("containers", [])}
@@ -204,7 +213,7 @@ class Agent:
         if not self.config["oom_priority_enabled"]:
             return
         fs = self.sysfs
-        facts = nodeinfo.gather(fs)
+        facts = self.node_facts()
         memory_root = "/sys/fs/cgroup" if facts["cgroup"]["mode"] == "v2" else "/sys/fs/cgroup/memory"
         groups, views = [], []
         for pod in self.active_pods():
@@ -301,7 +310,7 @@ class Agent:
                                              self.config["realtime_overcommit_cpu_estimated_load"],
                                              self.config["realtime_overcommit_memory_estimated_load"])
         pods = [p for p in self.pods.items() if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
-        desired = self.realtime_overcommit.desired_annotations(nodeinfo.gather(self.sysfs), pods, time.monotonic())
+        desired = self.realtime_overcommit.desired_annotations(self.node_facts(), pods, time.monotonic())
         changes = self.realtime_overcommit.report(self.kube, self.config["node_name"], desired)
         if self.metrics:
             cpu, memory = self.realtime_overcommit.last_ratios
