@@ -123,8 +123,10 @@ class JSONServer:
                         except Exception as exc:  # pylint: disable=broad-except
                             LOG.exception("%s %s failed", server.daemon.name, path)
                             code, payload = 500, {"error": str(exc)}
-                self._send(code, "application/json", json.dumps(payload, separators=(",", ":")).encode())
+                reply = json.dumps(payload, separators=(",", ":")).encode()
+                # counted before the answer goes out: a client that reads /metrics after its reply sees its request
                 server._observe(verb if handler else "unknown", code, time.monotonic() - started)
+                self._send(code, "application/json", reply)
 
             def _send(self, code, content_type, body):
                 self.send_response(code)
