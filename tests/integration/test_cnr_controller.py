@@ -4,7 +4,6 @@ Node that still exists even when the cache says it is gone (live GET double-chec
 
 import json
 import threading
-import time
 
 import pytest
 from kubernetes import client
@@ -28,7 +27,7 @@ def controller(kubeapi, kube_client, tmp_path):
     ctl = Controller(str(config), kube_api_client=kube_client).build()
     ctl.start_informers(stop)
     wait_until(ctl.synced, what="informers to sync")
-    ctl.daemon.start()
+    ctl.loop_threads = ctl.daemon.start()
     yield ctl
     ctl.daemon.stop()
     stop.set()
@@ -61,7 +60,8 @@ def test_cnr_lifecycle_create_label_merge_and_gc(controller, kube_client):
     core.create_node({"metadata": {"name": "n3"}})
     wait_until(lambda: "n3" in cnrs(custom), what="the CNR of n3")
     version = cnrs(custom)["n2"]["metadata"]["resourceVersion"]
-    time.sleep(1.0)       # steady state: no writes
+    runs = controller.loops["cnr"].runs               # steady state: three more passes write nothing
+    wait_until(lambda: controller.loops["cnr"].runs >= runs + 3, timeout=60, what="three more CNR passes")
     assert cnrs(custom)["n2"]["metadata"]["resourceVersion"] == version
 
     # node deleted: its CNR is garbage-collected, the others stay
@@ -79,8 +79,10 @@ def test_delete_is_confirmed_with_a_live_get(controller, kube_client):
     core.create_node({"metadata": {"name": "live"}})
     wait_until(lambda: "live" in cnrs(custom), what="the CNR")
     reconciler = controller.reconcilers["cnr"]
-    controller.daemon.stop()                      # drive passes by hand from here
-    time.sleep(0.5)
+    controller.daemon.stop()                      # drive passes by hand from here, once the loops' last pass is over
+    for thread in controller.loop_threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "loop %s still running" % thread.name
     nodes = controller.informers["nodes"]
     real_items = nodes.items
     nodes.items = lambda: []                      # a cache that lags: it does not show the node yet

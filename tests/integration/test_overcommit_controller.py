@@ -14,6 +14,7 @@ from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.overco
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.webhook import WebhookDaemon, webhook_configuration
 from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient
 from tests.integration.tlsutil import make_ca_and_server_cert
+from tests.integration.waiting import wait_until
 
 PREFIX = "katalyst.kubewharf.io/"
 GROUP, VERSION, PLURAL = "overcommit.katalyst.kubewharf.io", "v1alpha1", "nodeovercommitconfigs"
@@ -193,23 +194,19 @@ def test_runs_inside_katalyst_controller(env, kube_client, tmp_path, monkeypatch
     controller.daemon.start()
     try:
         create_noc(custom, "pool-a", "a", {"cpu": "2"})
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            annotations = core.read_node("n2").metadata.annotations or {}
-            if annotations.get(PREFIX + "overcommit_allocatable_cpu") == "16":
-                break
-            time.sleep(0.1)
-        assert annotations.get(PREFIX + "overcommit_allocatable_cpu") == "16"
+        wait_until(lambda: (core.read_node("n2").metadata.annotations or {}).get(PREFIX + "overcommit_allocatable_cpu") == "16",
+                   timeout=60, what="n2's overcommitted allocatable")
         assert heartbeat(core, "n2").status.allocatable["cpu"] == "16"
         set_spec(custom, "pool-a", {"resourceOvercommitRatio": {"cpu": "3"}})
-        deadline = time.time() + 15
-        while time.time() < deadline and (core.read_node("n2").metadata.annotations or {}).get(PREFIX + "cpu_overcommit_ratio") != "3":
-            time.sleep(0.1)
-        assert core.read_node("n2").metadata.annotations[PREFIX + "cpu_overcommit_ratio"] == "3"
+        wait_until(lambda: (core.read_node("n2").metadata.annotations or {}).get(PREFIX + "cpu_overcommit_ratio") == "3",
+                   timeout=60, what="n2's new ratio")
         passes = controller.loops["overcommit"].runs
         for _beat in range(3):
-            heartbeat(core, "n3")                  # heartbeats that change nothing do not trigger passes
-        time.sleep(1.0)
+            last = heartbeat(core, "n3")           # heartbeats that change nothing do not trigger passes
+        nodes = controller.informers["nodes"]      # once the informer has seen the last one, no pass may follow from them
+        seen = int(last.metadata.resource_version)     # (the controller may write n3 after it: at least this version)
+        wait_until(lambda: any(n["metadata"]["name"] == "n3" and int(n["metadata"]["resourceVersion"]) >= seen for n in nodes.items()),
+                   timeout=60, what="the informer to see the heartbeats")
         assert controller.loops["overcommit"].runs - passes <= 1
         assert controller.loops["overcommit"].failures == 0
     finally:

@@ -3,7 +3,7 @@
 import time
 
 
-def wait_until(predicate, timeout=30.0, what="condition", interval=0.05, ignore=()):
+def wait_until(predicate, timeout=60.0, what="condition", interval=0.05, ignore=()):
     """Return as soon as ``predicate()`` is true; AssertionError naming ``what`` after ``timeout`` seconds.
 
     Exceptions listed in ``ignore`` count as "not yet" (a server still starting, say).

@@ -259,9 +259,21 @@ class Controller:
 
     def _pass(self, name):
         reconciler = self.reconcilers[name]
-        if not self.leading.is_set() or not self.synced(reconciler.informers):
+        if not self.leading.is_set() or not self._wait_synced(reconciler.informers):
             return
         reconciler.reconcile_all()
+
+    def _wait_synced(self, names):
+        """Hold a pass until its informers' caches are filled; False when the daemon stops first.
+
+        Skipping the pass instead would lose it: the events of an initial list arrive before the cache reports
+        synced, and an informer whose list is empty sends none, so nothing might trigger a pass for a whole period.
+        """
+        for informer_name in names:
+            while not self.informers[informer_name].synced.wait(0.2):
+                if self.daemon.stop_event.is_set():
+                    return False
+        return True
 
     def start_informers(self, stop):
         for informer in self.informers.values():
