@@ -11,8 +11,10 @@
 the daemon unless it already runs with the same fingerprint (a hash of its config and code), and
 prints `changed` or `unchanged` so Ansible can report it honestly.
 
-The emulator keeps its objects in STATE_DIR/apiserver.json, so `down` then `up` (or a second
-`make demo`) finds the cluster as it was left.
+The emulator keeps its objects in STATE_DIR/apiserver.json and its port in STATE_DIR/apiserver.port, so `down`
+then `up` (or a second `make demo`) finds the cluster as it was left, at the same address: the kubeconfigs the
+demo installed stay valid and the demo only restarts the daemons. When that port is taken by then, the emulator
+takes a free one and `up` says so.
 """
 
 import argparse
@@ -22,12 +24,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 
 import yaml
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INVENTORY = os.path.join(TOP, "inventories", "sandbox", "hosts.yml")
 PLAYBOOK = os.path.join(TOP, "playbooks", "site.yml")
+API_PORT_FILE = "apiserver.port"   # the emulator's port, kept across down/up so that the kubeconfigs stay the same
 RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
                    r"\s+failed=(?P<failed>\d+)")
 
@@ -102,6 +106,55 @@ def nodes_ready(kubeconfig, names):
     return set(names) <= ready
 
 
+def kubeconfig_port(kubeconfig):
+    """The port of the server the kubeconfig's first cluster names, or None (no file, no port, unreadable)."""
+    try:
+        with open(kubeconfig) as handle:
+            server = yaml.safe_load(handle)["clusters"][0]["cluster"]["server"]
+        return urllib.parse.urlsplit(server).port
+    except (OSError, ValueError, LookupError, TypeError, AttributeError, yaml.YAMLError):
+        return None
+
+
+def recorded_api_port(state):
+    """The port this state directory's emulator last served on: STATE/apiserver.port, else its kubeconfig's, else None."""
+    try:
+        with open(os.path.join(state, API_PORT_FILE)) as handle:
+            port = int(handle.read().strip())
+        return port if 0 < port < 65536 else None
+    except (OSError, ValueError):
+        return kubeconfig_port(os.path.join(state, "kubeconfig"))
+
+
+def start_api_emulator(state, timeout=120):
+    """Start the emulator of ``state`` on its recorded port, so that its kubeconfig (and every copy the roles install)
+    stays the same across restarts; on a free port when none is recorded or the recorded one is taken.
+    Wait until it serves and record its port. Return (port, which port that is, in words: "the recorded one", ...)."""
+    kubeconfig = os.path.join(state, "kubeconfig")
+    api_pidfile = os.path.join(state, "apiserver.pid")
+    recorded = recorded_api_port(state)
+    if os.path.exists(kubeconfig):
+        os.unlink(kubeconfig)   # the emulator writes it once it listens: its appearance is the signal to wait for
+    logfile = os.path.join(state, "apiserver.log")
+    process = start_process([sys.executable, "-m", "sandbox.kubeapi", "--port", str(recorded or 0), "--port-fallback",
+                             "--state", os.path.join(state, "apiserver.json"), "--kubeconfig", kubeconfig, "--pidfile", api_pidfile],
+                            api_pidfile, logfile)
+
+    def serving():
+        if process.poll() is not None:
+            sys.exit("sandbox: the API emulator exited with code %d; see %s" % (process.returncode, logfile))
+        return os.path.exists(kubeconfig) and kube_client(kubeconfig).list_namespace() is not None
+    wait_for(serving, timeout, "the API emulator")
+    port = kubeconfig_port(kubeconfig)
+    with open(os.path.join(state, API_PORT_FILE), "w") as handle:
+        handle.write("%d\n" % port)
+    if recorded is None:
+        return port, "a new one"
+    if port == recorded:
+        return port, "the recorded one"
+    return port, "a new one: the recorded port %d is taken, so the next demo points the daemons' kubeconfigs at this one" % recorded
+
+
 def cmd_up(args):
     from sandbox.sysroot import build_sysroot  # pylint: disable=import-outside-toplevel
     state = os.path.abspath(args.state_dir)
@@ -110,14 +163,8 @@ def cmd_up(args):
     for name in nodes:
         build_sysroot(os.path.join(state, "nodes", name, "sysroot"))
     kubeconfig = os.path.join(state, "kubeconfig")
-    api_pidfile = os.path.join(state, "apiserver.pid")
-    if not pid_alive(api_pidfile):
-        if os.path.exists(kubeconfig):
-            os.unlink(kubeconfig)
-        start_process([sys.executable, "-m", "sandbox.kubeapi", "--port", "0", "--state", os.path.join(state, "apiserver.json"),
-                       "--kubeconfig", kubeconfig, "--pidfile", api_pidfile], api_pidfile, os.path.join(state, "apiserver.log"))
-        wait_for(lambda: os.path.exists(kubeconfig) and kube_client(kubeconfig).list_namespace() is not None, 30, "the API emulator")
-        print("sandbox: API emulator up (kubeconfig %s)" % kubeconfig)
+    if not pid_alive(os.path.join(state, "apiserver.pid")):
+        print("sandbox: API emulator up (kubeconfig %s) on port %d, %s" % ((kubeconfig,) + start_api_emulator(state)))
     cluster_pidfile = os.path.join(state, "cluster.pid")
     if not pid_alive(cluster_pidfile):
         command = [sys.executable, "-m", "sandbox.cluster", "--state-dir", state, "--kubeconfig", kubeconfig,

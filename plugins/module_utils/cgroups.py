@@ -9,11 +9,15 @@ Katalyst only writes the per-NUMA cgroups if someone else created them; we creat
 
 Plans write only what differs. A record (``/var/lib/katalyst/managed-cgroups.json``) lists the
 directories we created and the original values of files we changed, so ``state: absent`` removes
-exactly what we added and restores the rest.
+exactly what we added under the root it is given and restores the rest. The agent's loops and a
+module run on the same node all update the record: ``converge`` holds a lock from reading it to
+writing it, so none loses another's entries.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 
@@ -21,6 +25,7 @@ from .nodeinfo import format_cpu_list, parse_cpu_list
 from .reconcile import Plan
 
 RECORD_PATH = "/var/lib/katalyst/managed-cgroups.json"
+RECORD_LOCK_PATH = "/var/lib/katalyst/managed-cgroups.lock"
 V1_MAX = 9223372036854771712
 
 
@@ -140,14 +145,23 @@ def plan_qos_cgroups(desired, current, state="present"):
     record = current["record"]
     new_record = {"created": list(record.get("created", [])), "original": dict(record.get("original", {}))}
     if state == "absent":
-        for path, original in sorted(record.get("original", {}).items()):
+        # only what belongs to these cgroups: the record may also hold another root's entries
+        ours = set(c["path"] for c in desired["cgroups"])
+        originals = {path: value for path, value in record.get("original", {}).items() if _parent(path) in ours}
+        created = [path for path in record.get("created", []) if path in ours]
+        for path, original in sorted(originals.items()):
             value = current["files"].get(path)
             if value is not None and not _same(value, original):
                 plan.add("cgroup_file", path, "set", value, original, "restore the value we changed")
-        for path in sorted(record.get("created", []), key=lambda p: -p.count("/")):
+        for path in sorted(created, key=lambda p: -p.count("/")):
             plan.add("cgroup_dir", path, "delete", "present", None, "remove the cgroup we created")
-        if record.get("created") or record.get("original"):
-            plan.add("record", RECORD_PATH, "delete", record, None, "forget what we managed")
+        rest = {"created": [p for p in record.get("created", []) if p not in created],
+                "original": {p: v for p, v in record.get("original", {}).items() if p not in originals}}
+        if created or originals:
+            if rest["created"] or rest["original"]:
+                plan.add("record", RECORD_PATH, "set", record, rest, "forget what we managed here")
+            else:
+                plan.add("record", RECORD_PATH, "delete", record, None, "forget what we managed")
         return plan
     for control, enabled in sorted(current["subtree"].items()):
         missing = [c for c in desired["subtree_control"] if c not in enabled]
@@ -171,6 +185,32 @@ def plan_qos_cgroups(desired, current, state="present"):
     if plan.changed and new_record != record:
         plan.add("record", RECORD_PATH, "set", record, new_record, "remember what we created and changed")
     return plan
+
+
+@contextlib.contextmanager
+def record_lock(fs, create=True):
+    """Exclusive use of the record between reading it and writing it (threads and processes alike: flock).
+
+    ``create=False`` (check mode) takes no lock where the state directory does not exist yet (nothing to protect).
+    """
+    directory = fs.path(_parent(RECORD_LOCK_PATH))
+    if not create and not os.path.isdir(directory):
+        yield
+        return
+    os.makedirs(directory, exist_ok=True)
+    descriptor = os.open(fs.path(RECORD_LOCK_PATH), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)      # releases the lock
+
+
+def converge(fs, desired, state="present", dry_run=False):
+    """Read, plan and apply under the record lock; returns ``(plan, applied changes)``."""
+    with record_lock(fs, create=not dry_run):
+        plan = plan_qos_cgroups(desired, read_cgroup_state(fs, desired), state)
+        return plan, plan.apply(applier(fs), dry_run=dry_run)
 
 
 def applier(fs):

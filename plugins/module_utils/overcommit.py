@@ -317,14 +317,25 @@ def validate_realtime_options(cpu_target_load, memory_target_load, cpu_estimated
 
 
 def node_realtime_ratio(node_annotations, realtime_ratio, resource):
-    """katalyst ``GetOvercommitRatio`` for one resource: min(node set ratio (unparsable -> 1), realtime)."""
+    """katalyst ``GetOvercommitRatio`` for one resource: min(node set ratio (missing or unparsable -> 1), realtime).
+
+    The node's ``<resource>_overcommit_ratio`` annotation bounds what the agent reports, so a node outside
+    every overcommit pool (no annotation, or the controller's ``"1"``) reports 1. Compared as Go does
+    (``realtime >= set`` keeps the set ratio), so a ``NaN`` set ratio reports the realtime one.
+    """
     current = 1.0
     if RATIO_KEY[resource] in (node_annotations or {}):
         try:
             current = parse_go_float(node_annotations[RATIO_KEY[resource]])
         except ValueError:
             current = 1.0
-    return realtime_ratio if realtime_ratio < current else current
+    return current if realtime_ratio >= current else realtime_ratio
+
+
+def reported_realtime_ratios(node_annotations, cpu_ratio, memory_ratio):
+    """(cpu, memory) as the agent reports them on the CNR: each realtime ratio capped by the node's set ratio."""
+    return (node_realtime_ratio(node_annotations, cpu_ratio, "cpu"),
+            node_realtime_ratio(node_annotations, memory_ratio, "memory"))
 
 
 def realtime_ratio_annotations(cpu_ratio, memory_ratio):

@@ -11,12 +11,15 @@ times (no pressure band at all); we do not copy that.
 from __future__ import annotations
 
 import json
+import re
 
 from .reconcile import Plan
 
 DROP_IN = "/etc/sysctl.d/90-katalyst.conf"
 RECORD_PATH = "/var/lib/katalyst/sysctl-originals.json"
 PAGE_SIZE = 4096
+TCP_MEM = "net.ipv4.tcp_mem"
+_UINT = re.compile(r"^[0-9]+$")
 
 
 class SysctlError(ValueError):
@@ -33,6 +36,16 @@ def tcp_mem_pages(memory_bytes, ratio, page_size=PAGE_SIZE):
         raise SysctlError("tcp_mem_ratio=%r is out of range: 20-80 (percent of memory that TCP buffers may use)" % (ratio,))
     maximum = (memory_bytes // page_size // 100) * ratio
     return maximum // 2, maximum * 2 // 3, maximum
+
+
+def parse_tcp_mem(text):
+    """The kernel's ``net.ipv4.tcp_mem`` as Katalyst reads it (``getHostTCPMemFile``): the first line holds exactly three
+    unsigned page counts. (min, pressure, max), or SysctlError naming the file and the content."""
+    fields = str(text).partition("\n")[0].split()
+    if len(fields) != 3 or not all(_UINT.match(field) and int(field) < 2 ** 64 for field in fields):
+        raise SysctlError("%s: cannot parse its current content %r (three page counts expected: min pressure max); nothing written"
+                          % (proc_path(TCP_MEM), text))
+    return tuple(int(field) for field in fields)
 
 
 def _int_range(low, high, why):
@@ -60,7 +73,7 @@ def _triple(key, value):
 def validators(memory_bytes):
     """Per-key validation: ranges with the reason, so a typo cannot take a node down."""
     return {
-        "net.ipv4.tcp_mem": _triple,
+        TCP_MEM: _triple,
         "vm.watermark_scale_factor": _int_range(1, 3000, "fraction of memory in 1/10000 units kswapd keeps free"),
         "vm.min_free_kbytes": _int_range(1024, max(1024, memory_bytes // 1024 // 10), "at most 10% of memory"),
         "vm.swappiness": _int_range(0, 200, "kernel range"),
@@ -81,7 +94,7 @@ def desired_sysctls(memory_bytes, tcp_mem_ratio=None, watermark_scale_factor=Non
     """{key: value string} after validation."""
     wanted = {}
     if tcp_mem_ratio is not None:
-        wanted["net.ipv4.tcp_mem"] = "%d %d %d" % tcp_mem_pages(memory_bytes, tcp_mem_ratio)
+        wanted[TCP_MEM] = "%d %d %d" % tcp_mem_pages(memory_bytes, tcp_mem_ratio)
     if watermark_scale_factor is not None:
         wanted["vm.watermark_scale_factor"] = watermark_scale_factor
     if min_free_kbytes is not None:
@@ -109,13 +122,21 @@ def render_drop_in(values):
 
 
 def read_sysctl_state(fs, keys):
-    live = {}
+    live, raw = {}, {}
     for key in keys:
         path = proc_path(key)
-        live[key] = normalize(fs.read_text(path)) if fs.exists(path) else None
+        raw[key] = fs.read_text(path) if fs.exists(path) else None
+        live[key] = None if raw[key] is None else normalize(raw[key])
     text = fs.read_text(RECORD_PATH, default="")
-    return {"live": live, "drop_in": fs.read_text(DROP_IN, default="") or None,
+    return {"live": live, "raw": raw, "drop_in": fs.read_text(DROP_IN, default="") or None,
             "record": json.loads(text) if text else {}}
+
+
+def _check_live_tcp_mem(current, keys):
+    """A ``tcp_mem`` we are about to rewrite must hold what the kernel writes there: content we cannot parse is
+    reported (SysctlError naming the file and the content), never silently overwritten."""
+    if TCP_MEM in keys and current["live"].get(TCP_MEM) is not None:
+        parse_tcp_mem((current.get("raw") or {}).get(TCP_MEM, current["live"][TCP_MEM]))
 
 
 def plan_sysctls(desired, current, optional=(), state="present"):
@@ -123,6 +144,7 @@ def plan_sysctls(desired, current, optional=(), state="present"):
     plan = Plan()
     record = dict(current["record"])
     if state == "absent":
+        _check_live_tcp_mem(current, record)
         for key, original in sorted(record.items()):
             if current["live"].get(key) is not None and current["live"][key] != original:
                 plan.add("sysctl", key, "set", current["live"][key], original, "restore the value before katalyst")
@@ -138,6 +160,7 @@ def plan_sysctls(desired, current, optional=(), state="present"):
                               % (key, proc_path(key)))
         plan.warn("%s is not available on this kernel; skipped" % key)
     applied = {key: value for key, value in desired.items() if key not in missing}
+    _check_live_tcp_mem(current, applied)
     for key in sorted(applied):
         before = current["live"][key]
         if before != normalize(applied[key]):
@@ -168,7 +191,7 @@ def applier(fs):
     def apply(change):
         if change.kind == "sysctl":
             value = change.after
-            fs.write_text(proc_path(change.target), value.replace(" ", "\t") if change.target == "net.ipv4.tcp_mem" else value)
+            fs.write_text(proc_path(change.target), value.replace(" ", "\t") if change.target == TCP_MEM else value)
         elif change.kind in ("file", "record"):
             if change.after is None:
                 if fs.exists(change.target):

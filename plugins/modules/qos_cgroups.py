@@ -108,8 +108,7 @@ def main():
         facts = nodeinfo.gather(fs)
         desired = cgroups.desired_qos_cgroups(facts, params["driver"], params["reclaim_root"], params["cpu_shares"],
                                               params["memory_limit_bytes"], params["reserved_cpus"])
-        plan = cgroups.plan_qos_cgroups(desired, cgroups.read_cgroup_state(fs, desired), params["state"])
-        plan.apply(cgroups.applier(fs), dry_run=module.check_mode)
+        plan = cgroups.converge(fs, desired, params["state"], dry_run=module.check_mode)[0]
     except (cgroups.CgroupError, SysFSError, ValueError) as exc:
         module.fail_json(msg=str(exc))
     except PlanError as exc:

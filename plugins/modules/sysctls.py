@@ -16,6 +16,8 @@ description:
   - Persists them in C(/etc/sysctl.d/90-katalyst.conf) and applies them live; reports C(changed) only when something differs.
   - A key the kernel does not have fails the task unless it is listed in O(optional). If a live write fails, the values
     already written are put back.
+  - When the current content of C(/proc/sys/net/ipv4/tcp_mem) is not three page counts, the task fails naming the file and
+    the content, and nothing is written (it is not overwritten).
 options:
   state:
     description: V(present) converges; V(absent) removes the drop-in file and restores the values from before the first change.
@@ -27,7 +29,9 @@ options:
     type: path
     default: /
   tcp_mem_ratio:
-    description: Percent of memory TCP buffers may use at most (20-80); sets C(net.ipv4.tcp_mem).
+    description:
+      - Percent of memory TCP buffers may use at most (20-80); sets C(net.ipv4.tcp_mem).
+      - A value outside 20-80 fails the task (Katalyst clamps it into the range instead).
     type: int
   watermark_scale_factor:
     description: C(vm.watermark_scale_factor) (1-3000).

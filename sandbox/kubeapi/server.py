@@ -4,8 +4,11 @@
     server.url            # http://127.0.0.1:<port>
     write_kubeconfig(path, server.url)
     server.stop()         # saves the state file when one was given
+
+    KubeAPIServer(port=P, fallback_to_any_port=True)   # P, or a free port when P is taken (server.port_taken says so)
 """
 
+import errno
 import json
 import logging
 import os
@@ -237,17 +240,28 @@ class QuietThreadingHTTPServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+def bind_http_server(host, port, fallback_to_any_port=False):
+    """(server, taken): the HTTP server on host:port; with ``fallback_to_any_port``, on a free port when ``port`` is taken."""
+    try:
+        return QuietThreadingHTTPServer((host, port), Handler), False
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or not port or not fallback_to_any_port:
+            raise
+        LOG.warning("port %d on %s is taken; serving on a free port instead", port, host)
+        return QuietThreadingHTTPServer((host, 0), Handler), True
+
+
 class KubeAPIServer:
     """The emulator: an HTTP server over a KubeAPI, optionally persisted to ``state_file``."""
 
     def __init__(self, state_file=None, host="127.0.0.1", port=0, history_limit=10000, save_interval=1.0,
-                 bookmark_interval=5.0, tls_cert=None, tls_key=None):
+                 bookmark_interval=5.0, tls_cert=None, tls_key=None, fallback_to_any_port=False):
         self.api = KubeAPI(history_limit=history_limit)
         self.state_file = state_file
         if state_file and os.path.exists(state_file):
             with open(state_file) as handle:
                 self.api.restore(json.load(handle))
-        self.httpd = QuietThreadingHTTPServer((host, port), Handler)
+        self.httpd, self.port_taken = bind_http_server(host, port, fallback_to_any_port)
         self.httpd.daemon_threads = True
         self.scheme = "http"
         if tls_cert:
@@ -266,9 +280,12 @@ class KubeAPIServer:
         return self.api.store
 
     @property
+    def port(self):
+        return self.httpd.server_address[1]
+
+    @property
     def url(self):
-        host, port = self.httpd.server_address[:2]
-        return "%s://%s:%d" % (self.scheme, host, port)
+        return "%s://%s:%d" % (self.scheme, self.httpd.server_address[0], self.port)
 
     def _saver(self):
         while not self.httpd.stopping.wait(self.save_interval):

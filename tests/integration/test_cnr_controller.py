@@ -78,6 +78,9 @@ def test_delete_is_confirmed_with_a_live_get(controller, kube_client):
     core, custom = client.CoreV1Api(kube_client), client.CustomObjectsApi(kube_client)
     core.create_node({"metadata": {"name": "live"}})
     wait_until(lambda: "live" in cnrs(custom), what="the CNR")
+    # the pass below deletes only CNRs its cache holds: wait until the CNR informer has seen this one
+    wait_until(lambda: any(c["metadata"]["name"] == "live" for c in controller.informers["customnoderesources"].items()),
+               what="the CNR informer to see the CNR")
     reconciler = controller.reconcilers["cnr"]
     controller.daemon.stop()                      # drive passes by hand from here, once the loops' last pass is over
     for thread in controller.loop_threads:

@@ -96,6 +96,7 @@ class Agent:
         self.lock = threading.Lock()
         self.api_client = kube_api_client
         self.pods = None
+        self.node = None            # informer on this node only: its overcommit ratio annotations cap the realtime ratio
         self.kube = None
         self.reported_problems = {}
         self._node_facts = None
@@ -160,9 +161,8 @@ class Agent:
         facts = nodeinfo.gather(fs)
         desired = cgroups.desired_qos_cgroups(facts, driver=self.config["cgroup_driver"], reclaim_root=self.config["reclaim_root"],
                                               cpu_shares=self.config["reclaimed_cpu_shares"])
-        plan = cgroups.plan_qos_cgroups(desired, cgroups.read_cgroup_state(fs, desired))
         try:
-            applied = plan.apply(cgroups.applier(fs))
+            applied = cgroups.converge(fs, desired)[1]
         except PlanError:
             if self.metrics:
                 self.metrics["plan_errors"].labels("qos_cgroups").inc()
@@ -309,8 +309,15 @@ class Agent:
         overcommit.validate_realtime_options(self.config["realtime_overcommit_cpu_target_load"], self.config["realtime_overcommit_memory_target_load"],
                                              self.config["realtime_overcommit_cpu_estimated_load"],
                                              self.config["realtime_overcommit_memory_estimated_load"])
+        if self.node is None or not self.node.synced.is_set():
+            return      # the node's set ratios are not known yet: report nothing rather than an uncapped ratio
+        node = self.node.get(self.config["node_name"])
+        if node is None:
+            raise LookupError("node %s not found: its overcommit ratio annotations cap the realtime ratio; nothing reported"
+                              % self.config["node_name"])
         pods = [p for p in self.pods.items() if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
-        desired = self.realtime_overcommit.desired_annotations(self.node_facts(), pods, time.monotonic())
+        desired = self.realtime_overcommit.desired_annotations(self.node_facts(), pods, (node.get("metadata") or {}).get("annotations") or {},
+                                                               time.monotonic())
         changes = self.realtime_overcommit.report(self.kube, self.config["node_name"], desired)
         if self.metrics:
             cpu, memory = self.realtime_overcommit.last_ratios
@@ -342,6 +349,8 @@ class Agent:
             self.pods = Informer(core.list_pod_for_all_namespaces, handler=self.on_pod_event,
                                  list_kwargs={"field_selector": "spec.nodeName=%s" % cfg["node_name"]},
                                  resync_seconds=cfg["resync_seconds"], name="agent-pods")
+            self.node = Informer(core.list_node, list_kwargs={"field_selector": "metadata.name=%s" % cfg["node_name"]},
+                                 resync_seconds=cfg["resync_seconds"], name="agent-node")
         return self
 
     def on_pod_event(self, event_type, pod):
@@ -356,11 +365,13 @@ class Agent:
         port = self.daemon.serve_http(self.config["listen_address"], int(self.config["port"]))
         LOG.info("katalyst-agent for node %s serving /healthz and /metrics on %s:%d", self.config["node_name"],
                  self.config["listen_address"], port, extra={"node": self.config["node_name"]})
-        if self.pods is not None:
-            self.pods.start(self.daemon.stop_event)
+        for informer in (self.pods, self.node):
+            if informer is not None:
+                informer.start(self.daemon.stop_event)
         self.daemon.run_forever()
-        if self.pods is not None:
-            self.pods.stop()
+        for informer in (self.pods, self.node):
+            if informer is not None:
+                informer.stop()
 
 
 def main(argv=None):

@@ -2,7 +2,8 @@
 # Apache License 2.0 (see LICENSE)
 """The agent's realtime overcommit ratio (cluster spec §2.6): how far requests may grow on this node
 while real usage stays at the target load, reported on the node's CNR as ``"%.2f"`` annotations,
-with the kubelet's CPU/memory manager policies and the guaranteed CPUs of its pods.
+with the kubelet's CPU/memory manager policies and the guaranteed CPUs of its pods. As Katalyst's
+``GetOvercommitRatio``, the reported ratio is capped by the node's own set ratio annotations.
 
 Usage comes from the pods' own cgroups: CPU as the rate of ``cpuacct.usage`` (v1) or ``cpu.stat``
 ``usage_usec`` (v2) between two passes, memory as the RSS in ``memory.stat`` (v1 ``total_rss``,
@@ -17,6 +18,7 @@ import logging
 from .. import overcommit, podcgroups
 from ..fit import pod_requests
 from ..kube import KubeError
+from ..sysfs import SysFSError
 
 LOG = logging.getLogger("katalyst.agent")
 CNR_API = ("node.katalyst.kubewharf.io/v1alpha1", "CustomNodeResource")
@@ -36,18 +38,26 @@ DEFAULTS = {
 
 
 def cpu_usage_seconds(fs, facts, cgroup_relative):
-    """Cumulative CPU seconds of a cgroup, or None when it does not exist."""
+    """Cumulative CPU seconds of a cgroup, or None when it does not exist (yet, or any more).
+
+    A listed pod whose cgroup the kubelet has not created yet (or has just removed) has no usage to read:
+    Katalyst counts it as zero and goes on, so one such pod must not fail the pass for the others.
+    A counter that exists but does not parse is still an error (SysFSError naming the file).
+    """
     if facts["cgroup"]["mode"] == "v2":
-        text = fs.read_text("/sys/fs/cgroup%s/cpu.stat" % cgroup_relative, default=None)
-        if text is None:
-            return None
+        text = fs.read_text("/sys/fs/cgroup%s/cpu.stat" % cgroup_relative, default="")
         for line in text.splitlines():
             if line.startswith("usage_usec "):
                 return int(line.split()[1]) / 1e6
         return None
     mount = facts["cgroup"].get("v1_mounts", {}).get("cpuacct", "/sys/fs/cgroup/cpuacct")
-    value = fs.read_int("%s%s/cpuacct.usage" % (mount, cgroup_relative), default=None)
-    return None if value is None else value / 1e9
+    path = "%s%s/cpuacct.usage" % (mount, cgroup_relative)
+    text = fs.read_text(path, default="")
+    if not text.strip():
+        return None
+    if not text.strip().isdigit():
+        raise SysFSError("%s: expected an integer, got %r" % (path, text))
+    return int(text) / 1e9
 
 
 def memory_rss_bytes(fs, facts, cgroup_relative):
@@ -78,7 +88,10 @@ class RealtimeOvercommit:
             uid = pod["metadata"].get("uid")
             relative = self.agent.cgroup_prefix() + podcgroups.pod_cgroup_path(pod, self.agent.config["cgroup_driver"])
             used = cpu_usage_seconds(fs, facts, relative)
-            if used is not None:
+            if used is None:
+                LOG.debug("pod %s/%s has no CPU counter yet (cgroup %s): counted as zero usage", pod["metadata"].get("namespace"),
+                          pod["metadata"].get("name"), relative, extra={"loop": "realtime_overcommit"})
+            else:
                 seen[uid] = (used, now)
                 before = self.previous_cpu.get(uid)
                 if before is not None and now > before[1] and used >= before[0]:
@@ -103,9 +116,11 @@ class RealtimeOvercommit:
                                                       config["realtime_overcommit_memory_estimated_load"])
         return cpu, memory
 
-    def desired_annotations(self, facts, pods, now):
+    def desired_annotations(self, facts, pods, node_annotations, now):
+        """The CNR annotations to report: the realtime ratios capped by the node's own set ratios (katalyst
+        ``GetOvercommitRatio``), the manager policies and the guaranteed CPUs."""
         cpu_cores, memory_bytes = self.usage(self.agent.sysfs, facts, pods, now)
-        cpu, memory = self.ratios(facts, pods, cpu_cores, memory_bytes)
+        cpu, memory = overcommit.reported_realtime_ratios(node_annotations, *self.ratios(facts, pods, cpu_cores, memory_bytes))
         self.last_ratios = (cpu, memory)
         desired = overcommit.realtime_ratio_annotations(cpu, memory)
         desired.update(overcommit.manager_annotations(self.agent.config["cpu_manager_policy"], self.agent.config["memory_manager_policy"], pods))

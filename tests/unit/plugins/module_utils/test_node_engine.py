@@ -1,12 +1,14 @@
 """Node facts, QoS cgroups and sysctls planned against sandbox sysroots (v2, v1, hybrid)."""
 
 import json
+import os
+import threading
 
 import pytest
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import cgroups, nodeinfo, sysctl
 from ansible_collections.katalyst.colocation.plugins.module_utils.reconcile import PlanError
-from ansible_collections.katalyst.colocation.plugins.module_utils.sysfs import SysFS
+from ansible_collections.katalyst.colocation.plugins.module_utils.sysfs import SysFS, SysFSError
 from sandbox.sysroot import build_sysroot
 
 
@@ -67,6 +69,56 @@ def test_qos_cgroups_converge_idempotent_and_absent(node):
     assert not converge(fs, state="absent").changed
 
 
+def test_absent_removes_only_what_was_made_under_its_own_root(node):
+    fs, version = node
+    root = "/sys/fs/cgroup" if version == "v2" else "/sys/fs/cgroup/cpuset"
+    fs.makedirs("/sys/fs/cgroup/kubepods/other" if version == "v2" else "/sys/fs/cgroup/cpu/kubepods/other")
+    for controller in ([""] if version == "v2" else ["/cpuset", "/memory"]):
+        fs.makedirs("/sys/fs/cgroup%s/kubepods/other" % controller)
+    converge(fs)
+    converge(fs, reclaim_root="/kubepods/other")
+    assert converge(fs, state="absent", reclaim_root="/kubepods/other").changed
+    assert not fs.isdir(root + "/kubepods/other-0")
+    assert fs.isdir(root + "/kubepods/besteffort-0")                      # the other root's cgroups stay...
+    record = json.loads(fs.read_text(cgroups.RECORD_PATH))
+    assert root + "/kubepods/besteffort-0" in record["created"]           # ...and so does their record
+    assert not any("/kubepods/other" in path for path in record["created"] + list(record["original"]))
+    assert converge(fs, state="absent").changed and not fs.isdir(root + "/kubepods/besteffort-0")
+    assert not fs.exists(cgroups.RECORD_PATH)
+
+
+def test_concurrent_converges_keep_every_record_entry(tmp_path):
+    """The agent's loops and a module run update one record; under its lock none loses another's entries."""
+    build_sysroot(str(tmp_path), cgroup="v2")
+    fs = SysFS(str(tmp_path))
+    roots = ["/kubepods/r%d" % i for i in range(8)]
+    for root in roots:
+        fs.makedirs("/sys/fs/cgroup" + root)
+    facts = nodeinfo.gather(fs)
+    barrier = threading.Barrier(len(roots))
+
+    def run(root):
+        desired = cgroups.desired_qos_cgroups(facts, reclaim_root=root)
+        barrier.wait()
+        cgroups.converge(fs, desired)
+
+    threads = [threading.Thread(target=run, args=(root,)) for root in roots]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    record = json.loads(fs.read_text(cgroups.RECORD_PATH))
+    assert sorted(record["created"]) == sorted("/sys/fs/cgroup%s-%d" % (root, n) for root in roots for n in range(4))
+
+
+def test_check_mode_creates_no_state_directory(tmp_path):
+    build_sysroot(str(tmp_path), cgroup="v2")
+    fs = SysFS(str(tmp_path))
+    desired = cgroups.desired_qos_cgroups(nodeinfo.gather(fs))
+    plan, would = cgroups.converge(fs, desired, dry_run=True)
+    assert plan.changed and would and not fs.exists("/var/lib/katalyst")
+
+
 def test_systemd_driver_paths():
     root, per_numa = cgroups.reclaim_paths("systemd", "/kubepods/besteffort", [0, 1])
     assert root == "/kubepods.slice/kubepods-besteffort.slice"
@@ -112,6 +164,66 @@ def test_tcp_mem_has_three_distinct_values():
     assert low < pressure < high
     with pytest.raises(sysctl.SysctlError, match="tcp_mem_ratio=90"):
         sysctl.tcp_mem_pages(64 << 30, 90)
+
+
+def test_tcp_mem_is_written_with_its_pressure_band(tmp_path):
+    """Katalyst (node spec §5.1) writes max three times (min = pressure = max); we write max/2, 2*max/3, max."""
+    fs = SysFS(build_sysroot(str(tmp_path)))
+    desired = sysctl.desired_sysctls(64 << 30, tcp_mem_ratio=20)
+    high = (64 << 30) // 4096 // 100 * 20
+    assert desired == {"net.ipv4.tcp_mem": "%d %d %d" % (high // 2, high * 2 // 3, high)}
+    sysctl.plan_sysctls(desired, sysctl.read_sysctl_state(fs, desired)).apply(sysctl.applier(fs))
+    assert fs.read_text("/proc/sys/net/ipv4/tcp_mem") == "%d\t%d\t%d" % (high // 2, high * 2 // 3, high)
+
+
+@pytest.mark.parametrize("ratio", [0, 19, 81, 100, -20, 20.5, "20", True])
+def test_tcp_mem_ratio_outside_20_80_is_refused_not_clamped(ratio):
+    """Katalyst clamps --qrm-memory-global-tcpmem-ratio into [20, 80] (0 skips); we refuse it (None skips)."""
+    with pytest.raises(sysctl.SysctlError, match=r"tcp_mem_ratio=.* is out of range: 20-80"):
+        sysctl.desired_sysctls(64 << 30, tcp_mem_ratio=ratio)
+
+
+@pytest.mark.parametrize("ratio", [20, 80])
+def test_tcp_mem_ratio_bounds_are_accepted(ratio):
+    assert sysctl.desired_sysctls(64 << 30, tcp_mem_ratio=ratio)["net.ipv4.tcp_mem"].split()[2] == str((64 << 30) // 4096 // 100 * ratio)
+
+
+@pytest.mark.parametrize("content", ["", "garbage", "1 2", "1 2 3 4", "-1 2 3", "1\t2\tx", "+1 2 3", "1 2 18446744073709551616",
+                                     "\n1 2 3"])
+@pytest.mark.parametrize("state", ["present", "absent"])
+def test_unparsable_live_tcp_mem_is_reported_not_overwritten(tmp_path, content, state):
+    """Katalyst's getHostTCPMemFile needs exactly three unsigned integers on the first line, else it errors and writes
+    nothing; we report the file and its content and write nothing (no sysctl, no drop-in, no record)."""
+    fs = SysFS(build_sysroot(str(tmp_path)))
+    desired = sysctl.desired_sysctls(64 << 30, tcp_mem_ratio=20, settings={"vm.swappiness": 10})
+    if state == "absent":       # restoring an original over content we cannot read is refused the same way
+        sysctl.plan_sysctls(desired, sysctl.read_sysctl_state(fs, desired)).apply(sysctl.applier(fs))
+    watched = ("/proc/sys/net/ipv4/tcp_mem", "/proc/sys/vm/swappiness", sysctl.DROP_IN, sysctl.RECORD_PATH)
+    before = {path: fs.read_text(path, default="<absent>") for path in watched}
+    fs.write_text("/proc/sys/net/ipv4/tcp_mem", content)
+    before["/proc/sys/net/ipv4/tcp_mem"] = content.rstrip("\n")
+    keys = desired if state == "present" else sysctl.read_sysctl_state(fs, []).get("record", {})
+    with pytest.raises(sysctl.SysctlError) as raised:
+        sysctl.plan_sysctls(desired if state == "present" else {}, sysctl.read_sysctl_state(fs, keys), state=state)
+    assert str(raised.value).startswith("/proc/sys/net/ipv4/tcp_mem: cannot parse its current content %r" % content.rstrip("\n"))
+    assert {path: fs.read_text(path, default="<absent>") for path in before} == before
+
+
+def test_live_tcp_mem_is_read_from_its_first_line(tmp_path):
+    fs = SysFS(build_sysroot(str(tmp_path)))
+    assert sysctl.parse_tcp_mem("1\t2\t3\nignored") == (1, 2, 3)
+    fs.write_text("/proc/sys/net/ipv4/tcp_mem", "1\t2\t3\n")
+    desired = sysctl.desired_sysctls(64 << 30, tcp_mem_ratio=20)
+    assert sysctl.plan_sysctls(desired, sysctl.read_sysctl_state(fs, desired)).changed
+
+
+def test_unreadable_tcp_mem_is_an_error_naming_the_file(tmp_path):
+    fs = SysFS(build_sysroot(str(tmp_path)))
+    os.unlink(fs.path("/proc/sys/net/ipv4/tcp_mem"))
+    os.mkdir(fs.path("/proc/sys/net/ipv4/tcp_mem"))         # reading it fails (EISDIR) as an unreadable file would
+    desired = sysctl.desired_sysctls(64 << 30, tcp_mem_ratio=20)
+    with pytest.raises(SysFSError, match="/proc/sys/net/ipv4/tcp_mem: Is a directory"):
+        sysctl.read_sysctl_state(fs, desired)
 
 
 @pytest.mark.parametrize("settings, message", [

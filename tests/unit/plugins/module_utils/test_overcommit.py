@@ -214,6 +214,15 @@ def test_realtime_go_test_low_usage():
     assert oc.node_realtime_ratio({CPU_RATIO: "bad"}, cpu, "cpu") == 1.0
 
 
+def test_get_overcommit_ratio_caps_the_report_as_go_compares():
+    """katalyst ``GetOvercommitRatio``: start from the node's set ratios (missing -> 1), keep the realtime one only when lower."""
+    assert oc.reported_realtime_ratios({}, 1.75, 1.17) == (1.0, 1.0)
+    assert oc.reported_realtime_ratios({CPU_RATIO: "1.5", MEM_RATIO: "2"}, 1.75, 1.17) == (1.5, 1.17)
+    # Go: ``realtime >= set`` keeps the set ratio; with a NaN set ratio that is false, so the realtime ratio is reported
+    assert oc.reported_realtime_ratios({CPU_RATIO: "NaN", MEM_RATIO: "+Inf"}, 1.75, 1.17) == (1.75, 1.17)
+    assert oc.reported_realtime_ratios({CPU_RATIO: "-1", MEM_RATIO: "0x1p1"}, 1.75, 3.0) == (-1.0, 2.0)
+
+
 def test_realtime_options():
     oc.validate_realtime_options(0.6, 0.8, 0.4, 0.8)
     with pytest.raises(ValueError, match="cpu target"):
