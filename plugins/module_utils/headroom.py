@@ -26,6 +26,7 @@ Inputs shared by the functions here and by ``memprovision``:
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 from .cnr import RECLAIMED_MEMORY, RECLAIMED_MILLICPU
 from .quantity import BINARY_SI, DECIMAL_SI, Quantity, new_milli_quantity, new_quantity, parse_quantity
@@ -390,7 +391,8 @@ def cpu_headroom(enable_reclaim, pool_cpus_by_numa, avail_numas, binding_numas, 
     ``binding_numas``: NUMAs with a NUMA-bound shared/reclaimed pod or a dedicated container;
     ``readings``: ``{"cpu_usage_ratio": {cpu: ratio}, "cgroups": {"root" | numa: {"usage", "quota", "period"}}}``;
     ``last_reclaimed_by_numa``: reclaimed cores per NUMA from the CNR (util-based only);
-    ``numa_cpu_count``: CPUs per NUMA (util-based MaxCapacity).
+    ``numa_cpu_count``: CPUs of each NUMA node in the machine topology, required when ``util_based``: it bounds
+    MaxCapacity and splits the non-binding share (Katalyst's ``NUMAToCPUs.CPUSizeInNUMAs``), not the pool's CPUs.
     """
     conf = dict(CPU_UTIL_DEFAULTS, **(config or {}))
     if not enable_reclaim:
@@ -408,12 +410,19 @@ def cpu_headroom(enable_reclaim, pool_cpus_by_numa, avail_numas, binding_numas, 
         values = cgroups.get(key, cgroups.get(str(key))) or {}
         return float(values.get("usage") or 0), values.get("quota"), values.get("period")
 
+    def machine_cpus(numas):
+        missing = [n for n in numas if n not in counts]
+        if missing:
+            raise HeadroomError("util-based CPU headroom: the CPU count of NUMA %s is missing (numa_cpu_count)"
+                                % ", ".join(str(n) for n in missing))
+        return sum(counts[n] for n in numas)
+
     out = {}
     for numa in binding:
         used, quota, period = cgroup(numa)
         supply = reclaim_supply(pool[numa], usage_ratio, used, quota, period)
         if util_based:
-            cap = conf["max_headroom_capacity_rate"] * counts.get(numa, len(pool[numa]))
+            cap = conf["max_headroom_capacity_rate"] * machine_cpus([numa])
             value = util_based_capacity(supply, used, last.get(numa, 0.0), cap, conf) if supply > 0 else 0.0
             out[numa] = new_milli_quantity(int(value * 1000))
         else:
@@ -423,11 +432,15 @@ def cpu_headroom(enable_reclaim, pool_cpus_by_numa, avail_numas, binding_numas, 
         used, quota, period = cgroup("root")
         supply = reclaim_supply(cpus, usage_ratio, used, quota, period)
         if util_based:
-            cap = conf["max_headroom_capacity_rate"] * sum(counts.get(n, len(pool[n])) for n in non_binding)
+            machine_total = machine_cpus(non_binding)
+            if machine_total <= 0:
+                raise HeadroomError("util-based CPU headroom: NUMA %s have no CPUs (numa_cpu_count)" % non_binding)
+            cap = conf["max_headroom_capacity_rate"] * machine_total
             value = util_based_capacity(supply, used, sum(last.get(n, 0.0) for n in non_binding), cap, conf) if supply > 0 else 0.0
             whole = new_milli_quantity(int(value * 1000)).value()
             for numa in non_binding:
-                out[numa] = new_quantity(int(float(whole) * len(pool[numa]) / len(cpus)) if cpus else 0)
+                # split by each NUMA node's CPUs in the machine (Katalyst), in Go's float64 order
+                out[numa] = new_quantity(int(float(whole) * counts[numa] / machine_total))
         else:
             for numa in non_binding:
                 out[numa] = new_quantity(int(supply / len(non_binding)))
@@ -465,8 +478,10 @@ class CappedWindow:
 
     def _aggregate(self, values, fmt):
         if self.percentile is None:
-            total = sum((float(v.amount) for v in values), 0.0)
-            result = new_milli_quantity(int(total / len(values) * 1000))
+            # Katalyst adds the samples as exact quantities, then converts once; a float sum drifts (0.1, 0.6, 1.4
+            # and 1.9 average to 0.999). The exact average, truncated to milli (Go int64()) toward zero.
+            total = sum((v.amount for v in values), Fraction(0))
+            result = new_milli_quantity(int(total * 1000 / len(values)))
         else:
             ordered = sorted(values, key=lambda v: v.amount)
             index = int(math.ceil(float(len(ordered)) * self.percentile / 100.0)) - 1

@@ -187,6 +187,38 @@ def test_cpu_headroom_util_based_splits_non_binding_by_cpus():
     assert {n: q.value() for n, q in got["numa"].items()} == {0: 5, 1: 2}
 
 
+def test_cpu_headroom_util_based_splits_non_binding_by_machine_numa_cpus():
+    # 2 NUMA nodes of 8 CPUs; the reclaim pool holds 6 CPUs of NUMA 0 and 2 of NUMA 1 (dedicated pods on NUMA 1)
+    pool = {0: [0, 1, 2, 3, 4, 5], 1: [8, 9]}
+    readings = {"cpu_usage_ratio": {}, "cgroups": {"root": {"usage": 0.0}}}
+    got = cpu_headroom(True, pool, [0, 1], [], readings, util_based=True, last_reclaimed_by_numa={0: 5, 1: 4},
+                       numa_cpu_count={0: 8, 1: 8})
+    # supply 8 (8 idle pool CPUs); last 9 + 8 x (0.6 - 0) = 13.8 -> min(1.2 x 8 = 9.6) -> min(MaxCap 1.0 x 16) = 9.6
+    # h = MilliQuantity(9600), Value() = 10; each NUMA int64(10 x 8 / 16) = 5 (the pool's CPUs would give 7 and 2)
+    assert {n: q.value() for n, q in got["numa"].items()} == {0: 5, 1: 5}
+    assert got["total"].value() == 10
+
+
+def test_cpu_headroom_util_based_caps_by_machine_numa_cpus():
+    pool = {0: [0, 1], 1: [8, 9]}
+    readings = {"cpu_usage_ratio": {}, "cgroups": {"root": {"usage": 0.0}, 0: {"usage": 0.0}}}
+    got = cpu_headroom(True, pool, [0, 1], [0], readings, util_based=True, last_reclaimed_by_numa={0: 9, 1: 9},
+                       numa_cpu_count={0: 8, 1: 8}, config={"max_oversold_rate": 10.0})
+    # supply 2 per NUMA; 9 + 1.2 = 10.2 -> min(2 x 10) -> min(MaxCap 1.0 x 8 machine CPUs, not 2 pool CPUs) = 8
+    assert {n: q.value() for n, q in got["numa"].items()} == {0: 8, 1: 8}
+
+
+def test_cpu_headroom_util_based_needs_the_machine_numa_cpus():
+    pool = {0: [0, 1], 1: [8, 9]}
+    readings = {"cpu_usage_ratio": {}, "cgroups": {"root": {"usage": 0.0}}}
+    with pytest.raises(HeadroomError, match="CPU count of NUMA 1 is missing"):
+        cpu_headroom(True, pool, [0, 1], [], readings, util_based=True, numa_cpu_count={0: 8})
+    with pytest.raises(HeadroomError, match="have no CPUs"):
+        cpu_headroom(True, pool, [0, 1], [], readings, util_based=True, numa_cpu_count={0: 0, 1: 0})
+    # the default (not util-based) policy splits evenly and needs no machine CPU counts
+    assert {n: q.value() for n, q in cpu_headroom(True, pool, [0, 1], [], readings)["numa"].items()} == {0: 2, 1: 2}
+
+
 # -- window.* and the reporter (cluster §3.3) -------------------------------------------------------
 def test_capped_window_needs_full_window_then_caps_steps():
     window = CappedWindow("300Mi", "5Gi", size=4, ttl=240)
@@ -207,6 +239,30 @@ def test_capped_window_percentile_and_milli():
     window = CappedWindow("300m", "4", size=4, ttl=240, used_milli_value=True, percentile=50)
     got = [window.push(v, t) for v, t in (("8", 0), ("2", 30), ("4", 60), ("6", 90))]
     assert got[-1] == parse_quantity("4")
+
+
+def test_capped_window_average_is_exact_not_a_float_sum():
+    # floats: 0.1 + 0.6 + 1.4 + 1.9 = 3.9999999999999996 -> 0.999; Go adds the quantities (40 x 10^-1) -> 1.0
+    window = CappedWindow("300m", "4", size=4, ttl=240, used_milli_value=True)
+    got = [window.push(v, t) for v, t in (("0.1", 0), ("0.6", 30), ("1.4", 60), ("1.9", 90))]
+    assert got[-1].milli_value() == 1000
+    memory = CappedWindow("300Mi", "5Gi", size=4, ttl=240)
+    got = [memory.push(v, t) for v, t in (("0.1", 0), ("0.6", 30), ("1.4", 60), ("1.9", 90))]
+    assert got[-1].value() == 1
+    # exact where Go's one float64 conversion still loses a milli (16.028 x 0.001 / 4 x 1000 = 4006.9999...)
+    window = CappedWindow("300m", "4", size=4, ttl=240, used_milli_value=True)
+    got = [window.push("4.007", t) for t in (0, 30, 60, 90)]
+    assert got[-1].milli_value() == 4007
+
+
+def test_capped_window_katalyst_sequence():
+    # window_test.go TestCappedSmoothWindow_GetWindowedResources: 3 samples, TTL 100 ms, steps 0.3 .. 4 (time in ms)
+    window = CappedWindow("0.3", "4", size=3, ttl=100, used_milli_value=True)
+    pushes = [("0.6", 10, None), ("0.8", 20, None), ("0.4", 30, 600), ("1.2", 40, 600), ("1.4", 50, 1000),
+              ("15", 60, 5000), ("0", 150, 5000), ("0", 160, 5000), ("0", 190, 1000)]
+    for value, now, want in pushes:
+        got = window.push(value, now)
+        assert (got if got is None else got.milli_value()) == want, (value, now)
 
 
 def test_reporter_minimum_rescale_and_milli_transform():
