@@ -15,6 +15,11 @@ work (Kubernetes label-selector semantics); ``preferred`` terms score instead of
 required affinity term must be satisfied (a pod matching its own term may start a group); existing pods'
 anti-affinity is honoured for ``numa_exclusive`` pods too; a bad annotation makes the pod unschedulable
 with a reason (for an Event) instead of an error.
+
+The aligned resources of the NUMA fit are a setting (Katalyst's ``alignedResources``, default cpu and memory; the
+extender's ``numa_aligned_resources``), so extended resources such as ``nvidia.com/gpu`` can be aligned too; a node
+whose NUMA zones do not report an aligned resource the pod requests cannot hold it. A malformed ``numa_bind_result``
+(Katalyst: an error) is read as no result and listed by ``bind_result_problems`` for the caller to report.
 """
 
 from __future__ import annotations
@@ -22,12 +27,16 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import re
 
 from .cnr import RECLAIMED_MEMORY, RECLAIMED_MILLICPU, reclaimed_from_cnr
 from .fit import is_active, pod_requests
 from .nodeinfo import parse_cpu_list
 from .quantity import parse_quantity
-from .qos import DEDICATED_CORES, MEMORY_ENHANCEMENT_KEY, NUMA_BIND_RESULT_KEY, QoSError, RECLAIMED_CORES, memory_enhancement, resolve_qos_level
+from .qos import (
+    DEDICATED_CORES, MEMORY_ENHANCEMENT_KEY, NUMA_BIND_RESULT_KEY, QoSError, RECLAIMED_CORES, memory_enhancement, parse_numa_bind_result,
+    resolve_qos_level,
+)
 from .selectors import label_selector_from_dict
 
 AFFINITY_KEY = "katalyst.kubewharf.io/microtopology_affinity"
@@ -38,7 +47,9 @@ DYNAMIC = "dynamic"
 SINGLE_NUMA_CONTAINER = "SingleNUMANodeContainerLevel"
 SINGLE_NUMA_POD = "SingleNUMANodePodLevel"
 NUMERIC_CONTAINER = "NumericContainerLevel"
-ALIGNED_RESOURCES = ("cpu", "memory")
+# Katalyst's NodeResourceTopologyArgs.alignedResources default; the extender's ``numa_aligned_resources`` setting
+DEFAULT_ALIGNED_RESOURCES = frozenset(("cpu", "memory"))
+SCORED_RESOURCES = ("cpu", "memory")     # LeastAllocated over the best NUMA (Katalyst's scoringStrategy default)
 NATIVE_RESOURCES = ("cpu", "memory", "ephemeral-storage", "pods")
 ZONES = ("numa", "socket")
 UNSCHEDULABLE_AFFINITY = "node(s) didn't satisfy numa level inter pod affinity rules"
@@ -47,6 +58,26 @@ MAX_EXTENDER_PRIORITY = 10
 
 class AffinityError(ValueError):
     """A microtopology (anti-)affinity annotation that cannot be honoured."""
+
+
+# a Kubernetes resource name: ``cpu``, ``hugepages-2Mi`` or a qualified name such as ``nvidia.com/gpu``
+_RESOURCE_NAME = re.compile(r"^(?:[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*/)?"
+                            r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+def aligned_resource_names(names):
+    """The ``alignedResources`` setting (a list of resource names) as a frozenset; ValueError naming a bad entry.
+
+    Aligned resources of a NUMA-binding pod must come from the same NUMA node(s) as each other (the numeric
+    handler's masks are identical), must be idle on those NUMA nodes for a ``numa_exclusive`` pod, and a node with
+    no NUMA zone reporting one of them cannot hold a pod that requests it. An empty list aligns nothing (as Katalyst).
+    """
+    if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple, set, frozenset)):
+        raise ValueError("aligned resources must be a list of resource names, got %r" % (names,))
+    for name in names:
+        if not isinstance(name, str) or len(name) > 253 or not _RESOURCE_NAME.match(name) or len(name.rsplit("/", 1)[-1]) > 63:
+            raise ValueError("aligned resources: %r is not a Kubernetes resource name (such as cpu, memory or nvidia.com/gpu)" % (name,))
+    return frozenset(names)
 
 
 # -- pods ------------------------------------------------------------------------------------------
@@ -264,14 +295,47 @@ def _parse_numa_topology(cnr):
     return {"policy": status.get("topologyPolicy") or "", "numas": numas}
 
 
-def _bind_result(pod):
+@functools.lru_cache(maxsize=4096)
+def _parsed_bind_result(text):
+    """``(NUMA ids or None, problem or None)`` of one annotation text (cached: the same few texts repeat)."""
+    try:
+        return parse_numa_bind_result(text), None
+    except QoSError as exc:
+        return None, str(exc)
+
+
+def _bind_result_and_problem(pod):
     value = _annotations(pod).get(NUMA_BIND_RESULT_KEY)
     if value is None:
-        return None
-    try:
-        return [int(v) for v in str(value).split(",") if v.strip() != ""]
-    except ValueError:
-        return None
+        return None, None
+    if not isinstance(value, str):
+        return None, "%s=%r must be a string of NUMA ids" % (NUMA_BIND_RESULT_KEY, value)
+    return _parsed_bind_result(value)
+
+
+def bind_result(pod):
+    """The NUMA ids of the pod's ``numa_bind_result`` (a sorted tuple), or None when it is absent or malformed.
+
+    A malformed value (``bind_result_problem`` says why) is read as no result: a NUMA-binding pod then counts as
+    not pinned yet (on every NUMA node in the extender's fit), and the pod's owner is told by the caller.
+    """
+    return _bind_result_and_problem(pod)[0]
+
+
+def bind_result_problem(pod):
+    """Why the pod's ``numa_bind_result`` is malformed (for an Event or a log line), or None."""
+    return _bind_result_and_problem(pod)[1]
+
+
+def bind_result_problems(pods):
+    """``[(pod, problem)]`` for the active pods whose ``numa_bind_result`` is malformed."""
+    found = []
+    for pod in pods:
+        if NUMA_BIND_RESULT_KEY in _annotations(pod) and is_active(pod):
+            problem = bind_result_problem(pod)
+            if problem is not None:
+                found.append((pod, problem))
+    return found
 
 
 def pods_by_numa(topology, pods_on_node):
@@ -291,7 +355,7 @@ def pods_by_numa(topology, pods_on_node):
             if pod is not None:
                 placed[numa][pod_key(pod)] = pod
     for pod in by_key.values():
-        for numa in _bind_result(pod) or []:
+        for numa in bind_result(pod) or []:
             placed.setdefault(numa, {})[pod_key(pod)] = pod
     return {numa: list(pods.values()) for numa, pods in placed.items()}
 
@@ -322,8 +386,8 @@ def numa_available(topology, pods_on_node, policy=DYNAMIC):
     for key, pod in active.items():
         if any((key, n) in counted_keys for n in topology["numas"]):
             continue
-        numas = [n for n in _bind_result(pod) or [] if n in used]
-        if not numas and _bind_result(pod) is None and (is_numa_binding_pod(pod) if policy == DYNAMIC else is_native_supported(pod)):
+        numas = [n for n in bind_result(pod) or [] if n in used]
+        if not numas and bind_result(pod) is None and (is_numa_binding_pod(pod) if policy == DYNAMIC else is_native_supported(pod)):
             for name, value in pod_requests(pod).items():
                 for numa in used:
                     used[numa][name] = used[numa].get(name, 0) + value
@@ -338,7 +402,7 @@ def numa_available(topology, pods_on_node, policy=DYNAMIC):
 
 
 # -- NUMA resource fit (cluster §4.2) -------------------------------------------------------------------
-def _single_numa_fit(requests, available, allocatable, numas, exclusive):
+def _single_numa_fit(requests, available, allocatable, numas, exclusive, aligned):
     """NUMAs where every requested resource fits (exclusive: aligned resources must be idle)."""
     fitting = set(numas)
     for name, value in requests.items():
@@ -346,14 +410,14 @@ def _single_numa_fit(requests, available, allocatable, numas, exclusive):
             continue
         present = [n for n in numas if name in allocatable[n]]
         if not present:
-            if name in NATIVE_RESOURCES:
+            if name in NATIVE_RESOURCES or name in aligned:
                 return set()
             continue
         ok = set()
         for numa in present:
             if available[numa].get(name, 0) < value:
                 continue
-            if exclusive and name in ALIGNED_RESOURCES and available[numa].get(name, 0) != allocatable[numa].get(name, 0):
+            if exclusive and name in aligned and available[numa].get(name, 0) != allocatable[numa].get(name, 0):
                 continue
             ok.add(numa)
         fitting &= ok
@@ -366,13 +430,22 @@ def _containers_to_fit(pod, policy):
     return (pod.get("spec") or {}).get("containers") or []
 
 
-def _numeric_fit(requests, available, allocatable, numas, sockets, binding, exclusive):
-    """The numeric handler for aligned resources: the best NUMA mask (a tuple) or None."""
+def _numeric_fit(requests, available, allocatable, numas, sockets, binding, exclusive, aligned_names=DEFAULT_ALIGNED_RESOURCES):
+    """The numeric handler: the best NUMA mask (a tuple) of the aligned resources, or None.
+
+    Aligned resources share one mask (binding and not exclusive: a single NUMA node; exclusive: idle NUMA nodes).
+    Every other requested resource that some NUMA zone reports has no binding constraint: in Katalyst it may take
+    any mask that contains the aligned one, so it fits when the NUMA nodes together have enough of it.
+    """
+    for name, value in requests.items():
+        if value > 0 and name not in aligned_names and any(name in allocatable[n] for n in numas):
+            if sum(available[n].get(name, 0) for n in numas) < value:
+                return None
     per_socket = {}
     for numa in numas:
         per_socket[sockets[numa]] = per_socket.get(sockets[numa], 0) + 1
     numas_per_socket = max(per_socket.values()) if per_socket else 1
-    aligned = {n: v for n, v in requests.items() if n in ALIGNED_RESOURCES and v > 0}
+    aligned = {n: v for n, v in requests.items() if n in aligned_names and v > 0}
     if not aligned:
         return tuple(numas[:1]) or None
     min_count = 1
@@ -409,7 +482,8 @@ def node_view(cnr, pods_on_node, policy=DYNAMIC):
     ``view=`` to ``filter_pod`` / ``score_pod`` / ``numa_resource_fit``; it must not be modified. Besides the
     parsed state it keeps what every pod's check starts from: the largest and the total available amount of
     each resource over the NUMA nodes (a pod that exceeds them fails without NUMA work), pods per NUMA with
-    their label sets, the NUMA ids of each zone.
+    their label sets, the NUMA ids of each zone, and ``bind_result_problems`` (``bind_result_problems(pods_on_node)``:
+    pods whose ``numa_bind_result`` is malformed and was read as absent, for the caller to report).
     """
     topology = numa_topology(cnr)
     placed = pods_by_numa(topology, pods_on_node)
@@ -421,15 +495,15 @@ def node_view(cnr, pods_on_node, policy=DYNAMIC):
             most[name] = max(most.get(name, 0), value)
             total[name] = total.get(name, 0) + value
             rows.setdefault(name, []).append((numa, value, topology["numas"][numa]["allocatable"][name]))
-    aligned = {numa: tuple((name, values[name], float(zone["allocatable"][name])) for name in ALIGNED_RESOURCES
-                           if zone["allocatable"].get(name, 0) > 0)
-               for numa, zone, values in ((n, z, available[n]) for n, z in topology["numas"].items())}
+    scored = {numa: tuple((name, values[name], float(zone["allocatable"][name])) for name in SCORED_RESOURCES
+                          if zone["allocatable"].get(name, 0) > 0)
+              for numa, zone, values in ((n, z, available[n]) for n, z in topology["numas"].items())}
     existing = existing_pod_terms(placed)
     return {"topology": topology, "placed": placed, "existing": existing, "available": available, "policy": policy,
             "cnr": cnr, "pods": pods_on_node, "sockets": sockets, "zones": _zone_table(sockets), "entries": _placed_entries(placed),
             "allocatable": {n: z["allocatable"] for n, z in topology["numas"].items()}, "numa_ids": sorted(topology["numas"]),
-            "most_available": most, "total_available": total, "resource_rows": rows, "aligned": aligned,
-            "keys": frozenset(pod_key(p) for pods in placed.values() for p in pods),
+            "most_available": most, "total_available": total, "resource_rows": rows, "scored": scored,
+            "keys": frozenset(pod_key(p) for pods in placed.values() for p in pods), "bind_result_problems": bind_result_problems(pods_on_node),
             "state_key": _state_key(policy, cnr, topology, available, placed, existing)}
 
 
@@ -451,7 +525,7 @@ def _state_key(policy, cnr, topology, available, placed, existing):
     return repr((policy, cnr is None, topology["policy"], numas, pods, problems))
 
 
-def _single_numa_fit_view(requests, view, exclusive):
+def _single_numa_fit_view(requests, view, exclusive, aligned):
     """``_single_numa_fit`` on the view's unchanged availability (its per-resource rows)."""
     fitting = None
     for name, value in requests.items():
@@ -459,10 +533,10 @@ def _single_numa_fit_view(requests, view, exclusive):
             continue
         rows = view["resource_rows"].get(name)
         if not rows:
-            if name in NATIVE_RESOURCES:
+            if name in NATIVE_RESOURCES or name in aligned:
                 return set()
             continue
-        strict = exclusive and name in ALIGNED_RESOURCES
+        strict = exclusive and name in aligned
         ok = {numa for numa, available, allocatable in rows if available >= value and not (strict and available != allocatable)}
         fitting = ok if fitting is None else fitting & ok
         if not fitting:
@@ -481,11 +555,21 @@ def _exceeds(requests, most_available):
     return any(value > 0 and name in most_available and value > most_available[name] for name, value in requests.items())
 
 
-def numa_resource_fit(pod, cnr, pods_on_node, policy=DYNAMIC, view=None, query=None):
+def _cannot_align(what, requests, view, aligned):
+    """The Unschedulable reason: Katalyst's ``cannot align ...``, naming an aligned resource no NUMA zone reports."""
+    missing = sorted(name for name, value in requests.items() if value > 0 and name in aligned and name not in view["resource_rows"])
+    if missing:
+        return "cannot align %s: no NUMA zone of the node reports %s" % (what, ", ".join(missing))
+    return "cannot align %s" % what
+
+
+def numa_resource_fit(pod, cnr, pods_on_node, policy=DYNAMIC, view=None, query=None, aligned_resources=DEFAULT_ALIGNED_RESOURCES):
     """NUMA fit of one pod on one node: ``{"fit": bool, "numas": [candidate NUMA ids] or None, "reason": str}``.
 
-    ``numas`` is None when the pod or the node is not subject to NUMA fit (any NUMA will do).
+    ``numas`` is None when the pod or the node is not subject to NUMA fit (any NUMA will do). ``aligned_resources``:
+    ``aligned_resource_names(...)`` of the scheduler's setting (Katalyst's ``alignedResources``).
     """
+    aligned = aligned_resources
     query = _pod_query(query, pod, policy)
     if not query.supported or cnr is None:
         return {"fit": True, "numas": None, "reason": ""}
@@ -499,25 +583,26 @@ def numa_resource_fit(pod, cnr, pods_on_node, policy=DYNAMIC, view=None, query=N
     available, allocatable, numas = view["available"], view["allocatable"], view["numa_ids"]
     if topology_policy == NUMERIC_CONTAINER:
         requests = query.main_requests
-        short = any(value > view["total_available"].get(name, 0) for name, value in requests.items() if name in ALIGNED_RESOURCES)
-        mask = None if short else _numeric_fit(requests, available, allocatable, numas, view["sockets"], True, exclusive)
+        short = any(value > view["total_available"].get(name, 0) for name, value in requests.items() if name in aligned)
+        mask = None if short else _numeric_fit(requests, available, allocatable, numas, view["sockets"], True, exclusive, aligned)
         if mask is None:
-            return {"fit": False, "numas": [], "reason": "cannot align container"}
+            return {"fit": False, "numas": [], "reason": _cannot_align("container", requests, view, aligned)}
         return {"fit": True, "numas": list(mask), "reason": ""}
     if topology_policy == SINGLE_NUMA_POD:
-        candidates = None if _exceeds(query.requests, view["most_available"]) else _single_numa_fit_view(query.requests, view, exclusive)
+        requests = query.requests
+        candidates = None if _exceeds(requests, view["most_available"]) else _single_numa_fit_view(requests, view, exclusive, aligned)
         if not candidates:
-            return {"fit": False, "numas": [], "reason": "cannot align pod"}
+            return {"fit": False, "numas": [], "reason": _cannot_align("pod", requests, view, aligned)}
         return {"fit": True, "numas": sorted(candidates), "reason": ""}
     first = None
     containers = query.fit_containers
     for index, (name, requests) in enumerate(containers):
         if index == 0:
-            candidates = None if _exceeds(requests, view["most_available"]) else _single_numa_fit_view(requests, view, exclusive)
+            candidates = None if _exceeds(requests, view["most_available"]) else _single_numa_fit_view(requests, view, exclusive, aligned)
         else:
-            candidates = _single_numa_fit(requests, available, allocatable, numas, exclusive)
+            candidates = _single_numa_fit(requests, available, allocatable, numas, exclusive, aligned)
         if not candidates:
-            return {"fit": False, "numas": [], "reason": "cannot align container %s" % name}
+            return {"fit": False, "numas": [], "reason": _cannot_align("container %s" % name, requests, view, aligned)}
         if first is None:
             first = sorted(candidates)
         if index + 1 < len(containers):      # the next containers see what this one takes
@@ -753,11 +838,12 @@ def _preferred_score(query, numa, entries, zones):
 
 
 # -- extender entry points ----------------------------------------------------------------------------
-def filter_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, view=None, query=None):
+def filter_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, view=None, query=None, aligned_resources=DEFAULT_ALIGNED_RESOURCES):
     """Does ``pod`` fit ``node``? ``{"fit": bool, "reason": str, "numas": [..] or None, "problems": [..]}``.
 
     ``problems`` are messages for Events (a malformed annotation of the pod makes it unschedulable).
-    ``view``: ``node_view(cnr, pods_on_node, policy)`` and ``query``: ``PodQuery(pod, policy)`` when the caller keeps them.
+    ``view``: ``node_view(cnr, pods_on_node, policy)`` and ``query``: ``PodQuery(pod, policy)`` when the caller keeps them;
+    ``aligned_resources``: see ``numa_resource_fit``.
     """
     del node    # the node's own fit (taints, allocatable) is kube-scheduler's; kept for the extender signature
     query = _pod_query(query, pod, policy)
@@ -765,7 +851,7 @@ def filter_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, view=None, query=No
         ok, reason = _reclaimed_fit(query.requests, _reclaimed_free(view, cnr, pods_on_node))
         if not ok:
             return {"fit": False, "reason": reason, "numas": None, "problems": []}
-    resource = numa_resource_fit(pod, cnr, pods_on_node, policy, view, query)
+    resource = numa_resource_fit(pod, cnr, pods_on_node, policy, view, query, aligned_resources)
     if not resource["fit"]:
         return {"fit": False, "reason": resource["reason"], "numas": [], "problems": []}
     if not query.binding:
@@ -788,9 +874,10 @@ def filter_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, view=None, query=No
     return {"fit": True, "reason": "", "numas": sorted(candidates), "problems": problems}
 
 
-def score_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, numas=None, view=None, query=None):
+def score_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, numas=None, view=None, query=None, aligned_resources=DEFAULT_ALIGNED_RESOURCES):
     """A raw score (higher is better): LeastAllocated (cpu, memory) on the best candidate NUMA x 100
-    plus preferred microtopology terms x 10. Pods without NUMA handling score 0.
+    plus preferred microtopology terms x 10. Pods without NUMA handling score 0. ``aligned_resources``: for the
+    filter run when ``numas`` (the filter's candidates) is not given.
     """
     del node
     query = _pod_query(query, pod, policy)
@@ -800,14 +887,14 @@ def score_pod(pod, node, cnr, pods_on_node, policy=DYNAMIC, numas=None, view=Non
     if not view["topology"]["numas"]:
         return 0.0
     if numas is None:
-        numas = filter_pod(pod, None, cnr, pods_on_node, policy, view, query)["numas"] or view["numa_ids"]
+        numas = filter_pod(pod, None, cnr, pods_on_node, policy, view, query, aligned_resources)["numas"] or view["numa_ids"]
     requests = query.main_requests if policy == DYNAMIC else query.requests
     affinity, anti, error = query.microtopology
     preferred = error is None and bool(affinity["preferred"] or anti["preferred"])
-    aligned = view["aligned"]
+    scored = view["scored"]
     best = None
     for numa in numas:
-        parts = [max(available - requests.get(name, 0), 0) / allocatable for name, available, allocatable in aligned[numa]]
+        parts = [max(available - requests.get(name, 0), 0) / allocatable for name, available, allocatable in scored[numa]]
         score = 100.0 * sum(parts) / len(parts) if parts else 0.0
         if preferred:
             score += 10.0 * _preferred_score(query, numa, view["entries"], view["zones"])
@@ -837,7 +924,7 @@ def choose_numa_for_pod(pod, facts, pods_on_node):
     numa_nodes = {n["id"]: n for n in facts.get("numa_nodes") or []}
     if not is_numa_binding_pod(pod):
         return {"numa": None, "reason": "not a dedicated_cores pod with numa_binding"}
-    current = _bind_result(pod)
+    current = bind_result(pod)
     if current and len(current) == 1 and current[0] in numa_nodes:
         return _binding(numa_nodes[current[0]])
     sockets = {n: str(info.get("socket", 0)) for n, info in numa_nodes.items()}
@@ -845,7 +932,7 @@ def choose_numa_for_pod(pod, facts, pods_on_node):
     others = [p for p in pods_on_node if pod_key(p) != key and is_active(p)]
     placed = {n: [] for n in numa_nodes}
     for other in others:
-        for numa in _bind_result(other) or []:
+        for numa in bind_result(other) or []:
             placed.setdefault(numa, []).append(other)
     query = PodQuery(pod)
     allowed, _problems = affinity_numas(pod, placed, sockets, query=query)
@@ -854,8 +941,8 @@ def choose_numa_for_pod(pod, facts, pods_on_node):
     fitting = []
     for numa in sorted(allowed):
         info = numa_nodes[numa]
-        cpu_used = sum(pod_requests(p).get("cpu", 0) // max(len(_bind_result(p) or [1]), 1) for p in placed.get(numa, []))
-        mem_used = sum(pod_requests(p).get("memory", 0) // max(len(_bind_result(p) or [1]), 1) for p in placed.get(numa, []))
+        cpu_used = sum(pod_requests(p).get("cpu", 0) // max(len(bind_result(p) or [1]), 1) for p in placed.get(numa, []))
+        mem_used = sum(pod_requests(p).get("memory", 0) // max(len(bind_result(p) or [1]), 1) for p in placed.get(numa, []))
         cpu_free = info.get("cpu_count", len(parse_cpu_list(info.get("cpus", "")))) * 1000 - cpu_used
         mem_free = info.get("memory_bytes", 0) - mem_used
         if exclusive and placed.get(numa):

@@ -140,6 +140,23 @@ def pod_oom_priority(annotations):
     return align_oom_priority(level, user), None
 
 
+def parse_numa_bind_result(text):
+    """``numa_bind_result`` text -> sorted tuple of NUMA ids (``"2"``, or ``"0,1"`` for a pod bound to several).
+
+    QoSError naming the annotation and the value when it is not a comma-separated list of distinct non-negative
+    decimal integers (Katalyst's ``GetActualNUMABindingResult`` returns an error for such a value).
+    """
+    if not isinstance(text, str):
+        raise QoSError("%s=%r must be a string of NUMA ids such as \"0\" or \"0,1\"" % (NUMA_BIND_RESULT_KEY, text))
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() and part.isascii() for part in parts):
+        raise QoSError("%s=%r is not a NUMA id or a comma-separated list of NUMA ids" % (NUMA_BIND_RESULT_KEY, text))
+    numas = sorted(int(part) for part in parts)
+    if len(set(numas)) != len(numas):
+        raise QoSError("%s=%r names a NUMA id twice" % (NUMA_BIND_RESULT_KEY, text))
+    return tuple(numas)
+
+
 def is_numa_binding(annotations):
     return memory_enhancement(annotations)[0].get("numa_binding") == "true"
 

@@ -162,3 +162,108 @@ def test_bad_annotation_is_an_event_and_unschedulable(sandbox):
 
     wait_until(warned, what="the Event")
     assert "rack" in warned()[0].message
+
+
+# -- aligned extended resources (Katalyst's alignedResources) and malformed bind results, over HTTP ---------------
+GPU = "nvidia.com/gpu"
+RECLAIMED = {"resource.katalyst.kubewharf.io/reclaimed_millicpu": "4k", "resource.katalyst.kubewharf.io/reclaimed_memory": "8Gi"}
+
+
+def gpu_cnr_status(gpus, allocations=None):
+    """The CNR status as the agent writes it (2 sockets x 2 NUMA: cpu/memory and the reclaimed resources per NUMA zone)
+    merged with a device reporter's: ``nvidia.com/gpu`` in the zones of the NUMA nodes the GPUs hang off (``gpus``:
+    {numa: count}), and the allocations of running pods (consumer ``ns/name/uid``) with the GPUs they hold."""
+    sockets = {}
+    for numa in range(4):
+        resources = dict(RECLAIMED, cpu="8", memory="16Gi")
+        if numa in gpus:
+            resources[GPU] = str(gpus[numa])
+        zone = {"type": "Numa", "name": str(numa), "resources": {"allocatable": resources, "capacity": dict(resources)},
+                "attributes": [{"name": "numa_distance", "value": "10 20 32 32"}], "siblings": [{"type": "Numa", "name": str(numa ^ 1)}]}
+        if (allocations or {}).get(numa):
+            zone["allocations"] = allocations[numa]
+        sockets.setdefault(str(numa // 2), []).append(zone)
+    return {"topologyPolicy": "SingleNUMANodeContainerLevel", "resources": {"allocatable": dict(RECLAIMED), "capacity": dict(RECLAIMED)},
+            "topologyZone": [{"type": "Socket", "name": s, "children": c} for s, c in sorted(sockets.items())]}
+
+
+def gpu_body(name, gpus, cpu="4", node=None, bind_result=None):
+    body = tf_pod(name, "gpu", cpu=cpu)
+    for field in ("requests", "limits"):
+        body["spec"]["containers"][0]["resources"][field][GPU] = str(gpus)
+    if node:
+        body["spec"]["nodeName"] = node
+    if bind_result is not None:
+        body["metadata"]["annotations"][BIND_RESULT] = bind_result
+    return body
+
+
+@pytest.fixture
+def gpu_cluster(kubeapi, kube_client):
+    """Three nodes: gpu-a (2 GPUs on NUMA 1, one held by a running pod, 2 on NUMA 3), gpu-b (1 GPU on NUMA 0), cpu-only
+    (no GPU in its NUMA zones; one running pod there has a malformed numa_bind_result)."""
+    for crd in crd_manifests.crds(["customnoderesources"]):
+        client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(crd)
+    core, custom = client.CoreV1Api(kube_client), client.CustomObjectsApi(kube_client)
+    holder = core.create_namespaced_pod("default", gpu_body("holder", 1, cpu="2", node="gpu-a", bind_result="1"))
+    core.patch_namespaced_pod_status("holder", "default", {"status": {"phase": "Running"}})
+    broken = tf_pod("broken", "db")
+    broken["spec"]["nodeName"] = "cpu-only"
+    broken["metadata"]["annotations"][BIND_RESULT] = "numa-1"
+    core.create_namespaced_pod("default", broken)
+    core.patch_namespaced_pod_status("broken", "default", {"status": {"phase": "Running"}})
+    consumer = "default/holder/%s" % holder.metadata.uid
+    for name, gpus, allocations in (("gpu-a", {1: 2, 3: 2}, {1: [{"consumer": consumer, "requests": {"cpu": "2", "memory": "2Gi", GPU: "1"}}]}),
+                                    ("gpu-b", {0: 1}, None), ("cpu-only", {}, None)):
+        core.create_node({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}})
+        node_gpus = {GPU: str(sum(gpus.values()))} if gpus else {}
+        core.patch_node_status(name, {"status": {"capacity": dict(node_gpus, cpu="32", memory="64Gi", pods="110"),
+                                                 "allocatable": dict(node_gpus, cpu="32", memory="64Gi", pods="110")}})
+        custom.create_cluster_custom_object(*CNR_ARGS, {"apiVersion": "node.katalyst.kubewharf.io/v1alpha1", "kind": "CustomNodeResource",
+                                                        "metadata": {"name": name}})
+        custom.patch_cluster_custom_object_status(*CNR_ARGS, name, {"status": gpu_cnr_status(gpus, allocations)})
+    daemons = []
+
+    def start(**settings):
+        extender = ExtenderDaemon(dict({"listen_address": "127.0.0.1", "port": 0, "plugins": ["NUMA"], "json_logs": False}, **settings),
+                                  api_client=kube_client)
+        port = extender.start(wait_synced=15)
+        daemons.append(extender)
+        wait_until(lambda: all(extender.cache.cnr(n) for n in ("gpu-a", "gpu-b", "cpu-only")) and extender.cache.pods_on("cpu-only"),
+                   what="the extender cache")
+        return Extender({"urlPrefix": "http://127.0.0.1:%d" % port, "filterVerb": "filter", "prioritizeVerb": "prioritize",
+                         "nodeCacheCapable": True})
+
+    nodes = [core.api_client.sanitize_for_serialization(core.read_node(n)) for n in ("gpu-a", "gpu-b", "cpu-only")]
+    yield {"core": core, "start": start, "nodes": nodes}
+    for extender in daemons:
+        extender.stop()
+
+
+def test_gpu_aligned_pods_fit_where_one_numa_node_has_the_gpus_cpus_and_memory(gpu_cluster):
+    env = gpu_cluster
+    core = env["core"]
+    probe = env["start"](numa_aligned_resources=["cpu", "memory", GPU])
+    two = core.api_client.sanitize_for_serialization(core.create_namespaced_pod("default", gpu_body("two", 2)))
+    passing, failed = probe.filter(two, env["nodes"])
+    # gpu-a: NUMA 3 has both GPUs free; gpu-b has one GPU; cpu-only reports no GPU in any NUMA zone
+    assert [n["metadata"]["name"] for n in passing] == ["gpu-a"]
+    assert failed == {"gpu-b": "cannot align container main",
+                      "cpu-only": "cannot align container main: no NUMA zone of the node reports nvidia.com/gpu"}
+    one = core.api_client.sanitize_for_serialization(core.create_namespaced_pod("default", gpu_body("one", 1, cpu="7")))
+    passing, failed = probe.filter(one, env["nodes"])
+    assert [n["metadata"]["name"] for n in passing] == ["gpu-a", "gpu-b"]     # gpu-a: NUMA 3 (NUMA 1 has 6 CPUs left)
+    scores = probe.prioritize(one, passing)
+    assert set(scores) == {"gpu-a", "gpu-b"} and all(0 <= s <= 10 for s in scores.values())
+
+    # the malformed numa_bind_result of the pod on cpu-only: a Warning Event on that pod, once; the nodes were answered
+    def warned():
+        return [e for e in core.list_namespaced_event("default").items if e.reason == "InvalidNUMABindResult" and e.involved_object.name == "broken"]
+
+    wait_until(warned, what="the InvalidNUMABindResult Event")
+    assert len(warned()) == 1 and "'numa-1'" in warned()[0].message
+    # Katalyst's default (cpu, memory): a resource no NUMA zone reports is left to kube-scheduler's node-level fit (the
+    # single-NUMA policy still puts the GPUs that NUMA zones report on the pod's one NUMA node)
+    default = env["start"]()
+    passing, failed = default.filter(two, env["nodes"])
+    assert [n["metadata"]["name"] for n in passing] == ["gpu-a", "cpu-only"] and failed == {"gpu-b": "cannot align container main"}

@@ -18,6 +18,7 @@ from kubernetes import client
 from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
 from sandbox.scheduler import ExtenderError, SandboxScheduler, load_extenders
 from tests.integration.ansible_runner import REPO, run_playbook
+from tests.integration.test_extender_numa import CNR_ARGS, GPU, gpu_body, gpu_cnr_status
 
 PREFIX = "katalyst.kubewharf.io/"
 PLAY = """
@@ -148,6 +149,43 @@ def test_role_runs_the_extender_that_the_sandbox_scheduler_calls(kubeapi, kube_c
         if scheduler is not None:
             scheduler.nodes.stop()
             scheduler.pods.stop()
+        stop_service(tmp_path)
+
+
+def test_role_passes_the_numa_aligned_resources_to_the_extender(kubeapi, kube_client, tmp_path):
+    for crd in crd_manifests.crds(["customnoderesources"]):
+        client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(crd)
+    core, custom = client.CoreV1Api(kube_client), client.CustomObjectsApi(kube_client)
+    for name, gpus in (("gpu", {1: 2}), ("cpu-only", {})):
+        make_node(core, name, "32", {})
+        custom.create_cluster_custom_object(*CNR_ARGS, {"apiVersion": "node.katalyst.kubewharf.io/v1alpha1", "kind": "CustomNodeResource",
+                                                        "metadata": {"name": name}})
+        custom.patch_cluster_custom_object_status(*CNR_ARGS, name, {"status": gpu_cnr_status(gpus)})
+    port = free_port()
+    (tmp_path / "sandbox").mkdir()
+    extra = {"scheduler_extender_service_manager": "sandbox", "scheduler_extender_python_mode": "current",
+             "scheduler_extender_port": port, "scheduler_extender_install_dir": str(tmp_path / "opt"),
+             "scheduler_extender_config_dir": str(tmp_path / "etc"), "scheduler_extender_kubeconfig_src": kubeapi.kubeconfig,
+             "katalyst_sandbox_dir": str(tmp_path / "sandbox"), "scheduler_extender_plugins": ["NUMA"],
+             "scheduler_extender_numa_aligned_resources": ["cpu", "memory", GPU]}
+    try:
+        rc, _tasks, out = run_playbook(PLAY, tmp_path, [], extra, env={"PYTHONPATH": REPO})
+        assert rc == 0, out[-3000:]
+        config = yaml.safe_load((tmp_path / "etc" / "scheduler-extender.yaml").read_text())
+        assert config["numa_aligned_resources"] == ["cpu", "memory", GPU]
+        # the running daemon uses it: a GPU pod is refused by the node whose NUMA zones report no GPU (with Katalyst's
+        # default, cpu and memory, that node would pass: test_extender_numa.py)
+        extender = load_extenders(yaml.safe_load((tmp_path / "sandbox" / "kube-scheduler-config.yaml").read_text()))[0]
+        nodes = [core.api_client.sanitize_for_serialization(core.read_node(n)) for n in ("gpu", "cpu-only")]
+        pod = core.api_client.sanitize_for_serialization(core.create_namespaced_pod("default", gpu_body("g", 1)))
+        wait_until(lambda: [n["metadata"]["name"] for n in extender.filter(pod, nodes)[0]] == ["gpu"], what="the extender's caches")
+        assert extender.filter(pod, nodes)[1] == {"cpu-only": "cannot align container main: no NUMA zone of the node reports nvidia.com/gpu"}
+        # a name that is not a resource name is refused before anything changes
+        rc, _tasks, out = run_playbook(PLAY, tmp_path, [], dict(extra, scheduler_extender_numa_aligned_resources=["cpu", "gpu card"]),
+                                       env={"PYTHONPATH": REPO})
+        assert rc != 0 and "scheduler_extender_numa_aligned_resources holds Kubernetes resource names" in out and "gpu card" in out
+        assert yaml.safe_load((tmp_path / "etc" / "scheduler-extender.yaml").read_text())["numa_aligned_resources"] == ["cpu", "memory", GPU]
+    finally:
         stop_service(tmp_path)
 
 

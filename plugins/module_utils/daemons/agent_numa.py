@@ -8,13 +8,19 @@ the agent's informer) and applies the Plans. ``NumaLoops`` keeps the state the l
 passes (the two ``ReclaimedReporter`` windows, the previous CPU counters, the CNR last read or written).
 
 Readings that a node does not have (no ``/proc/stat``, no cgroup for a pod yet, no ``memory.numa_stat``)
-count as idle / unused / absent, and the reason is logged once; the loops never crash on them.
+count as idle / unused / absent, and the reason is logged once; the loops never crash on them. A
+``memory.numa_stat`` that exists but cannot be parsed (``NumaStatError``, naming the file and quoting it) is
+logged once per content and that cgroup's last good reading is used (absent when it never had one); a malformed
+``numa_bind_result`` is reported once per value (log line and Warning Event on the pod), the pod is not pinned
+or moved, and the other pods go on.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
+import re
 
 from .. import cgroups, cnr, headroom, memprovision, nodeinfo, placement, podcgroups
 from ..kube import KubeError
@@ -65,22 +71,52 @@ def read_scale_factor(fs):
     return fs.read_int("/proc/sys/vm/watermark_scale_factor", default=10)
 
 
-def parse_numa_stat(text, version):
-    """``memory.numa_stat`` -> ``{numa id: bytes}`` (v1 ``total=`` line in pages; v2 anon + file in bytes)."""
-    usage = {}
-    for line in (text or "").splitlines():
+class NumaStatError(ValueError):
+    """A ``memory.numa_stat`` that is not in the kernel's format; the message names the file and quotes the content."""
+
+
+_NUMA_AMOUNT = re.compile(r"^N([0-9]+)=([0-9]+)$")
+_V1_TOTAL = re.compile(r"^([a-z][a-z0-9_]*)=([0-9]+)$")
+_V2_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def parse_numa_stat(text, version, source="memory.numa_stat"):
+    """``memory.numa_stat`` -> ``{numa id: bytes}`` (v1 ``total=`` line in pages; v2 anon + file in bytes).
+
+    Empty text (the file does not exist) gives ``{}``. NumaStatError naming ``source`` and quoting the content
+    when a line is not in the kernel's format (v1 ``name=<pages> N0=<pages> ...``, v2 ``name N0=<bytes> ...``)
+    or a line the reading needs (v1 ``total``, v2 ``anon`` and ``file``) is missing.
+    """
+    if not (text or "").strip():
+        return {}
+
+    def malformed(reason):
+        quoted = text if len(text) <= 300 else text[:300] + "..."
+        return NumaStatError("%s: malformed memory.numa_stat (cgroup %s), %s: %r" % (source, version, reason, quoted))
+
+    needed = {"total"} if version == "v1" else {"anon", "file"}
+    usage, seen = {}, set()
+    for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
-        name = fields[0].split("=", 1)[0]
-        wanted = name == "total" if version == "v1" else name in ("anon", "file")
-        if not wanted:
+        head = (_V1_TOTAL if version == "v1" else _V2_NAME).match(fields[0])
+        if head is None:
+            raise malformed("line %d starts with %r, not %s" % (number, fields[0], "name=<pages>" if version == "v1" else "a name"))
+        amounts = []
+        for field in fields[1:]:
+            match = _NUMA_AMOUNT.match(field)
+            if match is None:
+                raise malformed("line %d: %r is not N<id>=<amount>" % (number, field))
+            amounts.append((int(match.group(1)), int(match.group(2))))
+        name = head.group(1) if version == "v1" else fields[0]
+        if name not in needed:
             continue
-        for field in fields[1:] if version == "v2" else fields:
-            key, _sep, value = field.partition("=")
-            if key.startswith("N") and key[1:].isdigit() and value.isdigit():
-                amount = int(value) * (4096 if version == "v1" else 1)
-                usage[int(key[1:])] = usage.get(int(key[1:]), 0) + amount
+        seen.add(name)
+        for numa, amount in amounts:
+            usage[numa] = usage.get(numa, 0) + amount * (4096 if version == "v1" else 1)
+    if seen != needed:
+        raise malformed("no %s line" % " or ".join(sorted(needed - seen)))
     return usage
 
 
@@ -114,8 +150,18 @@ def _cgroup_version(facts):
     return "v2" if facts["cgroup"]["mode"] == "v2" else "v1"
 
 
-def read_container_metrics(fs, path, version, numa_ids):
-    """Memory metrics of one cgroup (``rss``, ``cache``, ``shmem``, ``usage``, ``numa_total``); {} when it does not exist."""
+def read_numa_stat(fs, path, version):
+    """``parse_numa_stat`` of the cgroup directory ``path`` (NumaStatError when the file is malformed)."""
+    source = path + "/memory.numa_stat"
+    return parse_numa_stat(fs.read_text(source, default=""), version, source)
+
+
+def read_container_metrics(fs, path, version, numa_ids, numa_stat=read_numa_stat):
+    """Memory metrics of one cgroup (``rss``, ``cache``, ``shmem``, ``usage``, ``numa_total``); {} when it does not exist.
+
+    ``numa_stat(fs, path, version)`` reads ``memory.numa_stat`` (``NumaLoops.numa_stat`` keeps the last good reading
+    of a malformed file; None counts as no reading).
+    """
     if not fs.isdir(path):
         return {}
     stat = {}
@@ -135,7 +181,7 @@ def read_container_metrics(fs, path, version, numa_ids):
     usage = fs.read_text(path + ("/memory.current" if version == "v2" else "/memory.usage_in_bytes"), default="")
     if usage.isdigit():
         metrics["usage"] = int(usage)
-    numa = parse_numa_stat(fs.read_text(path + "/memory.numa_stat", default=""), version)
+    numa = numa_stat(fs, path, version) or {}
     metrics["numa_total"] = {n: numa.get(n, 0) for n in numa_ids}
     return metrics
 
@@ -158,18 +204,14 @@ def pod_qos_level(pod):
 
 
 def bind_result(pod):
-    """NUMA ids of the pod's ``numa_bind_result`` (None when absent or malformed)."""
-    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(NUMA_BIND_RESULT_KEY)
-    if value is None:
-        return None
-    try:
-        return sorted(int(v) for v in str(value).split(",") if v.strip())
-    except ValueError:
-        return None
+    """NUMA ids of the pod's ``numa_bind_result`` as a list (None when absent or malformed: ``placement.bind_result``)."""
+    numas = placement.bind_result(pod)
+    return None if numas is None else list(numas)
 
 
-def container_dicts(pods, facts, fs, driver="cgroupfs", cgroup_prefix=""):
-    """The engine's container dicts (see ``headroom``) for the pods on this node, with real cgroup metrics."""
+def container_dicts(pods, facts, fs, driver="cgroupfs", cgroup_prefix="", numa_stat=read_numa_stat):
+    """The engine's container dicts (see ``headroom``) for the pods on this node, with real cgroup metrics
+    (``numa_stat``: see ``read_container_metrics``)."""
     numa_ids = [n["id"] for n in facts["numa_nodes"]]
     version = _cgroup_version(facts)
     base = _memory_base(version) + cgroup_prefix
@@ -189,7 +231,7 @@ def container_dicts(pods, facts, fs, driver="cgroupfs", cgroup_prefix=""):
             name = container.get("name")
             metrics = {}
             if name in paths:
-                metrics = read_container_metrics(fs, base + paths[name], version, numa_ids)
+                metrics = read_container_metrics(fs, base + paths[name], version, numa_ids, numa_stat)
             if level == headroom.RECLAIMED_CORES and "numa_total" not in metrics:
                 metrics["numa_total"] = {n: 0 for n in numa_ids}     # no cgroup yet: it uses no memory
             assignments = bound if bound else (None if binding else list(numa_ids))
@@ -260,8 +302,10 @@ class NumaLoops:
         self.cnr = None
         self.cnr_read_at = None
         self.cnr_unserved = False
-        self.reported = {}
+        self.reported = {}                                   # (pod uid, Event reason) -> last message reported
         self.notes = set()
+        self.numa_stat_good = collections.OrderedDict()      # cgroup path -> last good memory.numa_stat reading
+        self.numa_stat_reported = collections.OrderedDict()  # (file, content) of malformed files already logged
         self.last_status = None
         self.last_limits = None
 
@@ -270,6 +314,33 @@ class NumaLoops:
         if message not in self.notes:
             self.notes.add(message)
             LOG.info(message, extra={"loop": "numa"})
+
+    def numa_stat(self, fs, path, version):
+        """``read_numa_stat`` of one cgroup; a malformed file is logged once per content (naming the file and
+        quoting it) and the cgroup's last good reading is returned instead (None when it never had one)."""
+        try:
+            usage = read_numa_stat(fs, path, version)
+        except NumaStatError as exc:
+            key = (path, str(exc))
+            if key not in self.numa_stat_reported:
+                self.numa_stat_reported[key] = True
+                while len(self.numa_stat_reported) > 1024:
+                    self.numa_stat_reported.popitem(last=False)
+                kept = self.numa_stat_good.get(path)
+                LOG.warning("%s; %s", exc, "its last good reading is kept" if kept is not None else "it counts as not readable",
+                            extra={"loop": "numa"})
+            return self.numa_stat_good.get(path)
+        if usage:
+            self.numa_stat_good[path] = usage
+            self.numa_stat_good.move_to_end(path)
+            while len(self.numa_stat_good) > 4096:
+                self.numa_stat_good.popitem(last=False)
+        return usage
+
+    def report_bind_results(self, kube, pods):
+        """Report each malformed ``numa_bind_result`` once per value; the loops read it as absent and go on."""
+        for pod, problem in placement.bind_result_problems(pods):
+            self.report(kube, pod, "InvalidNUMABindResult", problem)
 
     # -- reclaimed resources ----------------------------------------------------------------------
     def reporter(self, resource, config):
@@ -306,7 +377,7 @@ class NumaLoops:
     def desired_status(self, fs, facts, pods, config, now):
         """The CNR status (reclaimed resources and NUMA zones) or None while the windows fill."""
         pods_by_uid = {(p.get("metadata") or {}).get("uid"): p for p in pods}
-        containers = container_dicts(pods, facts, fs, config["cgroup_driver"], config["cgroup_root"].rstrip("/"))
+        containers = container_dicts(pods, facts, fs, config["cgroup_driver"], config["cgroup_root"].rstrip("/"), self.numa_stat)
         all_numas = [n["id"] for n in facts["numa_nodes"]]
         sockets = numa_socket_ids(facts)
         metrics = numa_metrics_from_facts(facts)
@@ -354,6 +425,7 @@ class NumaLoops:
     def reclaimed_resources(self, fs, pods, kube, config, now):
         """One pass: compute, and write the CNR status when it differs. Returns the applied Changes."""
         facts = nodeinfo.gather(fs)
+        self.report_bind_results(kube, pods)
         status = self.desired_status(fs, facts, pods, config, now)
         if status is None or kube is None:
             return []
@@ -385,7 +457,7 @@ class NumaLoops:
     def memory_limits(self, fs, facts, pods, config):
         """The per-NUMA and root limits to enforce (``memprovision.reclaimed_cgroup_limits``)."""
         pods_by_uid = {(p.get("metadata") or {}).get("uid"): p for p in pods}
-        containers = container_dicts(pods, facts, fs, config["cgroup_driver"], config["cgroup_root"].rstrip("/"))
+        containers = container_dicts(pods, facts, fs, config["cgroup_driver"], config["cgroup_root"].rstrip("/"), self.numa_stat)
         all_numas = [n["id"] for n in facts["numa_nodes"]]
         sockets = numa_socket_ids(facts)
         metrics = numa_metrics_from_facts(facts)
@@ -416,11 +488,11 @@ class NumaLoops:
         usage, existing = {}, []
         for key, relative in [("root", root)] + sorted(per_numa.items()):
             path = _memory_base(version) + relative
-            text = fs.read_text(path + "/memory.numa_stat", default="")
-            if not text:
-                self.note("no memory.numa_stat for %s: the memory guard is skipped" % path)
+            reading = self.numa_stat(fs, path, version)
+            if not reading:
+                self.note("no readable memory.numa_stat for %s: the memory guard is skipped" % path)
                 return None
-            usage[key] = parse_numa_stat(text, version)
+            usage[key] = reading
             if key != "root":
                 existing.append(key)
         return memprovision.memory_guard_limits(avail, reclaimed, metrics, scale, usage, numa_cgroups=existing)
@@ -432,15 +504,15 @@ class NumaLoops:
         self.last_limits = limits
         desired = memprovision.desired_memory_limits(facts, limits, config["cgroup_driver"], config["reclaim_root"])
         try:
-            plan = cgroups.plan_qos_cgroups(desired, cgroups.read_cgroup_state(fs, desired))
+            return cgroups.converge(fs, desired)[1]
         except cgroups.CgroupError as exc:
             self.note("memory provision waits for the reclaimed cgroups: %s" % exc)
             return []
-        return plan.apply(cgroups.applier(fs))
 
     # -- NUMA binding -------------------------------------------------------------------------------
     def report(self, kube, pod, reason, message):
-        key = (pod.get("metadata") or {}).get("uid")
+        """A log line and a Warning Event on the pod, once per (pod, reason, message)."""
+        key = ((pod.get("metadata") or {}).get("uid"), reason)
         if self.reported.get(key) == message:
             return
         self.reported[key] = message
@@ -454,10 +526,13 @@ class NumaLoops:
         version = _cgroup_version(facts)
         pods = [dict(p, metadata=dict(p.get("metadata") or {})) for p in pods]
         order = sorted(pods, key=lambda p: ((p["metadata"].get("creationTimestamp") or ""), placement.pod_key(p)))
+        self.report_bind_results(kube, pods)
         applied = []
         for pod in order:
             if (pod.get("status") or {}).get("phase") != "Running" or not placement.is_numa_binding_pod(pod):
                 continue
+            if placement.bind_result_problem(pod) is not None:
+                continue        # reported above; neither re-pinned nor moved until the annotation is fixed
             try:
                 choice = placement.choose_numa_for_pod(pod, facts, pods)
             except placement.AffinityError as exc:

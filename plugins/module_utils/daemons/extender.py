@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from . import service
 from .extender_numa import NumaPlugin
 from .informer import Informer, object_key
-from .. import overcommit
+from .. import overcommit, placement
 
 try:
     import prometheus_client
@@ -53,6 +53,8 @@ DEFAULTS = {
     "plugins": ["NodeOvercommitment"],
     # the NUMA plugin's resource policy (cluster spec 4.2): dynamic (dedicated_cores + numa_binding) or native
     "numa_resource_policy": "dynamic",
+    # resources the NUMA plugin aligns (Katalyst's alignedResources, default cpu and memory), e.g. add nvidia.com/gpu
+    "numa_aligned_resources": ["cpu", "memory"],
     # what a plugin's Error status does: "error" fails the whole request as kube-scheduler does for an
     # Error from a filter plugin; "fail_node" only marks that node as failed
     "error_policy": "error",
@@ -387,6 +389,10 @@ class ExtenderDaemon:
             raise ValueError("unknown setting(s): %s" % ", ".join(unknown))
         if self.config["error_policy"] not in ("error", "fail_node"):
             raise ValueError("error_policy must be error or fail_node")
+        try:
+            placement.aligned_resource_names(self.config["numa_aligned_resources"])
+        except ValueError as exc:
+            raise ValueError("numa_aligned_resources: %s" % exc) from None
         missing = [name for name in self.config["plugins"] if name not in PLUGINS]
         if missing:
             raise ValueError("unknown plugin(s): %s (known: %s)" % (", ".join(missing), ", ".join(sorted(PLUGINS))))
@@ -398,8 +404,8 @@ class ExtenderDaemon:
             metrics["verdicts"] = prometheus_client.Counter(
                 "katalyst_extender_filter_verdicts_total", "Per-node filter verdicts by plugin and code", ["plugin", "code"],
                 registry=self.daemon.registry)
-        plugins = [NumaPlugin(self.config["numa_resource_policy"]) if name == NumaPlugin.name else PLUGINS[name]()
-                   for name in self.config["plugins"]]
+        plugins = [NumaPlugin(self.config["numa_resource_policy"], self.config["numa_aligned_resources"]) if name == NumaPlugin.name
+                   else PLUGINS[name]() for name in self.config["plugins"]]
         self.extender = SchedulerExtender(self.cache, plugins, self.config["error_policy"], metrics)
         context = None
         if self.config["tls_cert_file"]:
@@ -422,8 +428,8 @@ class ExtenderDaemon:
                 self.cache.synced(wait_synced)
                 self.warm()
         port = self.server.start()
-        LOG.info("katalyst-scheduler-extender serving on %s:%d (plugins: %s)", self.config["listen_address"], port,
-                 ", ".join(self.config["plugins"]))
+        LOG.info("katalyst-scheduler-extender serving on %s:%d (plugins: %s; NUMA aligned resources: %s)", self.config["listen_address"],
+                 port, ", ".join(self.config["plugins"]), ", ".join(sorted(set(self.config["numa_aligned_resources"]))))
         return port
 
     def warm(self):

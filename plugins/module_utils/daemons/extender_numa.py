@@ -12,7 +12,12 @@ each node's parsed view (``placement.node_view``: topology, pods per NUMA, avail
 extender cache until that node's CNR or one of its pods changes, and so are the filter verdict (with its NUMA
 candidates, which prioritize scores) and the score per pod signature: replicas of one template (the usual
 case: a Job's workers) cost one evaluation per node, and a binding re-evaluates only the node it changed.
-A malformed microtopology annotation makes the pod unschedulable and is reported once as a Warning Event on the pod.
+A malformed microtopology annotation makes the pod unschedulable and is reported once as a Warning Event on the pod;
+a ``numa_bind_result`` that cannot be read on a pod already on a node is reported once per value (a log line and a
+Warning Event on that pod) when the node's view is built, and the pod counts as not pinned yet.
+
+The aligned resources (``numa_aligned_resources``, Katalyst's ``alignedResources``) are fixed for the plugin's life and
+are part of its filter memo key; node views do not depend on them.
 """
 
 from __future__ import annotations
@@ -37,10 +42,13 @@ def _meta(obj):
 class NumaPlugin:
     name = "NUMA"
 
-    def __init__(self, policy=placement.DYNAMIC):
+    def __init__(self, policy=placement.DYNAMIC, aligned_resources=placement.DEFAULT_ALIGNED_RESOURCES):
         if policy not in (placement.DYNAMIC, placement.NATIVE):
             raise ValueError("NUMA resource policy must be dynamic or native, got %r" % (policy,))
         self.policy = policy
+        self.aligned_resources = placement.aligned_resource_names(aligned_resources)
+        # the per-pod memo key of this plugin's settings (one string: its hash is computed once)
+        self.filter_key = "filter:%s:%s" % (policy, ",".join(sorted(self.aligned_resources)))
         self.lock = threading.Lock()
         self.reported = collections.OrderedDict()         # (pod uid, message) -> True
         self.kube = None
@@ -62,7 +70,10 @@ class NumaPlugin:
         """The node's parsed NUMA state, kept by the cache until the node's CNR or pods change."""
         def build():
             self.stats["views_built"] += 1
-            return placement.node_view(cache.cnr(name), cache.pods_on(name), self.policy)
+            view = placement.node_view(cache.cnr(name), cache.pods_on(name), self.policy)
+            for pod, problem in view["bind_result_problems"]:
+                self.report(pod, [problem], "InvalidNUMABindResult")
+            return view
         return cache.memo(name, (self.name, "view", self.policy), build, keep=True)
 
     def warm(self, cache):
@@ -95,19 +106,20 @@ class NumaPlugin:
             if state is not None:
                 shared[state] = value
             return value
-        return cache.memo(name, (self.name, "filter", self.policy, signature), build)
+        return cache.memo(name, (self.name, self.filter_key, signature), build)
 
     def evaluate(self, pod, node, view, query):
         """``decide``'s tuple for one node view."""
-        result = placement.filter_pod(pod, node, view["cnr"], view["pods"], self.policy, view, query)
+        result = placement.filter_pod(pod, node, view["cnr"], view["pods"], self.policy, view, query, self.aligned_resources)
         verdict = (SUCCESS, "") if result["fit"] else (UNSCHEDULABLE, result["reason"])
         numas = None if result["numas"] is None else tuple(result["numas"])
         score = 0.0
         if result["fit"] and query.qos != RECLAIMED_CORES:
-            score = placement.score_pod(pod, node, view["cnr"], view["pods"], self.policy, numas, view, query)
+            score = placement.score_pod(pod, node, view["cnr"], view["pods"], self.policy, numas, view, query, self.aligned_resources)
         return verdict, numas, tuple(result["problems"]), score
 
-    def report(self, pod, problems):
+    def report(self, pod, problems, reason="InvalidMicrotopology"):
+        """A log line and a Warning Event on ``pod`` for each problem, once per (pod, problem)."""
         uid = _meta(pod).get("uid") or placement.pod_key(pod)
         for problem in problems:
             with self.lock:
@@ -118,8 +130,7 @@ class NumaPlugin:
                     self.reported.popitem(last=False)
             LOG.warning("pod %s: %s", placement.pod_key(pod), problem)
             if self.kube is not None and _meta(pod).get("name"):
-                self.kube.emit_event(dict(pod, apiVersion="v1", kind="Pod"), "InvalidMicrotopology", problem, "Warning",
-                                     "katalyst-scheduler-extender")
+                self.kube.emit_event(dict(pod, apiVersion="v1", kind="Pod"), reason, problem, "Warning", "katalyst-scheduler-extender")
 
     # -- verbs -------------------------------------------------------------------------------------
     def filter(self, pod, nodes, cache):

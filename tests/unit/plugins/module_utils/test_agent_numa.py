@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from ansible_collections.katalyst.colocation.plugins.module_utils import nodeinfo
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import agent_numa
 from ansible_collections.katalyst.colocation.plugins.module_utils.sysfs import SysFS
@@ -91,3 +93,118 @@ def test_cpuset_plan_narrows_containers_first_and_only_what_differs(tmp_path):
     for change in plan:
         fs.write_text(change.target, change.after)
     assert not agent_numa.plan_cpuset(fs, p, "v1", config, choice)
+
+
+# -- malformed readings and annotations: reported, the last good state kept, the other cgroups and pods go on -----
+BESTEFFORT = "/sys/fs/cgroup/memory/kubepods/besteffort"
+
+
+@pytest.mark.parametrize("text, version, why", [
+    ("garbage", "v1", "line 1 starts with 'garbage', not name=<pages>"),
+    ("total=3 N0=1 N1=x", "v1", "line 1: 'N1=x' is not N<id>=<amount>"),
+    ("total=3 N0=3\nfile=1 N0=1 N1", "v1", "line 2: 'N1' is not N<id>=<amount>"),
+    ("file=1 N0=1\nanon=2 N0=2", "v1", "no total line"),
+    ("anon N0=1\nfile N0=1", "v1", "line 1 starts with 'anon'"),          # a v2 file read as v1
+    ("total=1 N0=1", "v2", "line 1 starts with 'total=1', not a name"),
+    ("anon N0=1\nshmem N0=2", "v2", "no file line"),
+    ("anon N0=-1\nfile N0=1", "v2", "'N0=-1' is not N<id>=<amount>"),
+])
+def test_malformed_numa_stat_is_an_error_naming_the_file_and_quoting_it(text, version, why):
+    source = BESTEFFORT + "/memory.numa_stat"
+    with pytest.raises(agent_numa.NumaStatError) as raised:
+        agent_numa.parse_numa_stat(text, version, source)
+    message = str(raised.value)
+    assert message.startswith(source + ": malformed memory.numa_stat") and why in message and repr(text) in message
+
+
+def write(root, path, text):
+    os.makedirs(os.path.dirname(root + path), exist_ok=True)
+    with open(root + path, "w") as handle:
+        handle.write(text)
+
+
+def test_malformed_numa_stat_keeps_the_cgroups_last_good_reading_and_the_others_go_on(tmp_path, caplog):
+    root = build_sysroot(str(tmp_path / "s"), cgroup="v1")
+    fs = SysFS(root)
+    facts = nodeinfo.gather(fs)
+    pods = [pod(name, "shared_cores") for name in ("a", "b", "c")]
+    cgroup = "/sys/fs/cgroup/memory/kubepods/burstable/podu-%s/c-%s"
+    for name, pages in (("a", 10), ("b", 20)):
+        write(root, cgroup % (name, name) + "/memory.numa_stat", "total=%d N0=%d N1=0 N2=0 N3=0\n" % (pages, pages))
+    write(root, cgroup % ("c", "c") + "/memory.numa_stat", "total=?\n")        # never readable
+    loops = agent_numa.NumaLoops("n1")
+
+    def numa_totals():
+        return {c["pod_uid"]: c["metrics"]["numa_total"][0] for c in agent_numa.container_dicts(pods, facts, fs, numa_stat=loops.numa_stat)}
+
+    assert numa_totals() == {"u-a": 10 * 4096, "u-b": 20 * 4096, "u-c": 0}
+    write(root, cgroup % ("a", "a") + "/memory.numa_stat", "total=5 N0=five\n")
+    write(root, cgroup % ("b", "b") + "/memory.numa_stat", "total=30 N0=30 N1=0 N2=0 N3=0\n")
+    assert numa_totals() == {"u-a": 10 * 4096, "u-b": 30 * 4096, "u-c": 0}      # a: last good; b: read on
+    assert numa_totals() == {"u-a": 10 * 4096, "u-b": 30 * 4096, "u-c": 0}
+    warnings = [r.getMessage() for r in caplog.records if "malformed memory.numa_stat" in r.getMessage()]
+    assert len(warnings) == 2                                                   # once per file and content
+    assert any("podu-a/c-a/memory.numa_stat" in w and "'total=5 N0=five'" in w and "last good reading is kept" in w for w in warnings)
+    assert any("podu-c/c-c/memory.numa_stat" in w and "counts as not readable" in w for w in warnings)
+    write(root, cgroup % ("a", "a") + "/memory.numa_stat", "total=7 N0=7 N1=0 N2=0 N3=0\n")
+    assert numa_totals()["u-a"] == 7 * 4096
+    # without the agent's state the reading is simply an error
+    with pytest.raises(agent_numa.NumaStatError, match="podu-c/c-c/memory.numa_stat"):
+        agent_numa.container_dicts(pods, facts, fs)
+
+
+def test_memory_guard_keeps_the_last_good_numa_stat(tmp_path, caplog):
+    root = build_sysroot(str(tmp_path / "s"), cgroup="v1")
+    fs = SysFS(root)
+    facts = nodeinfo.gather(fs)
+    config = {"cgroup_driver": "cgroupfs", "reclaim_root": "/kubepods/besteffort"}
+    for cgroup in ["besteffort"] + ["besteffort-%d" % n for n in range(4)]:
+        write(root, "/sys/fs/cgroup/memory/kubepods/%s/memory.numa_stat" % cgroup, "total=262144 N0=262144 N1=0 N2=0 N3=0\n")
+    loops = agent_numa.NumaLoops("n1")
+    metrics = agent_numa.numa_metrics_from_facts(facts)
+
+    def guard(numa_loops):
+        return numa_loops.guard(fs, facts, config, [0, 1, 2, 3], [], metrics, 10)
+
+    good = guard(loops)
+    assert good is not None and good["numa"][0]["limit"] > good["numa"][1]["limit"]      # 1Gi used on NUMA 0
+    write(root, BESTEFFORT + "/memory.numa_stat", "total=262144 N0=262144 N1=0 N2=0 N3=0 N4\n")
+    assert guard(loops) == good
+    assert len([r for r in caplog.records if BESTEFFORT + "/memory.numa_stat: malformed" in r.getMessage()]) == 1
+    assert guard(agent_numa.NumaLoops("n1")) is None          # no good reading yet: the guard is skipped, as without the file
+
+
+class FakeKube:
+    def __init__(self):
+        self.events, self.patches = [], []
+
+    def emit_event(self, involved, reason, message, event_type="Normal", component=""):
+        self.events.append((involved["metadata"]["name"], reason, message, event_type, component))
+
+    def patch(self, api_version, kind, name, body, namespace=None, **_kwargs):
+        self.patches.append((kind, name, body, namespace))
+
+
+def test_malformed_bind_result_is_reported_once_and_that_pod_left_alone(tmp_path):
+    root = build_sysroot(str(tmp_path / "s"), cgroup="v1")
+    fs = SysFS(root)
+    broken, good = pod("broken", "dedicated_cores", numa="one", binding=True), pod("good", "dedicated_cores", binding=True)
+    for p in (broken, good):
+        p["status"]["qosClass"] = "Guaranteed"
+        os.makedirs(root + "/sys/fs/cgroup/cpuset/kubepods/pod%s/c-%s" % (p["metadata"]["uid"], p["metadata"]["name"]))
+    config = {"cgroup_root": "/", "cgroup_driver": "cgroupfs"}
+    kube, loops = FakeKube(), agent_numa.NumaLoops("n1")
+    loops.numa_binding(fs, [broken, good], kube, config)
+    assert kube.patches == [("Pod", "good", {"metadata": {"annotations": {"katalyst.kubewharf.io/numa_bind_result": "0"}}}, "default")]
+    assert open(root + "/sys/fs/cgroup/cpuset/kubepods/podu-good/cpuset.mems").read() == "0"
+    assert not os.path.exists(root + "/sys/fs/cgroup/cpuset/kubepods/podu-broken/cpuset.mems")      # neither pinned nor moved
+    problem = "katalyst.kubewharf.io/numa_bind_result='one' is not a NUMA id or a comma-separated list of NUMA ids"
+    assert kube.events == [("broken", "InvalidNUMABindResult", problem, "Warning", "katalyst-agent")]
+    good = pod("good", "dedicated_cores", numa=0, binding=True)
+    loops.numa_binding(fs, [broken, good], kube, config)
+    loops.report_bind_results(kube, [broken, good])           # what the reclaimed-resources pass does first
+    assert len(kube.events) == 1 and len(kube.patches) == 1
+    assert agent_numa.bind_result(broken) is None and agent_numa.bind_result(good) == [0]
+    broken["metadata"]["annotations"]["katalyst.kubewharf.io/numa_bind_result"] = ""              # another bad value
+    loops.report_bind_results(kube, [broken])
+    assert kube.events[1][2] == "katalyst.kubewharf.io/numa_bind_result='' is not a NUMA id or a comma-separated list of NUMA ids"

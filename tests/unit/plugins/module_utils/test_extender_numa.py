@@ -120,3 +120,96 @@ def test_native_policy_and_unknown_policy():
         assert "dynamic or native" in str(exc)
     else:
         raise AssertionError("an unknown policy must be refused")
+
+
+class EventRecorder:
+    """Stands in for KubeClient.emit_event."""
+
+    def __init__(self):
+        self.events = []
+
+    def emit_event(self, involved, reason, message, event_type="Normal", component=""):
+        self.events.append((involved["metadata"]["name"], reason, message, event_type, component))
+
+
+GPU = "nvidia.com/gpu"
+
+
+def gpu_pod(name, gpus="1"):
+    p = pod(name, {"role": "gpu"})
+    for field in ("requests", "limits"):
+        p["spec"]["containers"][0]["resources"][field][GPU] = gpus
+    return p
+
+
+def test_aligned_resources_are_a_plugin_setting_with_their_own_verdicts():
+    cache = cluster("plain")
+    gpu_cnr = cnr("gpu")
+    gpu_cnr["status"]["topologyZone"][0]["children"][1]["resources"]["allocatable"][GPU] = "2"
+    cache.on_node("ADDED", node("gpu"))
+    cache.on_cnr("ADDED", gpu_cnr)
+    default, aligned = NumaPlugin(), NumaPlugin("dynamic", ["cpu", "memory", GPU])
+    assert aligned.aligned_resources == frozenset(("cpu", "memory", GPU)) and default.aligned_resources == placement.DEFAULT_ALIGNED_RESOURCES
+    nodes = [node("plain"), node("gpu")]
+    assert default.filter(gpu_pod("g"), nodes, cache) == {"plain": ("Success", ""), "gpu": ("Success", "")}
+    assert aligned.filter(gpu_pod("g"), nodes, cache) == {
+        "plain": ("Unschedulable", "cannot align container main: no NUMA zone of the node reports nvidia.com/gpu"), "gpu": ("Success", "")}
+    assert aligned.filter(gpu_pod("g3", "3"), nodes, cache)["gpu"] == ("Unschedulable", "cannot align container main")
+    assert aligned.prioritize(gpu_pod("g"), nodes, cache) == {"plain": 0, "gpu": 10}       # a refused node scores lowest
+    # both plugins read the same parsed node views; their verdicts are kept apart
+    assert default.stats["views_built"] == 2 and aligned.stats["views_built"] == 0
+    assert default.filter(gpu_pod("g"), nodes, cache)["plain"] == ("Success", "")
+    for bad in (["nvidia.com/"], "cpu"):
+        try:
+            NumaPlugin("dynamic", bad)
+        except ValueError as exc:
+            assert "aligned resources" in str(exc)
+        else:
+            raise AssertionError("%r was accepted" % (bad,))
+
+
+def test_extender_daemon_refuses_a_bad_aligned_resources_setting():
+    from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.extender import DEFAULTS, ExtenderDaemon
+    assert DEFAULTS["numa_aligned_resources"] == ["cpu", "memory"]
+    try:
+        ExtenderDaemon({"plugins": ["NUMA"], "numa_aligned_resources": ["cpu", "gpu card"]}, cache=ClusterCache())
+    except ValueError as exc:
+        assert str(exc).startswith("numa_aligned_resources: aligned resources: 'gpu card'")
+    else:
+        raise AssertionError("a bad resource name was accepted")
+    daemon = ExtenderDaemon({"plugins": ["NUMA"], "numa_aligned_resources": ["cpu", "memory", GPU], "json_logs": False}, cache=ClusterCache())
+    assert daemon.extender.plugins[0].aligned_resources == frozenset(("cpu", "memory", GPU))
+
+
+def test_malformed_bind_result_is_reported_once_per_value_and_the_rest_goes_on(caplog):
+    plugin, cache = NumaPlugin(), cluster("a", "b")
+    plugin.kube = EventRecorder()
+    cache.on_pod("ADDED", pod("broken", {"role": "db"}, numa="one", node="a", cpu="6"))
+    cache.on_pod("ADDED", pod("fine", {"role": "db"}, numa=1, node="b", cpu="6"))
+    worker = pod("w", {"role": "worker"}, cpu="4")
+    # the broken pod counts as not pinned yet: 6 CPUs on both NUMA nodes of a
+    verdicts = plugin.filter(worker, [node("a"), node("b")], cache)
+    assert verdicts == {"a": ("Unschedulable", "cannot align container main"), "b": ("Success", "")}
+    cache.on_pod("ADDED", pod("other", {"role": "x"}, numa=0, node="a", cpu="1"))       # a's view is built again
+    plugin.filter(pod("w2", {"role": "worker", "n": "2"}, cpu="1"), [node("a"), node("b")], cache)
+    problem = "katalyst.kubewharf.io/numa_bind_result='one' is not a NUMA id or a comma-separated list of NUMA ids"
+    assert plugin.kube.events == [("broken", "InvalidNUMABindResult", problem, "Warning", "katalyst-scheduler-extender")]
+    assert len([r for r in caplog.records if "default/broken" in r.getMessage() and "'one'" in r.getMessage()]) == 1
+    cache.on_pod("MODIFIED", pod("broken", {"role": "db"}, numa="1,1", node="a", cpu="6", rv="2"))      # a new bad value
+    plugin.filter(worker, [node("a")], cache)
+    assert [e[2] for e in plugin.kube.events][1:] == ["katalyst.kubewharf.io/numa_bind_result='1,1' names a NUMA id twice"]
+
+
+def test_exclusive_pod_with_required_affinity_is_unschedulable_with_an_event_once():
+    # Katalyst's PreFilter fails with an error; we answer Unschedulable on every node and say why once (an Event)
+    plugin, cache = NumaPlugin(), cluster("a", "b")
+    plugin.kube = EventRecorder()
+    exclusive = pod("x", {"role": "db"})
+    exclusive["metadata"]["annotations"].update({
+        "katalyst.kubewharf.io/memory_enhancement": json.dumps({"numa_binding": "true", "numa_exclusive": "true"}),
+        placement.AFFINITY_KEY: json.dumps({"required": [{"matchLabels": {"role": "db"}}]})})
+    reason = "a numa_exclusive pod cannot have required microtopology affinity"
+    for _attempt in range(2):
+        assert plugin.filter(exclusive, [node("a"), node("b")], cache) == {"a": ("Unschedulable", reason), "b": ("Unschedulable", reason)}
+    assert plugin.kube.events == [("x", "InvalidMicrotopology", "default/x: numa_exclusive with required microtopology affinity", "Warning",
+                                   "katalyst-scheduler-extender")]

@@ -9,8 +9,9 @@ import json
 import pytest
 
 from ansible_collections.katalyst.colocation.plugins.module_utils.placement import (
-    AFFINITY_KEY, ANTI_AFFINITY_KEY, AffinityError, UNSCHEDULABLE_AFFINITY, choose_numa_for_pod, filter_pod, normalize_scores,
-    numa_resource_fit, parse_microtopology, reclaimed_resource_fit, score_pod,
+    AFFINITY_KEY, ANTI_AFFINITY_KEY, DEFAULT_ALIGNED_RESOURCES, AffinityError, UNSCHEDULABLE_AFFINITY, aligned_resource_names, bind_result,
+    bind_result_problem, bind_result_problems, choose_numa_for_pod, filter_pod, node_view, normalize_scores, numa_resource_fit,
+    parse_microtopology, reclaimed_resource_fit, score_pod,
 )
 
 GI = 1 << 30
@@ -183,8 +184,12 @@ def test_bad_annotation_is_unschedulable_with_problem_not_a_crash():
 
 
 def test_exclusive_with_required_affinity_rejected_and_no_zones():
+    # Katalyst's PreFilter fails with an error; we make the pod unschedulable with the reason and a problem for an Event
+    # (docs/katalyst-differences.md)
     affinity = {AFFINITY_KEY: json.dumps({"required": [{"matchLabels": {"g": "g"}}]})}
-    assert not filter_pod(pod("x", memory_enhancement=EXCLUSIVE, annotations=affinity), {}, cnr("None"), [])["fit"]
+    got = filter_pod(pod("x", memory_enhancement=EXCLUSIVE, annotations=affinity), {}, cnr("None"), [])
+    assert got == {"fit": False, "reason": "a numa_exclusive pod cannot have required microtopology affinity", "numas": [],
+                   "problems": ["default/x: numa_exclusive with required microtopology affinity"]}
     empty = {"status": {"topologyPolicy": "None", "topologyZone": []}}
     got = filter_pod(pod("p", annotations=anti({"matchLabels": {"a": "b"}})), {}, empty, [])
     assert not got["fit"] and "Node Resource Topology" in got["reason"]
@@ -217,3 +222,106 @@ def test_choose_numa_honours_anti_affinity_and_resources():
     assert choose_numa_for_pod(worker, FACTS, ps + full)["numa"] is None
     assert choose_numa_for_pod(bound(pod("keep"), 3), FACTS, [])["numa"] == 3
     assert choose_numa_for_pod(pod("s", qos="shared_cores", memory_enhancement=None), FACTS, [])["numa"] is None
+
+
+# -- aligned resources (Katalyst's alignedResources) -------------------------------------------------------
+GPU = "nvidia.com/gpu"
+WITH_GPU = aligned_resource_names(["cpu", "memory", GPU])
+
+
+def gpu_cnr(policy, gpus=None, allocations=None):
+    """A CNR as the agent and a device reporter write it: 2 sockets x 2 NUMA, cpu/memory (and the reclaimed resources)
+    per NUMA zone, plus ``nvidia.com/gpu`` in the zones of the NUMA nodes the GPUs are attached to (``gpus``:
+    {numa: count}; other zones do not list the resource). Allocations carry the GPUs a pod holds on that NUMA."""
+    node_cnr = cnr(policy, allocations=allocations)
+    for socket in node_cnr["status"]["topologyZone"]:
+        for zone in socket["children"]:
+            for field in ("allocatable", "capacity"):
+                zone["resources"][field].update({"resource.katalyst.kubewharf.io/reclaimed_millicpu": "4k",
+                                                 "resource.katalyst.kubewharf.io/reclaimed_memory": "8Gi"})
+                if int(zone["name"]) in (gpus or {}):
+                    zone["resources"][field][GPU] = str(gpus[int(zone["name"])])
+    return node_cnr
+
+
+def gpu_pod(name, gpus, cpu="4", enhancement=BINDING):
+    p = pod(name, cpu=cpu, memory_enhancement=enhancement, extra_requests={GPU: str(gpus)})
+    p["spec"]["containers"][0]["resources"]["limits"][GPU] = str(gpus)
+    return p
+
+
+def gpu_alloc(p, numa_cpu, gpus):
+    return {"consumer": "default/%s/%s" % (p["metadata"]["name"], p["metadata"]["uid"]),
+            "requests": {"cpu": numa_cpu, "memory": "2Gi", GPU: str(gpus)}}
+
+
+def test_aligned_resource_names_is_the_setting_checked():
+    assert aligned_resource_names(["cpu", "memory"]) == DEFAULT_ALIGNED_RESOURCES == frozenset(("cpu", "memory"))
+    assert aligned_resource_names(("cpu", "memory", GPU, "hugepages-2Mi", "cpu")) == frozenset(("cpu", "memory", GPU, "hugepages-2Mi"))
+    assert aligned_resource_names([]) == frozenset()
+    for bad in ("cpu", ["nvidia.com/"], ["a b"], [5], ["-gpu"], ["x/" + "g" * 64], None):
+        with pytest.raises(ValueError, match="aligned resources"):
+            aligned_resource_names(bad)
+
+
+def test_gpu_aligned_pod_fits_only_where_one_numa_has_enough_gpus_cpu_and_memory():
+    # GPUs on NUMA 1 (2, one held by a running pod) and NUMA 3 (2); NUMA 3's CPUs are half taken
+    holder, busy = pod("holder", cpu="2"), pod("busy", cpu="4")
+    allocations = {1: [gpu_alloc(holder, "2", 1)], 3: [alloc(busy, "4")]}
+    single = gpu_cnr("SingleNUMANodeContainerLevel", {1: 2, 3: 2}, allocations)
+    on_node = [holder, busy]
+    got = filter_pod(gpu_pod("two", 2), {}, single, on_node, aligned_resources=WITH_GPU)
+    assert got["fit"] and got["numas"] == [3]                   # NUMA 1 has one GPU left
+    got = filter_pod(gpu_pod("one", 1, cpu="6"), {}, single, on_node, aligned_resources=WITH_GPU)
+    assert got["fit"] and got["numas"] == [1]                   # NUMA 3 has 4 CPUs left, NUMA 0 and 2 no GPU
+    got = filter_pod(gpu_pod("two-six", 2, cpu="6"), {}, single, on_node, aligned_resources=WITH_GPU)
+    assert not got["fit"] and got["reason"] == "cannot align container main"      # 3 GPUs free on the node, none with 6 CPUs
+    # numeric policy: a NUMA-binding pod gets its aligned resources from one NUMA node
+    numeric = gpu_cnr("NumericContainerLevel", {1: 2, 3: 2}, allocations)
+    assert numa_resource_fit(gpu_pod("two", 2), numeric, on_node, aligned_resources=WITH_GPU)["numas"] == [3]
+    assert numa_resource_fit(gpu_pod("one", 1), numeric, on_node, aligned_resources=WITH_GPU)["numas"] == [1]
+    # Katalyst's default (cpu, memory): GPUs are not aligned, cpu and memory take the first NUMA that fits, and the GPUs
+    # only have to exist on the node's NUMA nodes
+    assert numa_resource_fit(gpu_pod("two", 2), numeric, on_node)["numas"] == [0]
+    assert not numa_resource_fit(gpu_pod("four", 4), numeric, on_node)["fit"]      # 3 GPUs free in all
+    # exclusive: the smallest set of idle NUMA nodes (of one socket while it fits in one) holding the CPUs and the GPUs;
+    # here only NUMA 0 and 2 are idle and neither has a GPU
+    exclusive = gpu_pod("x", 3, cpu="12", enhancement=EXCLUSIVE)
+    assert not numa_resource_fit(exclusive, numeric, on_node, aligned_resources=WITH_GPU)["fit"]
+    idle = gpu_cnr("NumericContainerLevel", {2: 2, 3: 2})
+    assert numa_resource_fit(exclusive, idle, [], aligned_resources=WITH_GPU)["numas"] == [2, 3]
+    assert numa_resource_fit(exclusive, idle, [])["numas"] == [0, 1]      # GPUs not aligned: the first idle pair
+
+
+def test_gpu_aligned_pod_is_refused_by_a_node_whose_numa_zones_report_no_gpu():
+    for policy in ("SingleNUMANodeContainerLevel", "NumericContainerLevel"):
+        no_gpus = gpu_cnr(policy)
+        got = filter_pod(gpu_pod("g", 1), {}, no_gpus, [], aligned_resources=WITH_GPU)
+        assert not got["fit"] and got["reason"].startswith("cannot align container")
+        assert got["reason"].endswith(": no NUMA zone of the node reports nvidia.com/gpu")
+        # not aligned (Katalyst's default): a resource no NUMA zone reports is left to kube-scheduler's node-level fit
+        assert filter_pod(gpu_pod("g", 1), {}, no_gpus, [])["fit"]
+    native = gpu_pod("n", 1)
+    native["metadata"]["annotations"] = {}
+    got = numa_resource_fit(native, gpu_cnr("SingleNUMANodePodLevel"), [], "native", aligned_resources=WITH_GPU)
+    assert got == {"fit": False, "numas": [], "reason": "cannot align pod: no NUMA zone of the node reports nvidia.com/gpu"}
+    assert score_pod(gpu_pod("g", 1), {}, gpu_cnr("SingleNUMANodeContainerLevel", {0: 1}), [], aligned_resources=WITH_GPU) > 0
+
+
+# -- numa_bind_result ----------------------------------------------------------------------------------------
+def test_malformed_bind_result_is_read_as_absent_and_listed_for_a_report():
+    assert bind_result(bound(pod("a"), "0, 2")) == (0, 2) and bind_result(pod("b")) is None
+    assert bind_result_problem(bound(pod("a"), "1")) is None
+    broken = bound(pod("broken", cpu="4"), "x")
+    assert bind_result(broken) is None and "numa_bind_result='x'" in bind_result_problem(broken)
+    done = bound(pod("done"), "oops")
+    done["status"]["phase"] = "Succeeded"
+    assert [(p["metadata"]["name"], problem) for p, problem in bind_result_problems([broken, done, bound(pod("ok"), "2")])] == [
+        ("broken", bind_result_problem(broken))]
+    # the NUMA-binding pod with an unreadable result counts as not pinned yet: on every NUMA node (pessimistic)
+    view = node_view(cnr("SingleNUMANodeContainerLevel"), [broken])
+    assert view["bind_result_problems"] == [(broken, bind_result_problem(broken))]
+    assert {numa: values["cpu"] for numa, values in view["available"].items()} == {0: 4000, 1: 4000, 2: 4000, 3: 4000}
+    assert filter_pod(pod("p", cpu="6"), {}, cnr("SingleNUMANodeContainerLevel"), [broken])["reason"] == "cannot align container main"
+    # on the node side the pod's neighbours go on (the broken one is not counted anywhere, as a pod not pinned yet)
+    assert choose_numa_for_pod(pod("w"), FACTS, [broken])["numa"] == 0

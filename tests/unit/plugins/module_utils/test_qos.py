@@ -80,3 +80,17 @@ def test_numa_binding_predicates():
     assert qos.is_numa_binding(annotations) and qos.is_numa_exclusive(annotations)
     assert not qos.is_numa_exclusive({MEM: '{"numa_exclusive": "true"}'})
     assert not qos.is_numa_binding({})
+
+
+@pytest.mark.parametrize("text, expected", [("2", (2,)), ("0,1", (0, 1)), (" 3 , 1", (1, 3)), ("007", (7,))])
+def test_numa_bind_result_parses_ids(text, expected):
+    assert qos.parse_numa_bind_result(text) == expected
+
+
+@pytest.mark.parametrize("text, why", [("", "not a NUMA id"), ("x", "not a NUMA id"), ("-1", "not a NUMA id"), ("1,", "not a NUMA id"),
+                                       ("1.0", "not a NUMA id"), ("\u0661", "not a NUMA id"), ("1,1", "twice"), (1, "must be a string")])
+def test_malformed_numa_bind_result_is_an_error_naming_the_key_and_value(text, why):
+    # Katalyst's GetActualNUMABindingResult returns an error (strconv.Atoi); the callers report it and read it as absent
+    with pytest.raises(qos.QoSError, match=why) as raised:
+        qos.parse_numa_bind_result(text)
+    assert qos.NUMA_BIND_RESULT_KEY in str(raised.value) and repr(text) in str(raised.value)
