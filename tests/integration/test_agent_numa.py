@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from kubernetes import client
@@ -79,6 +80,14 @@ def numa_agent(kubeapi, kube_client, tmp_path):
         log.close()
 
 
+def loop_runs(env, loop):
+    """Finished passes of one of the agent's loops, from its /metrics."""
+    port = int(re.search(r"on 127\.0\.0\.1:(\d+)", open(env["log"]).read()).group(1))
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as response:
+        text = response.read().decode()
+    return sum(float(m) for m in re.findall(r'^katalyst_loop_runs_total\{[^}]*loop="%s"[^}]*\} (\S+)$' % loop, text, re.M))
+
+
 def cnr_status(env):
     try:
         return env["custom"].get_cluster_custom_object(*CNR_ARGS, NODE).get("status") or {}
@@ -107,7 +116,8 @@ def test_reclaimed_resources_per_numa_in_the_cnr(numa_agent):
         assert parse_quantity(zones[numa][1][RECLAIMED_MEMORY]).value() == 59 * GI // 4    # rescaled: NUMAs sum to the node
         assert zones[numa][1]["cpu"] == "8" and parse_quantity(zones[numa][1]["memory"]).value() == 16 * GI
     version = env["custom"].get_cluster_custom_object(*CNR_ARGS, NODE)["metadata"]["resourceVersion"]
-    time.sleep(1.5)       # unchanged readings: no write
+    passes = loop_runs(env, "reclaimed_resources")        # unchanged readings: the next passes write nothing
+    wait_until(lambda: loop_runs(env, "reclaimed_resources") >= passes + 3, what="three more reclaimed_resources passes")
     assert env["custom"].get_cluster_custom_object(*CNR_ARGS, NODE)["metadata"]["resourceVersion"] == version
 
     # usage moves: NUMA 0 nearly full, and the 8 CPUs of NUMA 0 (0-3, 16-19) fully busy from now on
