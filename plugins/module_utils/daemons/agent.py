@@ -99,6 +99,7 @@ class Agent:
         self.node = None            # informer on this node only: its overcommit ratio annotations cap the realtime ratio
         self.kube = None
         self.reported_problems = {}
+        self.unparsable_tcp_limits = {}   # memory.kmem.tcp.limit_in_bytes file -> content already logged
         self._node_facts = None
         self.pod_views, self.previous_pod_views = [], []
         self.realtime_overcommit = RealtimeOvercommit(self)
@@ -178,8 +179,8 @@ class Agent:
 
     def converge_tcp_memory(self):
         """memory.kmem.tcp.limit_in_bytes of every container from its own memory limit (cgroup v1 only)."""
-        if not self.config["tcp_memory_enabled"]:
-            return
+        if not self.config["tcp_memory_enabled"] or not tcpmem.cgroup_limits_enabled(self.config["tcp_memory_cgroup_ratio"]):
+            return      # ratio 0: no per-container limits (Katalyst's --qrm-memory-cgroup-tcpmem-ratio 0), nothing read
         fs = self.sysfs
         version = "v2" if self.node_facts()["cgroup"]["mode"] == "v2" else "v1"
         containers = []
@@ -189,14 +190,24 @@ class Agent:
                 path = "/sys/fs/cgroup/memory" + self.cgroup_prefix() + relative
                 if not limits.get(name) or not fs.isdir(path):
                     continue
-                current = fs.read_text(path + "/memory.kmem.tcp.limit_in_bytes", default="")
+                tcp_file = path + "/" + tcpmem.TCP_LIMIT_FILE
                 containers.append({"path": path, "memory_limit_bytes": parse_quantity(str(limits[name])).value(),
-                                   "tcp_limit_bytes": int(current) if current.isdigit() else None})
+                                   "tcp_limit_content": fs.read_text(tcp_file) if fs.exists(tcp_file) else None})
         plan, report = tcpmem.plan_tcp_limits(version, containers, self.config["tcp_memory_cgroup_ratio"])
         if not report["supported"]:
             LOG.info(report["reason"], extra={"loop": "tcp_memory"})
             return
+        self.report_unparsable_tcp_limits(report["unparsable"])
         self.record("tcp_memory", plan.apply(cgroups.applier(fs)))
+
+    def report_unparsable_tcp_limits(self, unparsable):
+        """A TCP limit file that does not hold a byte count: its container is skipped; logged once per file and content."""
+        seen = {entry["file"]: entry["content"] for entry in unparsable}
+        for tcp_file, content in seen.items():
+            if self.unparsable_tcp_limits.get(tcp_file) != content:
+                LOG.warning("tcp_memory: %s holds %r, not a byte count: container skipped, file left as it is", tcp_file, content,
+                            extra={"loop": "tcp_memory", "target": tcp_file})
+        self.unparsable_tcp_limits = seen
 
     def report_problem(self, pod, problem):
         """A bad annotation becomes a Warning Event on the pod (once per pod and message)."""
