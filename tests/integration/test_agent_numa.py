@@ -218,14 +218,14 @@ def test_numa_binding_pins_cpusets_and_honours_anti_affinity(numa_agent):
     cpus = {0: "0-3,16-19", 1: "4-7,20-23", 2: "8-11,24-27", 3: "12-15,28-31"}
     for name, (pod_dir, cid) in placed.items():
         for path in (pod_dir, pod_dir + "/" + cid):
-            wait_until(lambda path=path: os.path.exists(path + "/cpuset.mems"), what="cpusets of %s" % name)
-            assert read("", path + "/cpuset.cpus") == cpus[numas[name]]
-            assert read("", path + "/cpuset.mems") == str(numas[name])
+            # the annotation is patched before the cpusets are written, and a sysroot file is created empty: wait for the content
+            wait_until(lambda path=path, name=name: read("", path + "/cpuset.cpus") == cpus[numas[name]]
+                       and read("", path + "/cpuset.mems") == str(numas[name]), what="cpusets of %s" % name, ignore=(OSError,))
     # a third worker: only the NUMA nodes the parameter servers do not hold remain, and it still avoids them
     w2 = run_pod(env, binding_pod(core, "w2", {"app": "tf", "role": "worker"}))
     wait_until(lambda: bind_result(env, "w2") is not None, what="w2 to be bound")
     assert int(bind_result(env, "w2")) not in (numas["ps0"], numas["ps1"])
-    assert read("", w2[0] + "/cpuset.mems") == bind_result(env, "w2")
+    wait_until(lambda: read("", w2[0] + "/cpuset.mems") == bind_result(env, "w2"), what="the cpuset of w2", ignore=(OSError,))
     # drift is corrected
     with open(placed["w0"][0] + "/cpuset.cpus", "w") as handle:
         handle.write("0-31")

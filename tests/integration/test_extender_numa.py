@@ -107,9 +107,12 @@ def schedule_and_run(env, body):
     wait_until(lambda: any(p["metadata"]["name"] == name and BIND_RESULT in (p["metadata"].get("annotations") or {})
                            for p in env["extender"].cache.pods_on(node)), what="the extender to see the pin")
     cpuset = env["sysroots"][node] + "/sys/fs/cgroup/cpuset/kubepods/pod%s" % pod.metadata.uid
-    wait_until(lambda: os.path.exists(cpuset + "/cpuset.mems"), what="the cpuset of %s" % name)
-    with open(cpuset + "/cpuset.mems") as handle:
-        assert handle.read().strip() == str(numa)
+
+    def mems():
+        # a sysroot file is created empty, then written: wait for the content, not for the file
+        with open(cpuset + "/cpuset.mems") as handle:
+            return handle.read().strip()
+    wait_until(lambda: mems() == str(numa), what="the cpuset of %s on NUMA %d" % (name, numa), ignore=(FileNotFoundError,))
     return node, numa
 
 
