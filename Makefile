@@ -79,7 +79,29 @@ sandbox-down:
 demo: setup sandbox-up
 	$(BIN)/python -m sandbox demo --state-dir $(SANDBOX_STATE)
 
+# --- the real Kubernetes tier (sandbox/kube/README.md) -------------------------------------------
+# The pinned release's kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl and
+# etcd as one binary in .build/kube/<version>/ (cold ~30 min on 2 cores; seconds when up to date).
+.PHONY: kube-build cluster-up cluster-down cluster-status
+kube-build:
+	sandbox/kube/build.sh
+
+# etcd, kube-apiserver (TLS, Node+RBAC), kube-controller-manager and kube-scheduler on loopback, state in .cluster/
+# (KUBECONFIG=.cluster/admin.kubeconfig). CLUSTER_EXTENDER_CONFIG: the KubeSchedulerConfiguration the
+# scheduler_extender role writes, whose `extenders` entry kube-scheduler then uses.
+CLUSTER_STATE := $(CURDIR)/.cluster
+CLUSTER_EXTENDER_CONFIG ?=
+cluster-up: kube-build venv
+	$(BIN)/python -m sandbox.kube.cluster up --state-dir $(CLUSTER_STATE) \
+	  $(if $(CLUSTER_EXTENDER_CONFIG),--scheduler-extender-config $(CLUSTER_EXTENDER_CONFIG))
+
+cluster-status:
+	$(BIN)/python -m sandbox.kube.cluster status --state-dir $(CLUSTER_STATE)
+
+cluster-down:
+	-$(BIN)/python -m sandbox.kube.cluster down --state-dir $(CLUSTER_STATE)
+
 include mk/molecule.mk
 
-clean: sandbox-down
-	rm -rf $(BUILD) tests/output .pytest_cache $(SANDBOX_STATE)
+clean: sandbox-down cluster-down
+	rm -rf $(BUILD) tests/output .pytest_cache $(SANDBOX_STATE) $(CLUSTER_STATE)
