@@ -44,7 +44,7 @@ def agent(kubeapi, tmp_path):
             port["value"] = int(match.group(1))
         return bool(match)
 
-    wait_until(started, what="the agent to start")
+    wait_until(started, timeout=180, what="the agent to start")
     yield {"process": process, "sysroot": sysroot, "config": config, "port": port["value"], "log": log}
     if process.poll() is None:
         process.terminate()

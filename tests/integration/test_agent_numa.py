@@ -69,7 +69,7 @@ def numa_agent(kubeapi, kube_client, tmp_path):
         process = subprocess.Popen([sys.executable, "-m", "ansible_collections.katalyst.colocation.plugins.module_utils.daemons.agent",
                                     "--config", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env)
         processes.append((process, log))
-        wait_until(lambda: re.search(r"on 127\.0\.0\.1:(\d+)", open(log.name).read()), what="the agent to start")
+        wait_until(lambda: re.search(r"on 127\.0\.0\.1:(\d+)", open(log.name).read()), timeout=180, what="the agent to start")
         return process
 
     yield {"start": start, "sysroot": sysroot, "core": core, "custom": client.CustomObjectsApi(kube_client), "log": tmp_path / "agent.log"}

@@ -200,10 +200,15 @@ def test_runs_inside_katalyst_controller(env, kube_client, tmp_path, monkeypatch
         set_spec(custom, "pool-a", {"resourceOvercommitRatio": {"cpu": "3"}})
         wait_until(lambda: (core.read_node("n2").metadata.annotations or {}).get(PREFIX + "cpu_overcommit_ratio") == "3",
                    timeout=60, what="n2's new ratio")
-        passes = controller.loops["overcommit"].runs
+        nodes, loop = controller.informers["nodes"], controller.loops["overcommit"]
+
+        def settled():     # the events of the controller's own writes delivered, no pass pending
+            cached = {n["metadata"]["name"]: n["metadata"]["resourceVersion"] for n in nodes.items()}
+            return cached == {n.metadata.name: n.metadata.resource_version for n in core.list_node().items} and not loop.wakeup.is_set()
+        wait_until(settled, timeout=60, what="the controller to settle")
+        passes = loop.runs                         # (a pass still running now may count once more)
         for _beat in range(3):
             last = heartbeat(core, "n3")           # heartbeats that change nothing do not trigger passes
-        nodes = controller.informers["nodes"]      # once the informer has seen the last one, no pass may follow from them
         seen = int(last.metadata.resource_version)     # (the controller may write n3 after it: at least this version)
         wait_until(lambda: any(n["metadata"]["name"] == "n3" and int(n["metadata"]["resourceVersion"]) >= seen for n in nodes.items()),
                    timeout=60, what="the informer to see the heartbeats")
