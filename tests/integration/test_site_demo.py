@@ -133,11 +133,14 @@ def test_site_on_the_sandbox_overcommits_and_tides(sandbox_state):
         "spec": {"nodeConfigs": {"nodeSelector": {"node.kubernetes.io/instance-type": "sandbox"},
                                  "reserve": {"online": 1, "offline": 1}}}})
 
+    # the controller labels the nodes first and writes the pool's status after, so wait for both
     def tided():
         labels = {n.metadata.name: n.metadata.labels or {} for n in core.list_node().items}
+        pool = custom.get_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, "demo")
         return (all(labels[name].get(tide.LABEL_NODE_POOL) == "demo" for name in labels)
-                and sum(1 for value in labels.values() if value.get(tide.LABEL_TIDE) == "true") == 1)
-    wait_until(tided, what="the tide controller to give the pool's nodes their roles")
+                and sum(1 for value in labels.values() if value.get(tide.LABEL_TIDE) == "true") == 1
+                and "reserveNodes" in pool.get("status", {}))
+    wait_until(tided, what="the tide controller to give the pool's nodes their roles and record them in its status")
     pool = custom.get_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, "demo")
     reserve = pool["status"]["reserveNodes"]
     assert len(reserve["onlineNodes"]) == 1 and len(reserve["offlineNodes"]) == 1
