@@ -139,7 +139,7 @@ def test_reclaimed_resources_per_numa_in_the_cnr(numa_agent):
         memory = {n: parse_quantity(z[1][RECLAIMED_MEMORY]).value() for n, z in numa_zones(status).items()}
         return status["resources"]["allocatable"][RECLAIMED_CPU] == "24k" and memory["0"] < 2 * GI
 
-    wait_until(moved, timeout=30, what="the report to follow usage")
+    wait_until(moved, what="the report to follow usage")
     status = cnr_status(env)
     zones = numa_zones(status)
     # 24 idle CPUs shared by the 4 non-bound NUMA nodes; memory headroom (59Gi) spread by free memory: 1Gi vs 12Gi

@@ -348,23 +348,24 @@ def test_restarting_the_controller_mid_way_ends_in_the_same_state(cluster, kubea
     path = tmp_path / "controller.yaml"
     write_config(path, kubeapi.kubeconfig, leader_election=True, lease_namespace="default", lease_duration_seconds=2,
                  renew_deadline_seconds=1.5, retry_period_seconds=0.3, identity="first")
+    # the timeouts below include a controller process starting: up to minutes on a loaded machine
     first, log = start_controller(path, tmp_path / "first.log")
     try:
         create_pool(custom)
-        wait_until(lambda: any(role == "tide-offline" for role in node_roles(core).values()), timeout=30, what="the first flip")
+        wait_until(lambda: any(role == "tide-offline" for role in node_roles(core).values()), timeout=180, what="the first flip")
         first.send_signal(signal.SIGKILL)                                # mid-way: no Lease release, no cleanup
         first.wait(10)
         write_config(path, kubeapi.kubeconfig, leader_election=True, lease_namespace="default", lease_duration_seconds=2,
                      renew_deadline_seconds=1.5, retry_period_seconds=0.3, identity="second")
         second, log2 = start_controller(path, tmp_path / "second.log")
         try:
-            wait_until(lambda: managed_state(core) == expected, timeout=40, what="the fixed point after the restart")
+            wait_until(lambda: managed_state(core) == expected, timeout=180, what="the fixed point after the restart")
             time.sleep(1.5)                                              # and it stays there
             assert managed_state(core) == expected
             leases = client.CoordinationV1Api(core.api_client)
             # the fixed point may already stand when the first replica dies: the second takes over once its Lease expires
             wait_until(lambda: leases.read_namespaced_lease("katalyst-controller", "default").spec.holder_identity == "second",
-                       timeout=20, what="the second replica to hold the Lease")
+                       timeout=60, what="the second replica to hold the Lease")
             assert managed_state(core) == expected
             pool = pool_object(custom)
             assert pool["metadata"]["finalizers"] == [tide.FINALIZER]
