@@ -1,6 +1,6 @@
 """Bring the embedded sandbox up and down, and run the demo against it.
 
-    python -m sandbox up     [--state-dir .sandbox]   API emulator + node sysroots + kubelets + scheduler
+    python -m sandbox up     [--state-dir .sandbox] [--backend emulator|real]   cluster + node sysroots + kubelets
     python -m sandbox status [--state-dir .sandbox]
     python -m sandbox demo   [--state-dir .sandbox]   ansible-playbook playbooks/site.yml, then a summary
     python -m sandbox down   [--state-dir .sandbox]
@@ -15,6 +15,13 @@ The emulator keeps its objects in STATE_DIR/apiserver.json and its port in STATE
 then `up` (or a second `make demo`) finds the cluster as it was left, at the same address: the kubeconfigs the
 demo installed stay valid and the demo only restarts the daemons. When that port is taken by then, the emulator
 takes a free one and `up` says so.
+
+Two backends play the cluster. `emulator` (the default, up in seconds): our API emulator plus the sandbox scheduler.
+`real` (sandbox/realbackend.py): the pinned Kubernetes release's etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler on loopback (built first when missing), state in STATE/kube. Either way the sandbox kubelets keep the
+sandbox nodes' Node objects alive, and the node plays and the daemons are the same. `up` records its backend in
+STATE/backend; `demo` and `status` follow it, `up` with the other backend stops the one that ran, and `down` stops
+whichever runs.
 """
 
 import argparse
@@ -31,6 +38,8 @@ import yaml
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INVENTORY = os.path.join(TOP, "inventories", "sandbox", "hosts.yml")
 PLAYBOOK = os.path.join(TOP, "playbooks", "site.yml")
+BACKENDS = ("emulator", "real")
+BACKEND_FILE = "backend"           # the backend `up` started in this state directory: `demo` and `status` follow it
 API_PORT_FILE = "apiserver.port"   # the emulator's port, kept across down/up so that the kubeconfigs stay the same
 RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
                    r"\s+failed=(?P<failed>\d+)")
@@ -155,25 +164,85 @@ def start_api_emulator(state, timeout=120):
     return port, "a new one: the recorded port %d is taken, so the next demo points the daemons' kubeconfigs at this one" % recorded
 
 
+def recorded_backend(state):
+    """The backend the last `up` in ``state`` started (the emulator when none did)."""
+    try:
+        with open(os.path.join(state, BACKEND_FILE)) as handle:
+            backend = handle.read().strip()
+    except OSError:
+        return "emulator"
+    return backend if backend in BACKENDS else "emulator"
+
+
+def record_backend(state, backend):
+    with open(os.path.join(state, BACKEND_FILE), "w") as handle:
+        handle.write(backend + "\n")
+
+
+def backend_kubeconfig(state, backend):
+    from sandbox import realbackend  # pylint: disable=import-outside-toplevel
+    return realbackend.kubeconfig(state) if backend == "real" else os.path.join(state, "kubeconfig")
+
+
+def emulator_up(state):
+    """The API emulator of ``state`` (started unless it runs); its kubeconfig."""
+    kubeconfig = os.path.join(state, "kubeconfig")
+    if not pid_alive(os.path.join(state, "apiserver.pid")):
+        print("sandbox: API emulator up (kubeconfig %s) on port %d, %s" % ((kubeconfig,) + start_api_emulator(state)))
+    return kubeconfig
+
+
+def real_up(state):
+    """The real control plane of ``state`` (built and started unless it runs); its admin kubeconfig."""
+    from sandbox import realbackend  # pylint: disable=import-outside-toplevel
+    return realbackend.up(state)
+
+
+def stop_cluster(state):
+    """Stop whichever cluster runs in ``state``: the kubelets (and sandbox scheduler), the emulator, the real control plane."""
+    from sandbox import realbackend  # pylint: disable=import-outside-toplevel
+    stop_process(os.path.join(state, "cluster.pid"), "sandbox kubelets and scheduler")
+    stop_process(os.path.join(state, "apiserver.pid"), "API emulator")
+    realbackend.down(state)
+
+
+def start_kubelets(state, nodes, kubeconfig, backend):
+    """The sandbox kubelets of ``nodes`` against ``kubeconfig``, plus the sandbox scheduler on the emulator (a real
+    cluster has kube-scheduler)."""
+    cluster_pidfile = os.path.join(state, "cluster.pid")
+    if pid_alive(cluster_pidfile):
+        return
+    command = [sys.executable, "-m", "sandbox.cluster", "--state-dir", state, "--kubeconfig", kubeconfig]
+    if backend == "real":
+        command.append("--without-scheduler")
+    else:
+        command += ["--scheduler-config", os.path.join(state, "kube-scheduler-config.yaml")]
+    for name in nodes:
+        command += ["--node", name]
+    start_process(command, cluster_pidfile, os.path.join(state, "cluster.log"))
+
+
 def cmd_up(args):
     from sandbox.sysroot import build_sysroot  # pylint: disable=import-outside-toplevel
+    parser = argparse.ArgumentParser(prog="python -m sandbox up")
+    parser.add_argument("--backend", choices=BACKENDS, default="emulator",
+                        help="the cluster: our API emulator (default, seconds) or the real Kubernetes control plane")
+    backend = parser.parse_args(args.extra).backend
     state = os.path.abspath(args.state_dir)
     os.makedirs(state, exist_ok=True)
     nodes = inventory_nodes()
     for name in nodes:
         build_sysroot(os.path.join(state, "nodes", name, "sysroot"))
-    kubeconfig = os.path.join(state, "kubeconfig")
-    if not pid_alive(os.path.join(state, "apiserver.pid")):
-        print("sandbox: API emulator up (kubeconfig %s) on port %d, %s" % ((kubeconfig,) + start_api_emulator(state)))
-    cluster_pidfile = os.path.join(state, "cluster.pid")
-    if not pid_alive(cluster_pidfile):
-        command = [sys.executable, "-m", "sandbox.cluster", "--state-dir", state, "--kubeconfig", kubeconfig,
-                   "--scheduler-config", os.path.join(state, "kube-scheduler-config.yaml")]
-        for name in nodes:
-            command += ["--node", name]
-        start_process(command, cluster_pidfile, os.path.join(state, "cluster.log"))
-    wait_for(lambda: nodes_ready(kubeconfig, nodes), 60, "%d Ready nodes" % len(nodes))
-    print("sandbox: %d nodes Ready: %s" % (len(nodes), ", ".join(nodes)))
+    if recorded_backend(state) != backend:
+        print("sandbox: switching %s from the %s to the %s backend" % (state, recorded_backend(state), backend))
+        stop_cluster(state)   # the daemons a demo started stay: the next demo gives them the new kubeconfig
+    record_backend(state, backend)
+    kubeconfig = real_up(state) if backend == "real" else emulator_up(state)
+    start_kubelets(state, nodes, kubeconfig, backend)
+    # a real kube-controller-manager's node lifecycle controller under load takes longer than the emulator
+    wait_for(lambda: nodes_ready(kubeconfig, nodes), 180 if backend == "real" else 60, "%d Ready nodes" % len(nodes))
+    print("sandbox: %d nodes Ready on the %s: %s" % (len(nodes), "real control plane" if backend == "real" else "API emulator",
+                                                    ", ".join(nodes)))
     return 0
 
 
@@ -223,16 +292,19 @@ def cmd_down(args):
     for entry in sorted(os.listdir(services)) if os.path.isdir(services) else []:
         if entry.endswith(".pid"):
             stop_process(os.path.join(services, entry), entry[:-4], marker=b"katalyst")
-    stop_process(os.path.join(state, "cluster.pid"), "sandbox kubelets and scheduler")
-    stop_process(os.path.join(state, "apiserver.pid"), "API emulator")
+    stop_cluster(state)
     return 0
 
 
 def cmd_status(args):
     state = os.path.abspath(args.state_dir)
+    from sandbox import realbackend  # pylint: disable=import-outside-toplevel
+    print("%-24s %s" % ("backend", recorded_backend(state)))
     for name, pidfile in (("API emulator", "apiserver.pid"), ("kubelets+scheduler", "cluster.pid")):
         pid = pid_alive(os.path.join(state, pidfile))
-        print("%-20s %s" % (name, "running (pid %d)" % pid if pid else "stopped"))
+        print("%-24s %s" % (name, "running (pid %d)" % pid if pid else "stopped"))
+    for name, words in realbackend.status(state):
+        print("%-24s %s" % (name, words))
     return 0
 
 
@@ -256,8 +328,13 @@ def summarize(output_lines, kubeconfig):
 
 def cmd_demo(args):
     state = os.path.abspath(args.state_dir)
+    backend = recorded_backend(state)
+    kubeconfig = backend_kubeconfig(state, backend)
     # All sandbox nodes at once (serial is a play keyword: inventory variables cannot set it).
-    command = ["ansible-playbook", "-i", INVENTORY, PLAYBOOK, "-e", "katalyst_node_serial=100%"] + list(args.extra)
+    command = ["ansible-playbook", "-i", INVENTORY, PLAYBOOK, "-e", "katalyst_node_serial=100%"]
+    if backend == "real":   # the same inventory, pointed at the real cluster (client certificates, RBAC)
+        command += ["-e", "katalyst_kubeconfig=%s" % kubeconfig]
+    command += list(args.extra)
     print("sandbox: %s" % " ".join(command))
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=TOP)
     lines = []
@@ -265,7 +342,10 @@ def cmd_demo(args):
         sys.stdout.write(line)
         lines.append(line)
     rc = process.wait()
-    summarize(lines, os.path.join(state, "kubeconfig"))
+    if backend == "real" and rc == 0:
+        from sandbox import realbackend  # pylint: disable=import-outside-toplevel
+        realbackend.apply_scheduler_config(state)
+    summarize(lines, kubeconfig)
     return rc
 
 

@@ -1,7 +1,8 @@
 """The sandbox cluster process: one sandbox kubelet per node plus the sandbox scheduler.
 
 Run by `python -m sandbox up` in the background as `python -m sandbox.cluster --state-dir DIR`;
-SIGTERM stops it cleanly.
+SIGTERM stops it cleanly. With `--without-scheduler` (the real control plane: its kube-scheduler binds the pods)
+it runs the kubelets only.
 """
 
 import argparse
@@ -36,7 +37,7 @@ def config_stamp(path):
     return (status.st_mtime_ns, status.st_size) if status else None
 
 
-def run(state_dir, node_names, kubeconfig, heartbeat_seconds=5.0, scheduler_config=None):
+def run(state_dir, node_names, kubeconfig, heartbeat_seconds=5.0, scheduler_config=None, with_scheduler=True):
     from kubernetes import client, config  # pylint: disable=import-outside-toplevel
     api_client = config.new_client_from_config(config_file=kubeconfig)
     core = client.CoreV1Api(api_client)
@@ -46,6 +47,12 @@ def run(state_dir, node_names, kubeconfig, heartbeat_seconds=5.0, scheduler_conf
     for name in node_names:
         sysroot = os.path.join(state_dir, "nodes", name, "sysroot")
         SandboxKubelet(core, name, sysroot, heartbeat_seconds=heartbeat_seconds).start(stop)
+    if not with_scheduler:
+        LOG.info("sandbox kubelets running: %d, no scheduler (the cluster's own kube-scheduler binds the pods)", len(node_names))
+        while not stop.wait(1.0):   # a timed wait: the SIGTERM handler runs in this thread
+            pass
+        LOG.info("sandbox kubelets stopped")
+        return
     extenders = load_extenders(load_scheduler_config(scheduler_config))
     scheduler = SandboxScheduler(core, extenders=extenders)
     scheduler.start(stop)
@@ -72,9 +79,11 @@ def main(argv=None):
     parser.add_argument("--node", action="append", required=True, dest="nodes")
     parser.add_argument("--heartbeat-seconds", type=float, default=5.0)
     parser.add_argument("--scheduler-config", default=None)
+    parser.add_argument("--without-scheduler", action="store_true", help="kubelets only: a real kube-scheduler binds the pods")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run(args.state_dir, args.nodes, args.kubeconfig, args.heartbeat_seconds, args.scheduler_config)
+    run(args.state_dir, args.nodes, args.kubeconfig, args.heartbeat_seconds, args.scheduler_config,
+        with_scheduler=not args.without_scheduler)
     return 0
 
 

@@ -49,17 +49,19 @@ class Extender:
             raise ExtenderError("extender %s/%s: %s" % (self.url_prefix, verb, exc))
 
     def _args(self, pod, nodes):
+        # what kube-scheduler sends: ExtenderArgs has no json tags, so its keys are Go's field names
         if self.node_cache_capable:
-            return {"pod": pod, "nodenames": [n["metadata"]["name"] for n in nodes]}
-        return {"pod": pod, "nodes": {"items": nodes}}
+            return {"Pod": pod, "Nodes": None, "NodeNames": [n["metadata"]["name"] for n in nodes]}
+        return {"Pod": pod, "Nodes": {"items": nodes}, "NodeNames": None}
 
     def filter(self, pod, nodes):
         """(passing nodes, {node: reason})"""
-        result = self._post(self.filter_verb, self._args(pod, nodes))
+        # kube-scheduler decodes the ExtenderFilterResult as Go does: field names case-insensitively
+        result = {str(key).lower(): value for key, value in (self._post(self.filter_verb, self._args(pod, nodes)) or {}).items()}
         if result.get("error"):
             raise ExtenderError(result["error"])
-        failed = dict(result.get("failedNodes") or {})
-        failed.update(result.get("failedAndUnresolvableNodes") or {})
+        failed = dict(result.get("failednodes") or {})
+        failed.update(result.get("failedandunresolvablenodes") or {})
         if self.node_cache_capable:
             keep = set(result.get("nodenames") or [])
         else:
@@ -68,7 +70,8 @@ class Extender:
 
     def prioritize(self, pod, nodes):
         result = self._post(self.prioritize_verb, self._args(pod, nodes))
-        return {entry["host"]: int(entry["score"]) * self.weight for entry in result or []}
+        entries = [{str(key).lower(): value for key, value in entry.items()} for entry in result or []]
+        return {entry["host"]: int(entry["score"]) * self.weight for entry in entries}
 
 
 def load_extenders(config):

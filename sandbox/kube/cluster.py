@@ -341,7 +341,17 @@ def _get(opener, url, timeout):
 class Cluster:
     """The control plane of one state directory."""
 
-    def __init__(self, state, bin_dir=None, progress=None):
+    def __init__(self, state, bin_dir=None, progress=None, without=(), disabled_controllers=(), disabled_admission_plugins=()):
+        """`without`: components not to run (e.g. the scheduler, for tests that bind pods themselves);
+        `disabled_controllers`: controller-manager controllers to turn off (e.g. node-lifecycle-controller, for Node
+        objects that no kubelet keeps alive); `disabled_admission_plugins`: apiserver admission plugins to turn off
+        (e.g. TaintNodesByCondition, whose not-ready taint only the node lifecycle controller removes)."""
+        unknown = set(without) - set(COMPONENTS[2:])
+        if unknown:
+            raise RuntimeError("only the controller-manager and the scheduler can be left out, not %s" % ", ".join(sorted(unknown)))
+        self.components = tuple(c for c in COMPONENTS if c not in without)
+        self.disabled_controllers = tuple(disabled_controllers)
+        self.disabled_admission_plugins = tuple(disabled_admission_plugins)
         self.state = os.path.abspath(state)
         self.bin_dir = os.path.abspath(bin_dir or default_bin_dir())
         self.progress = progress or Progress()
@@ -380,7 +390,8 @@ class Cluster:
                     "--kubelet-client-key=%s/apiserver-kubelet-client.key" % pki,
                     # The `kubernetes` Service cannot point at a loopback address (the apiserver refuses to start).
                     "--endpoint-reconciler-type=none",
-                    "--allow-privileged=true", "--profiling=false", "--cert-dir=%s" % os.path.join(pki, "generated")]
+                    "--allow-privileged=true", "--profiling=false", "--cert-dir=%s" % os.path.join(pki, "generated")] + (
+                        ["--disable-admission-plugins=" + ",".join(self.disabled_admission_plugins)] if self.disabled_admission_plugins else [])
         daemon = "controller-manager" if name == "kube-controller-manager" else "scheduler"
         kubeconfig = os.path.join(st, daemon + ".kubeconfig")
         common = [binary, "--kubeconfig=" + kubeconfig, "--authentication-kubeconfig=" + kubeconfig,
@@ -393,7 +404,8 @@ class Cluster:
                              "--service-account-private-key-file=%s/sa.key" % pki, "--root-ca-file=%s/ca.crt" % pki,
                              "--cluster-signing-cert-file=%s/ca.crt" % pki, "--cluster-signing-key-file=%s/ca.key" % pki,
                              "--service-cluster-ip-range=" + SERVICE_CIDR,
-                             "--node-monitor-grace-period=" + NODE_MONITOR_GRACE, "--node-monitor-period=2s"]
+                             "--node-monitor-grace-period=" + NODE_MONITOR_GRACE, "--node-monitor-period=2s",
+                             "--controllers=" + ",".join(["*"] + ["-" + c for c in self.disabled_controllers])]
         return [a for a in common if not a.startswith("--kubeconfig=")] + [
             "--config=" + os.path.join(st, "scheduler-config.yaml")]
 
@@ -476,14 +488,24 @@ class Cluster:
             for sub in ("logs", "run", "etcd"):
                 os.makedirs(os.path.join(self.state, sub), mode=0o700, exist_ok=True)
             running = {n for n in COMPONENTS if alive(recorded(self.state, n))}
+            unwanted = [n for n in COMPONENTS if n in running and n not in self.components]
+            if unwanted:
+                self.progress("not wanted in this control plane: stopping %s" % ", ".join(unwanted))
+                self.stop(unwanted, 30.0)
+                running.difference_update(unwanted)
             ensure_pki(self.state, self.progress)
             self.ports = ensure_ports(self.state, running, self.progress)
             if self.write_configs(extender_config) and "kube-scheduler" in running:
                 self.progress("scheduler configuration changed: restarting kube-scheduler")
                 self.stop(["kube-scheduler"], 30.0)
                 running.discard("kube-scheduler")
+            _write(os.path.join(self.state, "components.json"), json.dumps(list(self.components)) + "\n")
             started = 0
-            for name in COMPONENTS:
+            for name in self.components:
+                if name in running and name != "kube-scheduler" and recorded(self.state, name)["argv"] != self.argv(name):
+                    self.progress("%s runs with other options than asked for: restarting it" % name)
+                    self.stop([name], 30.0)
+                    running.discard(name)
                 if name not in running:
                     self.start_component(name, timeout, running, extender_config)
                     started += 1
@@ -545,8 +567,11 @@ class Cluster:
         with contextlib.suppress(OSError, ValueError):
             with open(os.path.join(self.state, "ports.json"), encoding="utf-8") as handle:
                 self.ports = json.load(handle)
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(self.state, "components.json"), encoding="utf-8") as handle:
+                self.components = tuple(json.load(handle))
         result = {}
-        for name in COMPONENTS:
+        for name in self.components:
             record = recorded(self.state, name)
             if not alive(record):
                 result[name] = (None, False, "not running")
@@ -578,10 +603,17 @@ def main(argv=None):
     parser.add_argument("--bin-dir", help="the built release (default: .build/kube/<go.mod's version>, or $KUBE_BIN_DIR)")
     parser.add_argument("--scheduler-extender-config",
                         help="the KubeSchedulerConfiguration the scheduler_extender role writes: its `extenders` are merged in")
+    parser.add_argument("--without", action="append", default=[], choices=COMPONENTS[2:],
+                        help="up: leave this component out (repeatable)")
+    parser.add_argument("--disable-controller", action="append", default=[], metavar="NAME",
+                        help="up: turn this kube-controller-manager controller off (repeatable), e.g. node-lifecycle-controller")
+    parser.add_argument("--disable-admission-plugin", action="append", default=[], metavar="NAME",
+                        help="up: turn this kube-apiserver admission plugin off (repeatable), e.g. TaintNodesByCondition")
     parser.add_argument("--timeout", type=float, default=None,
                         help="up: seconds to wait for each component (240); down: seconds between SIGTERM and SIGKILL (30)")
     args = parser.parse_args(argv)
-    cluster = Cluster(args.state_dir, args.bin_dir)
+    cluster = Cluster(args.state_dir, args.bin_dir, without=args.without, disabled_controllers=args.disable_controller,
+                      disabled_admission_plugins=args.disable_admission_plugin)
     try:
         if args.command == "up":
             cluster.up(args.scheduler_extender_config, timeout=args.timeout or 240.0)

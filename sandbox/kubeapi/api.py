@@ -7,7 +7,6 @@ mutating admission webhooks, server-side dry-run, and watches that resume from a
 """
 
 import base64
-import copy
 import datetime
 import json
 import random
@@ -16,11 +15,13 @@ import threading
 import time
 import uuid
 
+import yaml
 from ansible_collections.katalyst.colocation.plugins.module_utils.quantity import parse_quantity
 from ansible_collections.katalyst.colocation.plugins.module_utils.selectors import parse_field_selector, parse_label_selector
-from sandbox.kubeapi import admission, patching, schema
+
+from sandbox.kubeapi import admission, decoding, fieldmanager, openapi, patching, schema
 from sandbox.kubeapi.resources import Registry
-from sandbox.kubeapi.store import Store
+from sandbox.kubeapi.store import Store, json_copy
 
 CRD_KEY = "apiextensions.k8s.io/customresourcedefinitions"
 MUTATING_KEY = "admissionregistration.k8s.io/mutatingwebhookconfigurations"
@@ -59,6 +60,21 @@ def conflict(rtype, name, why):
                     {"name": name, "group": rtype.group, "kind": rtype.plural})
 
 
+def apply_conflict(conflicts):
+    """409 as structured-merge-diff words it: ``Apply failed with 1 conflict: conflict with "m": .data.x``."""
+    causes = [{"reason": "FieldManagerConflict", "message": "conflict with %s" % fieldmanager.print_manager(entry),
+               "field": fieldmanager.readable(path)} for entry, path in conflicts]
+    if len(conflicts) == 1:
+        message = "Apply failed with 1 conflict: %s: %s" % (causes[0]["message"], causes[0]["field"])
+    else:
+        lines = []
+        for manager in sorted({c["message"][len("conflict with "):] for c in causes}):
+            lines.append("conflicts with %s:" % manager)
+            lines.extend("- %s" % c["field"] for c in causes if c["message"] == "conflict with " + manager)
+        message = "Apply failed with %d conflicts: %s" % (len(conflicts), "\n".join(lines))
+    return APIError(409, "Conflict", message, {"causes": causes})
+
+
 def invalid(rtype, name, causes):
     message = '%s "%s" is invalid: %s' % (rtype.kind, name, "; ".join(causes))
     causes = [{"reason": "FieldValueInvalid", "message": c, "field": c.split(":")[0]} for c in causes]
@@ -94,15 +110,36 @@ def default_pod(pod):
     return pod
 
 
+class WriteOptions:
+    """What a write request says besides its body: dry run, field validation, field manager, force; warnings go back."""
+
+    def __init__(self, dry_run=False, field_validation="", field_manager="", user_agent="", force=False):
+        if field_validation not in ("",) + decoding.FIELD_VALIDATION:
+            raise APIError(400, "BadRequest", 'fieldValidation must be one of "Ignore", "Warn" or "Strict", not "%s"' % field_validation)
+        self.dry_run = dry_run
+        self.field_validation = field_validation or "Warn"     # the server's default since 1.23
+        self.field_manager = field_manager
+        self.user_agent = user_agent
+        self.force = force
+        self.warnings = []
+
+    @property
+    def manager(self):
+        """managerOrUserAgent: the fieldManager, else the User-Agent up to its first '/'."""
+        return self.field_manager or "".join(c for c in self.user_agent.split("/")[0] if c.isprintable())[:128]
+
+
 def _spec_part(obj):
     """What ``generation`` tracks: everything but metadata and status."""
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
 
 
 def _comparable(obj):
-    clean = copy.deepcopy(obj)
+    clean = json_copy(obj)
     clean.get("metadata", {}).pop("resourceVersion", None)
-    clean.get("metadata", {}).pop("managedFields", None)
+    meta = clean.get("metadata", {})
+    # ownership counts, the time an entry was written does not (a no-op keeps the resourceVersion)
+    meta["managedFields"] = [{k: v for k, v in entry.items() if k != "time"} for entry in meta.get("managedFields") or []]
     return clean
 
 
@@ -111,6 +148,7 @@ class KubeAPI:
         self.registry = Registry()
         self.store = Store(history_limit=history_limit)
         self.write_lock = threading.RLock()
+        self.openapi = openapi.OpenAPIDocuments(self.registry, self.crd_of)
         for name in DEFAULT_NAMESPACES:
             self._ensure_namespace(name)
 
@@ -127,6 +165,30 @@ class KubeAPI:
             self.registry.register_crd(crd)
         for name in DEFAULT_NAMESPACES:
             self._ensure_namespace(name)
+
+    def crd_of(self, rtype):
+        """The stored CRD that serves ``rtype`` (None for built-ins)."""
+        return self.store.get(CRD_KEY, "", rtype.crd) if rtype.crd else None
+
+    # -- decoding and field ownership ---------------------------------------------------------
+    def _decode(self, rtype, obj, options):
+        """The body as the real server decodes it: 400 on a wrong JSON type (built-ins), unknown fields dropped and
+        reported (a warning, or 400 with fieldValidation=Strict); CRD values are checked by their schema later."""
+        kind_schema, schemas = openapi.kind_schema(rtype, self.crd_of(rtype))
+        if kind_schema is None or options.field_validation == "Ignore" and rtype.crd:
+            return obj
+        decoded, result = decoding.Decoder(schemas, check_types=not rtype.crd).decode(obj, kind_schema, rtype.kind)
+        if result.type_error:
+            raise APIError(400, "BadRequest", decoding.type_error_message(rtype.kind, rtype.version, result.type_error))
+        if result.unknown and options.field_validation == "Strict":
+            raise APIError(400, "BadRequest", decoding.unknown_fields_message(rtype.kind, rtype.version, result.unknown))
+        if options.field_validation == "Warn":
+            options.warnings.extend('unknown field "%s"' % path for path in result.unknown)
+        return decoded if not rtype.crd else obj
+
+    def _field_manager(self, rtype):
+        kind_schema, schemas = openapi.kind_schema(rtype, self.crd_of(rtype))
+        return fieldmanager.FieldManager(kind_schema or {}, schemas, rtype.api_version, rtype.status)
 
     # -- reads --------------------------------------------------------------------------------
     def get(self, rtype, namespace, name):
@@ -168,10 +230,12 @@ class KubeAPI:
             raise APIError(400, "BadRequest", str(exc))
 
     # -- writes -------------------------------------------------------------------------------
-    def create(self, rtype, namespace, body, dry_run=False):
+    def create(self, rtype, namespace, body, dry_run=False, options=None, managed=None):
+        """POST; ``managed``: the managedFields an apply that creates the object computed (else the creator owns all)."""
+        options = options or WriteOptions(dry_run)
         if not isinstance(body, dict):
             raise APIError(400, "BadRequest", "the request body must be a JSON object")
-        obj = copy.deepcopy(body)
+        obj = self._decode(rtype, json_copy(body), options)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + "".join(random.choice(string.ascii_lowercase + string.digits) for _index in range(5))
@@ -202,6 +266,10 @@ class KubeAPI:
             if rtype.kind == "Pod":
                 default_pod(obj)
             obj = self._admit_and_validate(rtype, obj, None, "CREATE", "", dry_run)
+            if managed is not None:
+                obj["metadata"]["managedFields"] = managed
+            else:
+                obj = self._field_manager(rtype).update(None, obj, options.manager)
             if rtype.kind == "CustomResourceDefinition":
                 obj = self._establish_crd(obj)
             obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
@@ -212,7 +280,8 @@ class KubeAPI:
                 self.registry.register_crd(stored)
             return stored
 
-    def update(self, rtype, namespace, name, body, dry_run=False, subresource=""):
+    def update(self, rtype, namespace, name, body, dry_run=False, subresource="", options=None):
+        options = options or WriteOptions(dry_run)
         if not isinstance(body, dict):
             raise APIError(400, "BadRequest", "the request body must be a JSON object")
         with self.write_lock:
@@ -225,14 +294,17 @@ class KubeAPI:
             wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
             if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
                 raise conflict(rtype, name, "the object has been modified; please apply your changes to the latest version and try again")
-            return self._write(rtype, old, copy.deepcopy(body), subresource, dry_run)
+            return self._write(rtype, old, self._decode(rtype, json_copy(body), options), subresource, dry_run, options)
 
-    def patch(self, rtype, namespace, name, patch_body, content_type, dry_run=False, subresource=""):
+    def patch(self, rtype, namespace, name, patch_body, content_type, dry_run=False, subresource="", options=None):
+        options = options or WriteOptions(dry_run)
+        if content_type.split(";")[0].strip() == patching.APPLY_PATCH:
+            return self.apply(rtype, namespace, name, patch_body, options, subresource)
         with self.write_lock:
             old = self.store.get(rtype.storage_key, namespace if rtype.namespaced else "", name)
             if old is None:
                 raise not_found(rtype, name)
-            current = self._present(rtype, copy.deepcopy(old))
+            current = self._present(rtype, json_copy(old))
             try:
                 new = patching.apply_patch(current, patch_body, content_type, rtype.kind if not rtype.crd else None)
             except patching.PatchError as exc:
@@ -240,12 +312,53 @@ class KubeAPI:
             wanted_rv = (new.get("metadata") or {}).get("resourceVersion")
             if wanted_rv and wanted_rv != old["metadata"]["resourceVersion"]:
                 raise conflict(rtype, name, "the object has been modified; please apply your changes to the latest version and try again")
-            return self._write(rtype, old, new, subresource, dry_run)
+            return self._write(rtype, old, self._decode(rtype, new, options), subresource, dry_run, options)
 
-    def _write(self, rtype, old, new, subresource, dry_run):
+    def apply(self, rtype, namespace, name, raw, options, subresource=""):
+        """Server-side apply: create when absent, else merge ``raw`` (YAML or JSON) as ``options.field_manager``."""
+        applied = self._applied_config(rtype, namespace, name, raw, options)
+        manager = self._field_manager(rtype)
+        with self.write_lock:
+            old = self.store.get(rtype.storage_key, namespace if rtype.namespaced else "", name)
+            if old is None and subresource:
+                raise not_found(rtype, name)
+            try:
+                new = manager.apply(self._present(rtype, json_copy(old)) if old else None, applied, options.field_manager, options.force, subresource)
+            except fieldmanager.ApplyConflict as exc:
+                raise apply_conflict(exc.conflicts)
+            if old is None:
+                managed = new["metadata"].pop("managedFields")
+                new["metadata"]["name"] = name
+                if rtype.namespaced:
+                    new["metadata"]["namespace"] = namespace
+                return self.create(rtype, namespace, new, options.dry_run, options, managed=managed)
+            return self._write(rtype, old, new, subresource, options.dry_run, options, managed=new["metadata"]["managedFields"])
+
+    def _applied_config(self, rtype, namespace, name, raw, options):
+        if not options.field_manager:
+            raise APIError(422, "Invalid", 'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch',
+                           {"group": "meta.k8s.io", "kind": "PatchOptions", "causes": [
+                               {"reason": "FieldValueRequired", "message": "Required value: is required for apply patch", "field": "fieldManager"}]})
+        try:
+            applied = yaml.safe_load(raw.decode() if isinstance(raw, bytes) else raw)
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise APIError(400, "BadRequest", "error decoding YAML: %s" % exc)
+        if not isinstance(applied, dict):
+            raise APIError(400, "BadRequest", "the apply configuration must be an object")
+        meta = applied.get("metadata") or {}
+        if meta.get("name") != name:
+            raise APIError(400, "BadRequest", "the name of the object (%s) does not match the name on the URL (%s)" % (meta.get("name"), name))
+        if rtype.namespaced and meta.get("namespace") not in (None, "", namespace):
+            raise APIError(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
+        if (applied.get("apiVersion"), applied.get("kind")) != (rtype.api_version, rtype.kind):
+            raise APIError(400, "BadRequest", "the apply configuration is %s %s, not %s %s (no conversion here)"
+                           % (applied.get("apiVersion"), applied.get("kind"), rtype.api_version, rtype.kind))
+        return self._decode(rtype, applied, options)
+
+    def _write(self, rtype, old, new, subresource, dry_run, options=None, managed=None):
         """Shared update path: subresource rules, metadata, validation, admission, generation, finalizers."""
         if subresource == "status":
-            merged = copy.deepcopy(old)
+            merged = json_copy(old)
             if "status" in new:
                 merged["status"] = new["status"]
             else:
@@ -253,7 +366,7 @@ class KubeAPI:
             new = merged
         elif rtype.status:
             if "status" in old:
-                new["status"] = copy.deepcopy(old["status"])
+                new["status"] = json_copy(old["status"])
             else:
                 new.pop("status", None)
         meta = new.setdefault("metadata", {})
@@ -265,6 +378,10 @@ class KubeAPI:
                 meta.pop(field, None)
         meta["resourceVersion"] = old_meta["resourceVersion"]
         new = self._admit_and_validate(rtype, new, old, "UPDATE", subresource, dry_run)
+        if managed is not None:
+            new["metadata"]["managedFields"] = managed
+        else:
+            new = self._field_manager(rtype).update(old, new, (options or WriteOptions()).manager, subresource)
         if rtype.generation and _spec_part(new) != _spec_part(old):
             meta = new["metadata"]
             meta["generation"] = int(old_meta.get("generation") or 1) + 1
@@ -275,7 +392,7 @@ class KubeAPI:
             if dry_run:
                 return new
             return self._remove(rtype, new)
-        if _comparable(new) == _comparable(self._present(rtype, copy.deepcopy(old))):
+        if _comparable(new) == _comparable(self._present(rtype, json_copy(old))):
             return self._present(rtype, old)      # a no-op keeps the resourceVersion, as on a real server
         if dry_run:
             return new
@@ -294,17 +411,17 @@ class KubeAPI:
                    "resource": {"group": rtype.group, "version": rtype.version, "resource": rtype.plural},
                    "kind": {"group": rtype.group, "version": rtype.version, "kind": rtype.kind},
                    "name": obj["metadata"].get("name"), "namespace": obj["metadata"].get("namespace", ""),
-                   "oldObject": self._present(rtype, copy.deepcopy(old)) if old else None,
+                   "oldObject": self._present(rtype, json_copy(old)) if old else None,
                    "userInfo": {"username": "system:admin", "groups": ["system:masters"]}}
         try:
             if mutating:
-                obj = admission.run_mutating_webhooks(mutating, dict(request, object=self._present(rtype, copy.deepcopy(obj))))
+                obj = admission.run_mutating_webhooks(mutating, dict(request, object=self._present(rtype, json_copy(obj))))
             if rtype.crd:
                 obj, errors = schema.validate_and_default(self.store.get(CRD_KEY, "", rtype.crd), rtype.version, obj)
                 if errors:
                     raise invalid(rtype, obj["metadata"].get("name", ""), errors)
             if validating:
-                validate(validating, dict(request, object=self._present(rtype, copy.deepcopy(obj))))
+                validate(validating, dict(request, object=self._present(rtype, json_copy(obj))))
         except admission.AdmissionDenied as exc:
             raise APIError(exc.code, "Forbidden" if exc.code < 500 else "InternalError", exc.message)
         return obj
@@ -317,7 +434,7 @@ class KubeAPI:
             raise invalid(self.registry.get("apiextensions.k8s.io", "v1", "customresourcedefinitions"), crd["metadata"]["name"],
                           ['metadata.name: Invalid value: "%s": must be spec.names.plural+"."+spec.group' % crd["metadata"]["name"]])
         stamp = now_rfc3339()
-        crd["status"] = {"acceptedNames": copy.deepcopy(names),
+        crd["status"] = {"acceptedNames": json_copy(names),
                          "storedVersions": [v["name"] for v in spec.get("versions") or [] if v.get("storage")],
                          "conditions": [{"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
                                          "message": "no conflicts found", "lastTransitionTime": stamp},
@@ -394,8 +511,9 @@ class KubeAPI:
 
     # -- watch --------------------------------------------------------------------------------
     def watch(self, rtype, namespace, resource_version, label_selector=None, field_selector=None, timeout=60.0,
-              bookmarks=False, stopped=lambda: False, bookmark_interval=5.0):
-        """Yield watch events (dicts) until ``timeout`` or ``stopped()``."""
+              bookmarks=False, stopped=lambda: False, bookmark_interval=5.0, send_initial_events=False):
+        """Yield watch events (dicts) until ``timeout`` or ``stopped()``; with ``send_initial_events`` (a watch list, as
+        kubectl wait does) the initial ADDED events end with a bookmark annotated ``k8s.io/initial-events-end``."""
         labels, fields = self._selectors(label_selector, field_selector)
 
         def visible(obj):
@@ -403,11 +521,15 @@ class KubeAPI:
                 and labels.matches(obj["metadata"].get("labels")) and fields.matches(obj)
 
         deadline = time.monotonic() + timeout
-        if resource_version in (None, "", "0"):
+        if resource_version in (None, "", "0") or send_initial_events:
             listing = self.list(rtype, namespace, label_selector, field_selector)
             for item in listing["items"]:
                 yield {"type": "ADDED", "object": item}
             last_rv = int(listing["metadata"]["resourceVersion"])
+            if send_initial_events:
+                yield {"type": "BOOKMARK", "object": {"kind": rtype.kind, "apiVersion": rtype.api_version,
+                                                      "metadata": {"resourceVersion": str(last_rv),
+                                                                   "annotations": {"k8s.io/initial-events-end": "true"}}}}
         else:
             try:
                 last_rv = int(resource_version)
@@ -432,7 +554,7 @@ class KubeAPI:
                 else:
                     kind = {(True, True): "MODIFIED", (True, False): "ADDED", (False, True): "DELETED"}.get((now_visible, was_visible))
                 if kind:
-                    obj = self._present(rtype, copy.deepcopy(event.obj))
+                    obj = self._present(rtype, json_copy(event.obj))
                     yield {"type": kind, "object": obj}
                     last_sent = time.monotonic()
             remaining = deadline - time.monotonic()

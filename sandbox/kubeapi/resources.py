@@ -43,7 +43,8 @@ class ResourceType:
         return entries
 
 
-def _builtin():
+def builtin_types():
+    """The types every emulator serves, before any CRD."""
     core = [
         ResourceType("", "v1", "namespaces", "Namespace", False, ["ns"], status=True),
         ResourceType("", "v1", "nodes", "Node", False, ["no"], status=True),
@@ -75,7 +76,7 @@ class Registry:
     def __init__(self):
         self.lock = threading.RLock()
         self.types = {}
-        for rtype in _builtin():
+        for rtype in builtin_types():
             self.types[(rtype.group, rtype.version, rtype.plural)] = rtype
 
     def get(self, group, version, plural):
@@ -100,6 +101,11 @@ class Registry:
                     if rtype.version not in versions:
                         versions.append(rtype.version)
             return result
+
+    def group_versions(self):
+        """Every served (group, version), the core group first."""
+        with self.lock:
+            return sorted({(t.group, t.version) for t in self.types.values()})
 
     def in_group_version(self, group, version):
         with self.lock:

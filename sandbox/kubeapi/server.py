@@ -18,7 +18,8 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from sandbox.kubeapi.api import APIError, KubeAPI
+from sandbox.kubeapi import openapiv2_proto, tables
+from sandbox.kubeapi.api import APIError, KubeAPI, WriteOptions
 
 LOG = logging.getLogger("sandbox.kubeapi")
 VERSION_INFO = {"major": "1", "minor": "30", "gitVersion": "v1.30.0-katalyst-sandbox", "gitCommit": "", "gitTreeState": "clean",
@@ -47,6 +48,7 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "katalyst-sandbox-apiserver"
     _raw = None
+    _warnings = ()
 
     def log_message(self, fmt, *args):  # noqa: A003 (http.server naming)
         LOG.debug("%s %s", self.address_string(), fmt % args)
@@ -57,10 +59,15 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- plumbing -----------------------------------------------------------------------------
     def _send_json(self, code, body):
-        data = json.dumps(body).encode()
+        self._send_bytes(code, json.dumps(body).encode())
+
+    def _send_bytes(self, code, data, content_type="application/json"):
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        for warning in self._warnings:
+            # RFC 7234 warn-code 299 with the agent "-", as kube-apiserver sends them (kubectl prints "Warning: ...")
+            self.send_header("Warning", '299 - %s' % json.dumps(warning))
         self.end_headers()
         self.wfile.write(data)
 
@@ -82,6 +89,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method):
         self._raw = None
+        self._warnings = ()
         self._read()
         parsed = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query, keep_blank_values=True).items()}
@@ -125,6 +133,8 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
             return None
+        if parts[:1] == ["openapi"]:
+            return self._openapi(parts[1:])
         if parts == ["api"]:
             return 200, {"kind": "APIVersions", "versions": ["v1"],
                          "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.server.server_address[0]}]}
@@ -149,6 +159,39 @@ class Handler(BaseHTTPRequestHandler):
             resources = [entry for rtype in types for entry in rtype.discovery()]
             return 200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": types[0].api_version, "resources": resources}
         return self._resource(method, group, version, rest, query)
+
+    def _openapi(self, parts):
+        """/openapi/v3 (index), /openapi/v3/<group-version> and /openapi/v2 (protobuf, as client-go asks, or JSON)."""
+        documents = self.api.openapi
+        if parts == ["v3"]:
+            return 200, documents.v3_index()
+        if parts[:1] == ["v3"] and len(parts) > 2:
+            group, version = ("", parts[2]) if parts[1] == "api" and len(parts) == 3 else (parts[2], parts[3]) if len(parts) == 4 else (None, None)
+            served = documents.v3_bytes(group, version) if version else None
+            if served is None:
+                raise APIError(404, "NotFound", "the server could not find the requested resource")
+            self._send_bytes(200, served[0])
+            return None
+        if parts == ["v2"]:
+            accept = [media.split(";")[0].strip() for media in (self.headers.get("Accept") or "*/*").split(",")]
+            if openapiv2_proto.MEDIA_TYPE in accept:
+                self._send_bytes(200, documents.v2_protobuf(), openapiv2_proto.RESPONSE_TYPE)
+                return None
+            if not set(accept) & {"application/json", "*/*", "application/*"}:
+                raise APIError(406, "NotAcceptable", "the server cannot answer /openapi/v2 in %s" % ", ".join(accept))
+            return 200, documents.v2_document()
+        raise APIError(404, "NotFound", "the server could not find the requested resource")
+
+    def _write_options(self, query):
+        return WriteOptions(dry_run=query.get("dryRun") == "All", field_validation=query.get("fieldValidation", ""),
+                            field_manager=query.get("fieldManager", ""), user_agent=self.headers.get("User-Agent") or "",
+                            force=query.get("force") in ("true", "1"))
+
+    def _table_or(self, rtype, body, query):
+        """``body`` as a Table when the client asked for one (kubectl get), else as it is."""
+        if not tables.wants_table(self.headers.get("Accept")):
+            return body
+        return tables.to_table(rtype, self.api.crd_of(rtype), body, query.get("includeObject") or "Metadata")
 
     @staticmethod
     def _group_doc(group, versions):
@@ -180,22 +223,27 @@ class Handler(BaseHTTPRequestHandler):
                 limit = query.get("limit") or "0"
                 if not limit.isdigit():
                     raise APIError(400, "BadRequest", "limit must be a non-negative integer")
-                return 200, self.api.list(rtype, namespace, query.get("labelSelector"), query.get("fieldSelector"),
-                                          int(limit), query.get("continue"))
+                return 200, self._table_or(rtype, self.api.list(rtype, namespace, query.get("labelSelector"), query.get("fieldSelector"),
+                                                                int(limit), query.get("continue")), query)
             if method == "POST":
-                return 201, self.api.create(rtype, namespace, self._body(), dry_run)
+                options = self._write_options(query)
+                return 201, self._warned(options, self.api.create(rtype, namespace, self._body(), dry_run, options))
             if method == "DELETE":
                 return 200, self.api.delete_collection(rtype, namespace, query.get("labelSelector"), query.get("fieldSelector"), dry_run)
             raise APIError(405, "MethodNotAllowed", "method %s is not allowed on a collection" % method)
         if method == "GET":
-            return 200, self.api.get(rtype, namespace, name)
+            return 200, self._table_or(rtype, self.api.get(rtype, namespace, name), query)
         if method == "PUT":
-            return 200, self.api.update(rtype, namespace, name, self._body(), dry_run, sub)
+            options = self._write_options(query)
+            return 200, self._warned(options, self.api.update(rtype, namespace, name, self._body(), dry_run, sub, options))
         if method == "PATCH":
             content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
             # an unknown media type is 415 before its body is looked at, as on a real server
             body = self._body() if content_type.endswith("+json") else self._read()
-            return 200, self.api.patch(rtype, namespace, name, body, content_type, dry_run, sub)
+            options = self._write_options(query)
+            if content_type == "application/apply-patch+yaml":
+                return self._applied(rtype, namespace, name, body, options, sub)
+            return 200, self._warned(options, self.api.patch(rtype, namespace, name, body, content_type, dry_run, sub, options))
         if method == "DELETE":
             options = self._body() or {}
             return 200, self.api.delete(rtype, namespace, name, dry_run or "All" in (options.get("dryRun") or []),
@@ -204,11 +252,22 @@ class Handler(BaseHTTPRequestHandler):
             return 201, self.api.bind(namespace, name, self._body() or {}, dry_run)
         raise APIError(405, "MethodNotAllowed", "method %s is not allowed here" % method)
 
+    def _warned(self, options, result):
+        self._warnings = tuple(options.warnings)
+        return result
+
+    def _applied(self, rtype, namespace, name, body, options, sub):
+        """Server-side apply answers 201 when it created the object, 200 when it merged into one."""
+        existed = self.api.store.get(rtype.storage_key, namespace if rtype.namespaced else "", name) is not None
+        result = self.api.apply(rtype, namespace, name, body, options, sub)
+        return (200 if existed else 201), self._warned(options, result)
+
     def _stream_watch(self, rtype, namespace, query):
         timeout = float(query.get("timeoutSeconds") or 1800)
         events = self.api.watch(rtype, namespace, query.get("resourceVersion"), query.get("labelSelector"), query.get("fieldSelector"),
                                 timeout=timeout, bookmarks=query.get("allowWatchBookmarks") in ("true", "1"),
-                                stopped=self.server.stopping.is_set, bookmark_interval=self.server.bookmark_interval)
+                                stopped=self.server.stopping.is_set, bookmark_interval=self.server.bookmark_interval,
+                                send_initial_events=query.get("sendInitialEvents") in ("true", "1"))
         first = next(events, None)   # selector errors surface before the 200 is sent
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

@@ -6,10 +6,19 @@ resourceVersion; asking for one older than the history answers 410 Gone, as afte
 """
 
 import collections
-import copy
 import json
 import os
 import threading
+
+
+def json_copy(value):
+    """A deep copy of a JSON value (dicts, lists, scalars), several times faster than the copy module's,
+    which matters because every read and write copies whole objects (managedFields included)."""
+    if isinstance(value, dict):
+        return {key: json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_copy(item) for item in value]
+    return value
 
 
 class Event:
@@ -37,12 +46,12 @@ class Store:
     def get(self, storage_key, namespace, name):
         with self.lock:
             obj = self.objects.get(storage_key, {}).get((namespace or "", name))
-            return copy.deepcopy(obj) if obj is not None else None
+            return json_copy(obj) if obj is not None else None
 
     def list(self, storage_key, namespace=None):
         """Objects of a type (in one namespace when given), sorted by namespace and name, plus the list rv."""
         with self.lock:
-            items = [copy.deepcopy(obj) for (ns, _name), obj in sorted(self.objects.get(storage_key, {}).items())
+            items = [json_copy(obj) for (ns, _name), obj in sorted(self.objects.get(storage_key, {}).items())
                      if namespace is None or ns == namespace]
             return items, self.rv
 
@@ -54,7 +63,7 @@ class Store:
     def _record(self, storage_key, event_type, obj, old):
         if len(self.history) == self.history.maxlen and self.history:
             self.compacted_rv = self.history[0].rv
-        self.history.append(Event(self.rv, storage_key, event_type, copy.deepcopy(obj), copy.deepcopy(old)))
+        self.history.append(Event(self.rv, storage_key, event_type, json_copy(obj), json_copy(old)))
         self.dirty = True
         self.changed.notify_all()
 
@@ -66,9 +75,9 @@ class Store:
             bucket = self.objects.setdefault(storage_key, {})
             old = bucket.get(key)
             meta["resourceVersion"] = str(self._next_rv())
-            bucket[key] = copy.deepcopy(obj)
+            bucket[key] = json_copy(obj)
             self._record(storage_key, event_type, obj, old)
-            return copy.deepcopy(obj)
+            return json_copy(obj)
 
     def remove(self, storage_key, namespace, name):
         with self.lock:
@@ -77,7 +86,7 @@ class Store:
                 return None
             obj["metadata"]["resourceVersion"] = str(self._next_rv())
             self._record(storage_key, "DELETED", obj, obj)
-            return copy.deepcopy(obj)
+            return json_copy(obj)
 
     def drop_type(self, storage_key):
         """Remove every object of a type (its CRD was deleted), with DELETED events."""

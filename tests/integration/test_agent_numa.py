@@ -14,9 +14,9 @@ import urllib.request
 import pytest
 from kubernetes import client
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
 from ansible_collections.katalyst.colocation.plugins.module_utils.quantity import parse_quantity
 from sandbox.sysroot import build_sysroot
+from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import REPO
 from tests.integration.waiting import wait_until
 
@@ -48,9 +48,7 @@ def read(sysroot, path):
 
 @pytest.fixture
 def numa_agent(kubeapi, kube_client, tmp_path):
-    ext = client.ApiextensionsV1Api(kube_client)
-    for crd in crd_manifests.crds(["customnoderesources"]):
-        ext.create_custom_resource_definition(crd)
+    install_crds(kube_client, ["customnoderesources"])
     core = client.CoreV1Api(kube_client)
     core.create_node({"metadata": {"name": NODE, "labels": {"pool": "a"}}})
     sysroot = build_sysroot(str(tmp_path / "sysroot"), cgroup="v1")

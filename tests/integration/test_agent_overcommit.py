@@ -10,10 +10,10 @@ import sys
 
 from kubernetes import client
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.overcommit_controller import OvercommitReconciler
 from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient
 from sandbox.sysroot import build_sysroot
+from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import REPO
 from tests.integration.waiting import wait_until
 
@@ -24,9 +24,7 @@ PREFIX = "katalyst.kubewharf.io/"
 
 
 def test_realtime_ratio_follows_usage_capped_by_the_node_ratio_and_reports_guaranteed_cpus(kubeapi, kube_client, tmp_path):
-    ext = client.ApiextensionsV1Api(kube_client)
-    for crd in crd_manifests.crds():
-        ext.create_custom_resource_definition(crd)
+    install_crds(kube_client)
     core, custom = client.CoreV1Api(kube_client), client.CustomObjectsApi(kube_client)
     sysroot = build_sysroot(str(tmp_path / "sysroot"), sockets=1, numa_per_socket=2, cores_per_numa=8, smt=1,
                             memory_per_numa_bytes=16 << 30, cgroup="v1")

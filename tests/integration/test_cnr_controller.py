@@ -9,8 +9,8 @@ import pytest
 from kubernetes import client
 from prometheus_client import generate_latest
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.controller import Controller
+from tests.integration.backends import install_crds
 from tests.integration.waiting import wait_until
 
 CNR_ARGS = ("node.katalyst.kubewharf.io", "v1alpha1", "customnoderesources")
@@ -18,8 +18,7 @@ CNR_ARGS = ("node.katalyst.kubewharf.io", "v1alpha1", "customnoderesources")
 
 @pytest.fixture
 def controller(kubeapi, kube_client, tmp_path):
-    for crd in crd_manifests.crds(["customnoderesources"]):
-        client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(crd)
+    install_crds(kube_client, ["customnoderesources"])
     config = tmp_path / "controller.yaml"
     config.write_text(json.dumps({"kubeconfig": kubeapi.kubeconfig, "controllers": ["cnr"], "port": 0, "leader_election": False,
                                   "resync_seconds": 30, "cnr": {"period_seconds": 0.3}}))

@@ -15,10 +15,10 @@ import threading
 import pytest
 from kubernetes import client
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.extender import ExtenderDaemon
 from sandbox.scheduler import Extender, SandboxScheduler
 from sandbox.sysroot import build_sysroot
+from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import REPO
 from tests.integration.waiting import wait_until
 
@@ -31,8 +31,7 @@ BIND_RESULT = "katalyst.kubewharf.io/numa_bind_result"
 
 @pytest.fixture
 def sandbox(kubeapi, kube_client, tmp_path):
-    for crd in crd_manifests.crds(["customnoderesources"]):
-        client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(crd)
+    install_crds(kube_client, ["customnoderesources"])
     core, custom = client.CoreV1Api(kube_client), client.CustomObjectsApi(kube_client)
     processes, sysroots = [], {}
     env = dict(os.environ, PYTHONPATH="%s/.build/collections" % REPO)
@@ -205,8 +204,7 @@ def gpu_body(name, gpus, cpu="4", node=None, bind_result=None):
 def gpu_cluster(kubeapi, kube_client):
     """Three nodes: gpu-a (2 GPUs on NUMA 1, one held by a running pod, 2 on NUMA 3), gpu-b (1 GPU on NUMA 0), cpu-only
     (no GPU in its NUMA zones; one running pod there has a malformed numa_bind_result)."""
-    for crd in crd_manifests.crds(["customnoderesources"]):
-        client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(crd)
+    install_crds(kube_client, ["customnoderesources"])
     core, custom = client.CoreV1Api(kube_client), client.CustomObjectsApi(kube_client)
     holder = core.create_namespaced_pod("default", gpu_body("holder", 1, cpu="2", node="gpu-a", bind_result="1"))
     core.patch_namespaced_pod_status("holder", "default", {"status": {"phase": "Running"}})

@@ -5,7 +5,7 @@ import json
 
 from kubernetes import client
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
+from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import run_playbook
 
 CNR_ARGS = ("node.katalyst.kubewharf.io", "v1alpha1", "customnoderesources")
@@ -52,8 +52,7 @@ def test_numa_view_of_chosen_nodes(kubeapi, kube_client, tmp_path):
     kc = {"kc": kubeapi.kubeconfig}
     rc, tasks, out = run_playbook(PLAY, tmp_path, [], kc)
     assert rc != 0 and "does not serve node.katalyst.kubewharf.io/v1alpha1 CustomNodeResource" in tasks["info"]["msg"], out
-    for crd in crd_manifests.crds(["customnoderesources"]):
-        client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(crd)
+    install_crds(kube_client, ["customnoderesources"])
     core, custom = client.CoreV1Api(kube_client), client.CustomObjectsApi(kube_client)
     for name, labels in (("n1", {"pool": "colo"}), ("n2", {"pool": "colo"}), ("n3", {})):
         core.create_node({"metadata": {"name": name, "labels": labels}})

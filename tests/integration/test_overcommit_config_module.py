@@ -3,7 +3,8 @@ the converge pass, idempotence, the decrease guard, strict ratio validation, abs
 
 from kubernetes import client
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests, overcommit
+from ansible_collections.katalyst.colocation.plugins.module_utils import overcommit
+from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import run_playbook
 
 PREFIX = "katalyst.kubewharf.io/"
@@ -24,8 +25,7 @@ PLAY = """
 
 
 def setup_cluster(kube_client):
-    for crd in crd_manifests.crds():
-        client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(crd)
+    install_crds(kube_client)
     core = client.CoreV1Api(kube_client)
     for name, labels in (("n1", {overcommit.POOL_LABEL: "web"}), ("n2", {overcommit.POOL_LABEL: "web"}), ("n3", {})):
         # the kubelet's values as the webhook records them (the controller computes overcommit_* from these)

@@ -8,11 +8,11 @@ import time
 import pytest
 from kubernetes import client
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import controller as controller_module
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.overcommit_controller import OvercommitReconciler
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.webhook import WebhookDaemon, webhook_configuration
 from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient
+from tests.integration.backends import install_crds
 from tests.integration.tlsutil import make_ca_and_server_cert
 from tests.integration.waiting import wait_until
 
@@ -24,9 +24,7 @@ KUBELET = {"status": {"capacity": {"cpu": "8", "memory": "16Gi", "pods": "110"},
 
 @pytest.fixture
 def env(kubeapi, kube_client, tmp_path):
-    ext = client.ApiextensionsV1Api(kube_client)
-    for crd in crd_manifests.crds():
-        ext.create_custom_resource_definition(crd)
+    install_crds(kube_client)
     certs = make_ca_and_server_cert(tmp_path)
     webhook = WebhookDaemon({"listen_address": "127.0.0.1", "port": 0, "tls_cert_file": certs["cert"], "tls_key_file": certs["key"]})
     port = webhook.start()

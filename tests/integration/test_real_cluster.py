@@ -10,47 +10,16 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
 from plugins.module_utils.crd_manifests import crds
 from sandbox.kube import cluster as kube_cluster
+from tests.integration.realcluster import (BIN_DIR, DOWN_TIMEOUT, UP_TIMEOUT, cluster_cli, cluster_down, needs_build,
+                                          wait_for)
 
 kubernetes = pytest.importorskip("kubernetes")
-
-BIN_DIR = kube_cluster.default_bin_dir()
-needs_build = pytest.mark.skipif(
-    not os.access(os.path.join(BIN_DIR, "kube"), os.X_OK),
-    reason="the pinned Kubernetes release is not built (%s/kube is missing): run `make kube-build`" % BIN_DIR)
-UP_TIMEOUT = 600
-DOWN_TIMEOUT = 180
-
-
-def cluster_cli(state, *args, timeout=UP_TIMEOUT):
-    """Run `python -m sandbox.kube.cluster ...` as a user does (its daemons are then not children of pytest)."""
-    command = [sys.executable, "-m", "sandbox.kube.cluster", args[0], "--state-dir", str(state), "--bin-dir", BIN_DIR]
-    result = subprocess.run(command + list(args[1:]), capture_output=True, text=True, timeout=timeout, check=False,
-                            cwd=kube_cluster.REPO)
-    assert result.returncode == 0, "%s failed (%d):\n%s\n%s" % (" ".join(command), result.returncode, result.stdout, result.stderr)
-    return result.stdout
-
-
-def wait_for(what, check, timeout=240.0, interval=0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except kubernetes.client.exceptions.ApiException as err:
-            last = err
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError("timed out after %.0fs waiting for %s (last: %r)" % (timeout, what, last))
-
 
 def listening(port):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -79,8 +48,7 @@ def fixture_real_cluster(tmp_path, extender_config):
     try:
         yield state, output, extender_config
     finally:
-        subprocess.run([sys.executable, "-m", "sandbox.kube.cluster", "down", "--state-dir", str(state)],
-                       capture_output=True, timeout=DOWN_TIMEOUT, check=False, cwd=kube_cluster.REPO)
+        cluster_down(state)
 
 
 def test_scheduler_config_merges_the_roles_extenders(tmp_path, extender_config):

@@ -8,9 +8,9 @@ import urllib.request
 import pytest
 from kubernetes import client
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.extender import ExtenderDaemon
 from sandbox.scheduler import Extender, ExtenderError, SandboxScheduler
+from tests.integration.backends import install_crds
 from tests.integration.waiting import wait_until
 
 PREFIX = "katalyst.kubewharf.io/"
@@ -42,9 +42,7 @@ def pod_body(name, cpu, guaranteed=False, node=None):
 
 @pytest.fixture
 def cluster(kube_client):
-    ext = client.ApiextensionsV1Api(kube_client)
-    for crd in crd_manifests.crds(["customnoderesources"]):
-        ext.create_custom_resource_definition(crd)
+    install_crds(kube_client, ["customnoderesources"])
     core, custom = client.CoreV1Api(kube_client), client.CustomObjectsApi(kube_client)
     ratio = {PREFIX + "cpu_overcommit_ratio": "2", PREFIX + "memory_overcommit_ratio": "1"}
     # a-static: kubelet says 16 cpus, amplified to 32; 8 of them are held by a cpuset-bound pod

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
 from sandbox.scheduler import ExtenderError, SandboxScheduler, load_extenders
+from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import REPO, run_playbook
 from tests.integration.test_extender_numa import CNR_ARGS, GPU, gpu_body, gpu_cnr_status
 
@@ -79,8 +79,7 @@ def stop_service(tmp_path):
 
 
 def test_role_runs_the_extender_that_the_sandbox_scheduler_calls(kubeapi, kube_client, tmp_path):
-    for crd in crd_manifests.crds(["customnoderesources"]):
-        client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(crd)
+    install_crds(kube_client, ["customnoderesources"])
     core, custom = client.CoreV1Api(kube_client), client.CustomObjectsApi(kube_client)
     ratio = {PREFIX + "cpu_overcommit_ratio": "2", PREFIX + "memory_overcommit_ratio": "1"}
     # a-static: 16 real cpus amplified to 32, 8 held by a cpuset-bound pod; b-plain: no static CPU manager;
@@ -153,8 +152,7 @@ def test_role_runs_the_extender_that_the_sandbox_scheduler_calls(kubeapi, kube_c
 
 
 def test_role_passes_the_numa_aligned_resources_to_the_extender(kubeapi, kube_client, tmp_path):
-    for crd in crd_manifests.crds(["customnoderesources"]):
-        client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(crd)
+    install_crds(kube_client, ["customnoderesources"])
     core, custom = client.CoreV1Api(kube_client), client.CustomObjectsApi(kube_client)
     for name, gpus in (("gpu", {1: 2}), ("cpu-only", {})):
         make_node(core, name, "32", {})

@@ -108,8 +108,25 @@ def test_site_on_the_sandbox_overcommits_and_tides(sandbox_state):
     hooks = client.AdmissionregistrationV1Api(api).list_mutating_webhook_configuration().items
     assert [hook.webhooks[0].failure_policy for hook in hooks] == ["Ignore"]
 
-    # overcommit: label a node into a pool and declare the pool's ratio; the controller annotates the node and the
-    # next kubelet heartbeat comes back amplified by the webhook
+    check_overcommit_amplifies_once(core, custom, lambda check, what: wait_until(check, what=what))
+
+    check_tide_gives_roles(core, custom, lambda check, what: wait_until(check, what=what))
+
+    # the sandbox scheduler (configured with the role's extender) binds a pod
+    core.create_namespaced_pod("default", {"metadata": {"name": "web"}, "spec": {
+        "containers": [{"name": "app", "image": "app", "resources": {"requests": {"cpu": "1"}}}],
+        "tolerations": [{"operator": "Exists"}]}})
+    wait_until(lambda: core.read_namespaced_pod("web", "default").spec.node_name is not None, what="the pod to be bound")
+    scheduler_config = (sandbox_state / "kube-scheduler-config.yaml").read_text()
+    assert "urlPrefix" in scheduler_config
+    timings["total"] = time.monotonic() - started
+    print("end-to-end timings: " + ", ".join("%s %.1f s" % item for item in timings.items()))
+
+
+def check_overcommit_amplifies_once(core, custom, wait):
+    """Label sandbox-node-1 into a pool and declare the pool's ratio (cpu x2): the controller annotates the node and
+    its next kubelet heartbeat comes back amplified by the webhook, exactly once (x2, not x4); sandbox-node-2, not in
+    the pool, keeps its value. `wait(check, what)` waits on a condition."""
     original = parse_quantity(core.read_node("sandbox-node-1").status.allocatable["cpu"])
     core.patch_node("sandbox-node-1", {"metadata": {"labels": {overcommit.POOL_LABEL: "demo"}}})
     custom.create_cluster_custom_object("overcommit.katalyst.kubewharf.io", "v1alpha1", "nodeovercommitconfigs", {
@@ -121,37 +138,28 @@ def test_site_on_the_sandbox_overcommits_and_tides(sandbox_state):
         annotations = node.metadata.annotations or {}
         wanted = annotations.get(PREFIX + "overcommit_allocatable_cpu")
         return (annotations.get(PREFIX + "cpu_overcommit_ratio") == "2" and wanted is not None
-                and node.status.allocatable["cpu"] == wanted and parse_quantity(wanted) > original)
-    wait_until(amplified, what="sandbox-node-1's heartbeat to come back amplified")
-    node = core.read_node("sandbox-node-1")
-    assert node.metadata.annotations[PREFIX + "original_allocatable_cpu"] == str(original)
-    assert core.read_node("sandbox-node-2").status.allocatable["cpu"] == str(original)      # not in the pool
+                and node.status.allocatable["cpu"] == wanted and parse_quantity(wanted).milli_value() == 2 * original.milli_value())
+    wait(amplified, "sandbox-node-1's heartbeat to come back amplified")
+    assert core.read_node("sandbox-node-1").metadata.annotations[PREFIX + "original_allocatable_cpu"] == str(original)
+    assert parse_quantity(core.read_node("sandbox-node-2").status.allocatable["cpu"]) == original      # not in the pool
 
-    # tide: a pool over the three nodes, one kept online and one offline, the third a tide node
+
+def check_tide_gives_roles(core, custom, wait):
+    """A TideNodePool over the three nodes, one kept online and one offline: the third becomes the tide node, and the
+    pool's status records the reserves. The controller labels the nodes first and writes the status after: wait for both."""
     custom.create_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, {
         "apiVersion": tide.API_VERSION, "kind": tide.KIND, "metadata": {"name": "demo"},
         "spec": {"nodeConfigs": {"nodeSelector": {"node.kubernetes.io/instance-type": "sandbox"},
                                  "reserve": {"online": 1, "offline": 1}}}})
 
-    # the controller labels the nodes first and writes the pool's status after, so wait for both
     def tided():
         labels = {n.metadata.name: n.metadata.labels or {} for n in core.list_node().items}
         pool = custom.get_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, "demo")
-        return (all(labels[name].get(tide.LABEL_NODE_POOL) == "demo" for name in labels)
+        return (all(value.get(tide.LABEL_NODE_POOL) == "demo" for value in labels.values())
                 and sum(1 for value in labels.values() if value.get(tide.LABEL_TIDE) == "true") == 1
                 and "reserveNodes" in pool.get("status", {}))
-    wait_until(tided, what="the tide controller to give the pool's nodes their roles and record them in its status")
+    wait(tided, "the tide controller to give the pool's nodes their roles and record them in its status")
     pool = custom.get_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, "demo")
     reserve = pool["status"]["reserveNodes"]
     assert len(reserve["onlineNodes"]) == 1 and len(reserve["offlineNodes"]) == 1
     assert pool["metadata"]["finalizers"] == [tide.FINALIZER]
-
-    # the sandbox scheduler (configured with the role's extender) binds a pod
-    core.create_namespaced_pod("default", {"metadata": {"name": "web"}, "spec": {
-        "containers": [{"name": "app", "image": "app", "resources": {"requests": {"cpu": "1"}}}],
-        "tolerations": [{"operator": "Exists"}]}})
-    wait_until(lambda: core.read_namespaced_pod("web", "default").spec.node_name is not None, what="the pod to be bound")
-    scheduler_config = (sandbox_state / "kube-scheduler-config.yaml").read_text()
-    assert "urlPrefix" in scheduler_config
-    timings["total"] = time.monotonic() - started
-    print("end-to-end timings: " + ", ".join("%s %.1f s" % item for item in timings.items()))

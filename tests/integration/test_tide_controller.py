@@ -20,21 +20,16 @@ import urllib.request
 import pytest
 from kubernetes import client
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests, tide
+from ansible_collections.katalyst.colocation.plugins.module_utils import tide
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.controller import Controller
 from sandbox.scheduler import SandboxScheduler
+from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import REPO
 from tests.integration.waiting import wait_until
 
 POOL = "demo"
 NODES = ["n%02d" % i for i in range(10)]
 ON_TOLERATION = {"key": tide.TAINT_EVICT_OFFLINE_POD, "operator": "Equal", "value": "true", "effect": "NoExecute"}
-
-
-def install_crds(kube_client):
-    ext = client.ApiextensionsV1Api(kube_client)
-    for crd in crd_manifests.crds():
-        ext.create_custom_resource_definition(crd)
 
 
 def create_nodes(core, names=NODES, cpu="4"):

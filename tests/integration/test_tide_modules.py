@@ -4,7 +4,8 @@ import json
 
 from kubernetes import client
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests, tide
+from ansible_collections.katalyst.colocation.plugins.module_utils import tide
+from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import run_playbook
 
 POOL_PLAY = """
@@ -36,8 +37,7 @@ PLAN_PLAY = """
 
 
 def setup_cluster(kube_client, count=10):
-    for crd in crd_manifests.crds():
-        client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(crd)
+    install_crds(kube_client)
     core = client.CoreV1Api(kube_client)
     for index in range(count):
         core.create_node({"metadata": {"name": "n%02d" % index, "labels": {"pool": "web"}},

@@ -11,7 +11,8 @@ import time
 import pytest
 from kubernetes import client
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests, tide
+from ansible_collections.katalyst.colocation.plugins.module_utils import tide
+from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import REPO, run_playbook
 
 PLAY = """
@@ -55,8 +56,7 @@ def stop_service(tmp_path):
 
 
 def test_role_runs_the_controller_which_converges_a_pool_and_is_idempotent(kubeapi, kube_client, tmp_path):
-    for crd in crd_manifests.crds():
-        client.ApiextensionsV1Api(kube_client).create_custom_resource_definition(crd)
+    install_crds(kube_client)
     core = client.CoreV1Api(kube_client)
     for index in range(4):
         core.create_node({"metadata": {"name": "n%d" % index, "labels": {"pool": "p"}},

@@ -310,6 +310,12 @@ class NodeOvercommitmentPlugin:
 PLUGINS = {NodeOvercommitmentPlugin.name: NodeOvercommitmentPlugin, NumaPlugin.name: NumaPlugin}
 
 
+def extender_args(body):
+    """kube-scheduler's ExtenderArgs with lower-case keys. Its Go struct has no json tags, so kube-scheduler sends the
+    field names (`Pod`, `Nodes`, `NodeNames`) and Go's decoder matches names case-insensitively: read them the same way."""
+    return {str(key).lower(): value for key, value in (body or {}).items()}
+
+
 class SchedulerExtender:
     """The filter/prioritize verbs over a list of plugins."""
 
@@ -340,6 +346,7 @@ class SchedulerExtender:
                 self.metrics["verdicts"].labels(plugin_name, code).inc(count)
 
     def filter(self, args):
+        args = extender_args(args)
         pod = args.get("pod") or {}
         nodes, unknown, by_name = self._nodes(args)
         failed = {name: "node not found in the extender's cache" for name in unknown}
@@ -370,6 +377,7 @@ class SchedulerExtender:
         return result
 
     def prioritize(self, args):
+        args = extender_args(args)
         pod = args.get("pod") or {}
         nodes, _unknown, _by_name = self._nodes(args)
         scores = {node["metadata"]["name"]: 0 for node in nodes}

@@ -19,6 +19,8 @@ from kubernetes.client.rest import ApiException
 from sandbox.kubeapi.server import KubeAPIServer, write_kubeconfig
 from tests.integration.tlsutil import make_ca_and_server_cert
 
+pytestmark = pytest.mark.emulator_only("the emulator's own HTTP surface, over plain HTTP")
+
 GROUP = "config.katalyst.kubewharf.io"
 CNC_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
@@ -116,14 +118,6 @@ def test_namespace_delete_removes_its_objects(core):
     core.create_namespaced_config_map("default", {"metadata": {"name": "cm"}, "data": {"a": "1"}})
     core.delete_namespace("gone")
     assert [(c.metadata.namespace, c.metadata.name) for c in core.list_config_map_for_all_namespaces().items] == [("default", "cm")]
-
-
-def test_apply_patch_is_415_through_the_client(core):
-    core.create_node(node("n1"))
-    with pytest.raises(ApiException) as error:
-        core.patch_node("n1", {"metadata": {"labels": {"a": "b"}}}, _content_type="application/apply-patch+yaml")
-    assert error.value.status == 415 and status_of(error.value)["reason"] == "UnsupportedMediaType"
-    assert not core.read_node("n1").metadata.labels
 
 
 @pytest.mark.parametrize("method, path, content_type, body, code, reason", [

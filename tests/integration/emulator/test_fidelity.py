@@ -392,3 +392,14 @@ def test_concurrent_lease_takeover_has_one_winner(kube_client):
     winners = [identity for identity, outcome in outcomes.items() if outcome == "won"]
     assert len(winners) == 1 and sorted(o for o in outcomes.values() if o != "won") == [409] * 5
     assert leases.read_namespaced_lease("race", "kube-system").spec.holder_identity == winners[0]
+
+
+def test_server_side_apply_needs_a_field_manager(core):
+    core.create_node(node("n1"))
+    with pytest.raises(ApiException) as error:
+        core.patch_node("n1", {"metadata": {"labels": {"a": "b"}}}, _content_type="application/apply-patch+yaml")
+    assert error.value.status == 422 and "fieldManager: Required value" in status_of(error.value)["message"]
+    assert not core.read_node("n1").metadata.labels
+    core.patch_node("n1", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "labels": {"a": "b"}}},
+                    _content_type="application/apply-patch+yaml", field_manager="test")
+    assert core.read_node("n1").metadata.labels == {"a": "b"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import placement
-from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.extender import ClusterCache
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.extender import ClusterCache, SchedulerExtender
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.extender_numa import NumaPlugin, pod_signature
 
 BINDING = json.dumps({"numa_binding": "true"})
@@ -213,3 +213,14 @@ def test_exclusive_pod_with_required_affinity_is_unschedulable_with_an_event_onc
         assert plugin.filter(exclusive, [node("a"), node("b")], cache) == {"a": ("Unschedulable", reason), "b": ("Unschedulable", reason)}
     assert plugin.kube.events == [("x", "InvalidMicrotopology", "default/x: numa_exclusive with required microtopology affinity", "Warning",
                                    "katalyst-scheduler-extender")]
+
+
+def test_kube_schedulers_field_names_are_read_as_go_reads_them():
+    """kube-scheduler sends ExtenderArgs with Go's field names (`Pod`, `NodeNames`: the struct has no json tags); the
+    real kube-scheduler's first call with a node cache filtered every node out while the extender read only `pod`."""
+    extender = SchedulerExtender(cluster("a", "b"), [NumaPlugin()])
+    wanted = pod("db", cpu="4")
+    result = extender.filter({"Pod": wanted, "Nodes": None, "NodeNames": ["a", "b"]})
+    assert result["nodenames"] == ["a", "b"] and result["failedNodes"] == {}
+    assert result == extender.filter({"pod": wanted, "nodenames": ["a", "b"]})
+    assert {entry["host"] for entry in extender.prioritize({"Pod": wanted, "Nodes": None, "NodeNames": ["a", "b"]})} == {"a", "b"}

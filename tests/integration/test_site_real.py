@@ -1,0 +1,150 @@
+"""The demo on the real control plane (issue 12, item 5): `python -m sandbox up --backend real` in a temporary state
+directory (the pinned release's etcd, kube-apiserver with TLS, client certificates and Node+RBAC, the admission
+webhooks, kube-controller-manager and kube-scheduler; the sandbox nodes registered as Node objects and kept alive by
+the sandbox kubelets), then `python -m sandbox demo` twice: site.yml converges, the second run changes nothing. Then,
+on the real API: the CRDs are Established, the webhook is registered with its caBundle and failurePolicy, a node
+labelled into an overcommit pool gets the controller's annotations and a heartbeat amplified by the webhook (once),
+a TideNodePool gets its roles, and kube-scheduler, restarted with the role's KubeSchedulerConfiguration, binds a pod
+through our extender. `down` leaves nothing running.
+
+Skipped when the pinned release is not built (`make kube-build`). One test: the demo runs are most of its time."""
+
+import base64
+import os
+import re
+import time
+import urllib.request
+
+import yaml
+from kubernetes import client, config
+
+from ansible_collections.katalyst.colocation.plugins.module_utils.crd_manifests import ALL as OUR_CRDS
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.webhook import WEBHOOK_CONFIGURATION_NAME
+from tests.integration.realcluster import DOWN_TIMEOUT, needs_build, wait_for
+from tests.integration.test_site_demo import check_overcommit_amplifies_once, check_tide_gives_roles, demo_recap, free_port, sandbox
+
+pytestmark = needs_build
+TIMEOUT = 300   # a loaded 2-core machine: the controller's, webhook's and kubelets' next passes may take minutes
+
+
+def real_api(state):
+    return config.new_client_from_config(config_file=os.path.join(state, "kube", "admin.kubeconfig"))
+
+
+def test_site_on_the_real_control_plane_converges_overcommits_tides_and_schedules(tmp_path):
+    state = tmp_path / "sandbox"
+    try:
+        timings = run_demo_twice(state)
+        api = real_api(state)
+        check_crds(api)
+        check_webhook_registration(api)
+        started = time.monotonic()
+        check_overcommit(api)
+        check_tide(api)
+        check_scheduling(api, state)
+        timings["checks"] = time.monotonic() - started
+    finally:
+        down = sandbox(state, "down", timeout=DOWN_TIMEOUT)
+    assert down.returncode == 0, down.stdout + down.stderr
+    check_nothing_runs(state)
+    print("real control plane timings: " + ", ".join("%s %.1f s" % item for item in timings.items()))
+
+
+def run_demo_twice(state):
+    """up --backend real, site.yml, site.yml again (changed=0); the seconds each took."""
+    timings, started = {}, time.monotonic()
+    up = sandbox(state, "up", "--backend", "real")
+    assert up.returncode == 0, up.stdout[-5000:] + up.stderr[-2000:]
+    assert "nodes Ready on the real control plane" in up.stdout, up.stdout[-3000:]
+    timings["up"] = time.monotonic() - started
+    assert (state / "backend").read_text().strip() == "real"
+    kubeconfig = yaml.safe_load((state / "kube" / "admin.kubeconfig").read_text())
+    assert "client-certificate-data" in kubeconfig["users"][0]["user"] and "token" not in kubeconfig["users"][0]["user"]
+
+    # the demo's own ports are fixed; this sandbox may run beside it
+    options = ["-e", "katalyst_sandbox_dir=%s" % state, "-e", "webhook_port=%d" % free_port(),
+               "-e", "scheduler_extender_port=%d" % free_port()]
+    first = sandbox(state, "demo", *options)
+    recap = demo_recap(first)
+    assert recap["sandbox-control"] > 0 and all(recap[node] > 0 for node in recap)
+    assert "katalyst_kubeconfig=%s" % (state / "kube" / "admin.kubeconfig") in first.stdout
+    assert "scheduler configuration changed: restarting kube-scheduler" in first.stdout, first.stdout[-3000:]
+    timings["first site.yml"] = time.monotonic() - started - timings["up"]
+
+    second = sandbox(state, "demo", *options)
+    assert demo_recap(second) == dict.fromkeys(recap, 0), second.stdout[-5000:]
+    assert "everything already runs: nothing to do" in second.stdout    # kube-scheduler kept: its configuration is the same
+    timings["second site.yml"] = time.monotonic() - started - sum(timings.values())
+    return timings
+
+
+def check_crds(api):
+    """Our CRDs, as the crds module installed them, Established and with their status subresources."""
+    extensions = client.ApiextensionsV1Api(api)
+    wanted = set(OUR_CRDS)
+    installed = {crd.metadata.name: crd for crd in extensions.list_custom_resource_definition().items}
+    assert wanted <= set(installed), (wanted, sorted(installed))
+    for name in wanted:
+        crd = installed[name]
+        assert any(c.type == "Established" and c.status == "True" for c in crd.status.conditions), name
+        assert all(version.subresources and version.subresources.status is not None for version in crd.spec.versions if version.served), name
+
+
+def check_webhook_registration(api):
+    """The MutatingWebhookConfiguration for nodes/status with the generated CA and failurePolicy Ignore."""
+    hooks = client.AdmissionregistrationV1Api(api).list_mutating_webhook_configuration().items
+    assert [hook.metadata.name for hook in hooks] == [WEBHOOK_CONFIGURATION_NAME]
+    webhook = hooks[0].webhooks[0]
+    assert webhook.failure_policy == "Ignore"
+    assert webhook.client_config.url.startswith("https://127.0.0.1:")
+    assert base64.b64decode(webhook.client_config.ca_bundle).startswith(b"-----BEGIN CERTIFICATE-----")
+    assert [(rule.operations, rule.resources) for rule in webhook.rules] == [(["UPDATE"], ["nodes/status"])]
+
+
+def check_overcommit(api):
+    """The demo's overcommit check, through the real apiserver (its webhook call included)."""
+    check_overcommit_amplifies_once(client.CoreV1Api(api), client.CustomObjectsApi(api),
+                                    lambda check, what: wait_for(what, check, timeout=TIMEOUT))
+
+
+def check_tide(api):
+    """The demo's tide check, through the real apiserver."""
+    check_tide_gives_roles(client.CoreV1Api(api), client.CustomObjectsApi(api), lambda check, what: wait_for(what, check, timeout=TIMEOUT))
+
+
+def extender_filter_calls(port):
+    """How many filter calls the extender answered with 200, from its /metrics."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=30) as response:
+        metrics = response.read().decode()
+    match = re.search(r'^katalyst_http_requests_total\{code="200",daemon="katalyst-scheduler-extender",path="filter"\} (\S+)$',
+                      metrics, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def check_scheduling(api, state):
+    """kube-scheduler runs with the role's extender entry, calls the extender and binds a pod; the sandbox kubelet runs it."""
+    scheduler_config = yaml.safe_load((state / "kube" / "scheduler-config.yaml").read_text())
+    extender = scheduler_config["extenders"][0]
+    port = int(extender["urlPrefix"].rsplit(":", 1)[1])
+    calls_before = extender_filter_calls(port)
+    core = client.CoreV1Api(api)
+    pod = {"metadata": {"name": "web"}, "spec": {
+        "containers": [{"name": "app", "image": "app", "resources": {"requests": {"cpu": "1"}}}],
+        "tolerations": [{"operator": "Exists"}]}}
+    # the controller-manager creates the namespace's default ServiceAccount, which pod admission asks for
+    wait_for("the pod to be admitted", lambda: core.create_namespaced_pod("default", pod), timeout=TIMEOUT)
+    wait_for("kube-scheduler to bind the pod", lambda: core.read_namespaced_pod("web", "default").spec.node_name, timeout=TIMEOUT)
+    assert extender_filter_calls(port) > calls_before
+    wait_for("the sandbox kubelet to run the pod", lambda: core.read_namespaced_pod("web", "default").status.phase == "Running",
+             timeout=TIMEOUT)
+
+
+def check_nothing_runs(state):
+    """After `down`: no component of the control plane, no kubelet, no daemon is running."""
+    status = sandbox(state, "status", timeout=DOWN_TIMEOUT)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "running" not in status.stdout, status.stdout
+    for component in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
+        assert re.search(r"^%s\s+stopped$" % component, status.stdout, re.MULTILINE), status.stdout
+    services = state / "services"
+    assert not [entry for entry in os.listdir(services) if entry.endswith(".pid")], os.listdir(services)
