@@ -241,8 +241,8 @@ def cmd_up(args):
     start_kubelets(state, nodes, kubeconfig, backend)
     # a real kube-controller-manager's node lifecycle controller under load takes longer than the emulator
     wait_for(lambda: nodes_ready(kubeconfig, nodes), 180 if backend == "real" else 60, "%d Ready nodes" % len(nodes))
-    print("sandbox: %d nodes Ready on the %s: %s" % (len(nodes), "real control plane" if backend == "real" else "API emulator",
-                                                    ", ".join(nodes)))
+    where = "real control plane" if backend == "real" else "API emulator"
+    print("sandbox: %d nodes Ready on the %s: %s" % (len(nodes), where, ", ".join(nodes)))
     return 0
 
 

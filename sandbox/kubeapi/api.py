@@ -363,6 +363,12 @@ class KubeAPI:
                 merged["status"] = new["status"]
             else:
                 merged.pop("status", None)
+            if rtype.kind == "Node":  # the real nodes/status strategy keeps only the spec: metadata changes stand
+                for field in ("labels", "annotations"):
+                    if field in (new.get("metadata") or {}):
+                        merged["metadata"][field] = new["metadata"][field]
+                    else:
+                        merged["metadata"].pop(field, None)
             new = merged
         elif rtype.status:
             if "status" in old:

@@ -242,8 +242,8 @@ class FieldManager:
         if conflicts and not force:
             raise ApplyConflict(conflicts)
         result = merge(base, {k: v for k, v in applied.items() if k not in ("apiVersion", "kind", "metadata")}, self.shape)
-        result["metadata"] = merge(base.get("metadata") or {}, {k: v for k, v in (applied.get("metadata") or {}).items()
-                                                              if k not in SERVER_SET_META}, self.shape.child("metadata"))
+        applied_meta = {k: v for k, v in (applied.get("metadata") or {}).items() if k not in SERVER_SET_META}
+        result["metadata"] = merge(base.get("metadata") or {}, applied_meta, self.shape.child("metadata"))
         still_owned = set().union(*[s for _e, s in others]) if others else set()
         for path in sorted(previous - set(wanted) - still_owned, key=len, reverse=True):
             result = remove(result, path, self.shape)

@@ -265,7 +265,6 @@ class OpenAPIDocuments:
             paths.update({path: to_v2_path(item) for path, item in document["paths"].items()})
         return {"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.37.2"}, "paths": paths, "definitions": definitions}
 
-
     def v2_protobuf(self):
         """The v2 document in gnostic's protobuf form, cached while no group-version document changes."""
         key = ("v2pb", tuple(self.v3_bytes(g, v)[1] for g, v in self.registry.group_versions()))

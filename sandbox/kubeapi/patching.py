@@ -1,7 +1,7 @@
 """PATCH bodies: JSON merge patch (RFC 7386), JSON patch (RFC 6902) and strategic merge patch.
 
 Strategic merge needs each field's patch strategy, which the real API server takes from the Go types;
-here a small table covers the built-in fields this project touches (taints by ``key``, containers by
+here a small table covers the built-in fields this project touches (containers by
 ``name``, conditions by ``type``, ...). Custom resources have no strategy: 415, as on a real server.
 """
 
@@ -30,7 +30,8 @@ def _pod_spec(prefix):
 
 
 STRATEGIES = {
-    "Node": {("spec", "taints"): "key", ("status", "conditions"): "type", ("status", "addresses"): "type"},
+    # spec.taints has no merge key in the real API: an atomic list, replaced whole
+    "Node": {("status", "conditions"): "type", ("status", "addresses"): "type"},
     "Pod": {**_pod_spec(("spec",)), ("status", "conditions"): "type", ("status", "containerStatuses"): "name",
             ("status", "initContainerStatuses"): "name", ("status", "podIPs"): "ip"},
     "Deployment": {**_pod_spec(("spec", "template", "spec")), ("status", "conditions"): "type"},

@@ -18,12 +18,16 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from sandbox.kube.cluster import pinned_version
 from sandbox.kubeapi import openapiv2_proto, tables
 from sandbox.kubeapi.api import APIError, KubeAPI, WriteOptions
 
 LOG = logging.getLogger("sandbox.kubeapi")
-VERSION_INFO = {"major": "1", "minor": "30", "gitVersion": "v1.30.0-katalyst-sandbox", "gitCommit": "", "gitTreeState": "clean",
-                "buildDate": "2026-11-24T00:00:00Z", "goVersion": "go1.22", "compiler": "gc", "platform": "linux/amd64"}
+# The release the real backend runs (sandbox/kube/go.mod), whose API the emulator stands in for.
+_RELEASE = pinned_version()
+VERSION_INFO = {"major": _RELEASE[1:].split(".")[0], "minor": _RELEASE.split(".")[1], "gitVersion": _RELEASE + "-katalyst-sandbox",
+                "gitCommit": "", "gitTreeState": "clean", "buildDate": "2026-11-24T00:00:00Z", "goVersion": "go1.26",
+                "compiler": "gc", "platform": "linux/amd64"}
 
 
 def write_kubeconfig(path, url, context="sandbox", ca_file=None):

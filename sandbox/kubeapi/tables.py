@@ -209,8 +209,9 @@ BUILTIN_PRINTERS = {
                                        _cells_with_age(lambda lease: (lease.get("spec") or {}).get("holderIdentity") or "<none>")),
     ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"): (_with_age(column("Webhooks", kind="integer")), _cells_with_age(_count("webhooks"))),
     ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"): (_with_age(column("Webhooks", kind="integer")), _cells_with_age(_count("webhooks"))),
-    ("apiextensions.k8s.io", "CustomResourceDefinition"): (lambda: [NAME_COLUMN, column("Created At", kind="date")],
-                                                          lambda crd, now: [crd["metadata"]["name"], crd["metadata"].get("creationTimestamp")]),
+    ("apiextensions.k8s.io", "CustomResourceDefinition"): (
+        lambda: [NAME_COLUMN, column("Created At", kind="date")],
+        lambda crd, now: [crd["metadata"]["name"], crd["metadata"].get("creationTimestamp")]),
 }
 DEFAULT_PRINTER = (_with_age(), _cells_with_age())
 

@@ -296,8 +296,8 @@ def print_side_by_side(rows, nodes):
     print("%-17s %6s %8s %9s %18s %16s %16s" % ("run", "pods", "bound", "pods/s", "pods/s from start", "filter p99 ms", "prioritize p99 ms"))
     for row in rows:
         p99 = {verb["verb"]: "%.1f" % verb["p99_ms"] for verb in row["latency"]}
-        print("%-17s %6d %8d %9.1f %18.1f %16s %16s" % (row["run"], row["pods"], row["bound"], row["pods_per_s"], row["from_start_per_s"],
-                                                     p99.get("filter", "-"), p99.get("prioritize", "-")))
+        print("%-17s %6d %8d %9.1f %18.1f %16s %16s" % (
+            row["run"], row["pods"], row["bound"], row["pods_per_s"], row["from_start_per_s"], p99.get("filter", "-"), p99.get("prioritize", "-")))
 
 
 def main():

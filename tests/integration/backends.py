@@ -2,7 +2,7 @@
 
 The real one (sandbox/kube/cluster.py, the pinned release) starts once per test session (per xdist worker) and is
 reset to its baseline after each test by deleting, in etcd, every key the test added. It runs without kube-scheduler,
-without the node lifecycle controller and without the TaintNodesByCondition admission plugin (whose not-ready taint
+without the node lifecycle and ttl controllers and without the TaintNodesByCondition admission plugin (whose not-ready taint
 only that controller removes): the emulator has none of them, so tests bind their pods themselves and create
 Node objects no kubelet keeps alive (the real scheduler and the node lifecycle controller are proven by the
 end-to-end tests, test_real_*.py).
@@ -16,7 +16,10 @@ from sandbox.kube import etcdkeys
 
 BACKENDS = ("emulator", "real")
 REAL_WITHOUT = ("kube-scheduler",)
-REAL_DISABLED_CONTROLLERS = ("node-lifecycle-controller",)
+# Node controllers the emulator has no counterpart of: the node lifecycle controller taints and marks Nodes that no
+# kubelet keeps alive, the ttl controller annotates every Node (node.alpha.kubernetes.io/ttl), which shows up in
+# watches, conflicts and exact comparisons.
+REAL_DISABLED_CONTROLLERS = ("node-lifecycle-controller", "ttl-controller")
 # It taints every new Node `node.kubernetes.io/not-ready:NoSchedule`, which only the node lifecycle controller removes.
 REAL_DISABLED_ADMISSION_PLUGINS = ("TaintNodesByCondition",)
 

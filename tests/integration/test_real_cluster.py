@@ -16,10 +16,10 @@ import yaml
 
 from plugins.module_utils.crd_manifests import crds
 from sandbox.kube import cluster as kube_cluster
-from tests.integration.realcluster import (BIN_DIR, DOWN_TIMEOUT, UP_TIMEOUT, cluster_cli, cluster_down, needs_build,
-                                          wait_for)
+from tests.integration.realcluster import BIN_DIR, DOWN_TIMEOUT, UP_TIMEOUT, cluster_cli, cluster_down, needs_build, wait_for
 
 kubernetes = pytest.importorskip("kubernetes")
+
 
 def listening(port):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -5,17 +5,19 @@ import json
 import ssl
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from kubernetes import client, dynamic, watch
 from kubernetes.client.rest import ApiException
 
+from sandbox.kube.cluster import pinned_version
 from sandbox.kubeapi.server import KubeAPIServer
 from tests.integration.tlsutil import make_ca_and_server_cert
+from tests.integration.waiting import wait_until
 
 GROUP = "tide.katalyst.kubewharf.io"
+PINNED_RELEASE = pinned_version()      # the emulator reports the release the real backend runs
 POOL_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
     "metadata": {"name": "tidenodepools.%s" % GROUP},
@@ -65,30 +67,33 @@ def core(kube_client):
 def crd(kube_client):
     ext = client.ApiextensionsV1Api(kube_client)
     ext.create_custom_resource_definition(POOL_CRD)
-    return client.CustomObjectsApi(kube_client)
+    custom = client.CustomObjectsApi(kube_client)
+    # a real apiserver serves a new CRD a moment after accepting it
+    wait_until(lambda: custom.list_cluster_custom_object(GROUP, "v1alpha1", "tidenodepools"), ignore=(ApiException,),
+               what="the CRD to be served")
+    return custom
 
 
 def test_discovery_lists_builtins_and_crds_once_established(kube_client):
     dyn = dynamic.DynamicClient(kube_client)
     assert dyn.resources.get(api_version="v1", kind="Node").namespaced is False
     assert dyn.resources.get(api_version="v1", kind="Pod").namespaced is True
-    assert client.VersionApi(kube_client).get_code().git_version.startswith("v1.30")
+    assert client.VersionApi(kube_client).get_code().git_version.startswith(PINNED_RELEASE)
     groups = [g.name for g in client.ApisApi(kube_client).get_api_versions().groups]
     assert GROUP not in groups
     ext = client.ApiextensionsV1Api(kube_client)
     ext.create_custom_resource_definition(POOL_CRD)
-    created = ext.read_custom_resource_definition("tidenodepools.%s" % GROUP)
-    assert {c.type: c.status for c in created.status.conditions} == {"NamesAccepted": "True", "Established": "True"}
-    groups = [g.name for g in client.ApisApi(kube_client).get_api_versions().groups]
-    assert GROUP in groups
-    with urllib.request.urlopen("%s/apis/%s/v1alpha1" % (kube_client.configuration.host, GROUP)) as response:
-        resources = json.loads(response.read())
-    names = {r["name"]: r for r in resources["resources"]}
-    assert names["tidenodepools"]["shortNames"] == ["tnp"] and "tidenodepools/status" in names
+    # a real apiserver establishes a CRD asynchronously (the emulator at once)
+    wait_until(lambda: {c.type: c.status for c in ext.read_custom_resource_definition("tidenodepools.%s" % GROUP).status.conditions or []}
+               == {"NamesAccepted": "True", "Established": "True"}, what="the CRD to be Established")
+    wait_until(lambda: GROUP in [g.name for g in client.ApisApi(kube_client).get_api_versions().groups], what="the group in discovery")
+    resources = client.CustomObjectsApi(kube_client).get_api_resources(GROUP, "v1alpha1").resources
+    names = {r.name: r for r in resources}
+    assert names["tidenodepools"].short_names == ["tnp"] and "tidenodepools/status" in names
     fresh = dynamic.DynamicClient(kube_client)
     assert fresh.resources.get(api_version="%s/v1alpha1" % GROUP, kind="TideNodePool").name == "tidenodepools"
     ext.delete_custom_resource_definition("tidenodepools.%s" % GROUP)
-    assert GROUP not in [g.name for g in client.ApisApi(kube_client).get_api_versions().groups]
+    wait_until(lambda: GROUP not in [g.name for g in client.ApisApi(kube_client).get_api_versions().groups], what="the group to go")
 
 
 def test_crud_uid_timestamps_and_status_objects(core):
@@ -135,7 +140,8 @@ def test_status_subresource_splits_main_and_status(core, crd):
     assert core.read_node("n1").status.allocatable["cpu"] == "7"       # the main resource ignores status
     core.patch_node_status("n1", {"metadata": {"labels": {"c": "d"}}, "status": {"allocatable": {"cpu": "1"}}})
     read = core.read_node("n1")
-    assert read.status.allocatable["cpu"] == "1" and "c" not in read.metadata.labels   # /status ignores the rest
+    # nodes/status ignores the spec; metadata changes stand there (as the kubelet's heartbeats rely on)
+    assert read.status.allocatable["cpu"] == "1" and read.metadata.labels == {"a": "b", "c": "d"}
     created = crd.create_cluster_custom_object(GROUP, "v1alpha1", "tidenodepools", dict(pool("p2"), status={"x": 1}))
     assert "status" not in created
 
@@ -169,6 +175,12 @@ def test_watch_resume_bookmarks_and_selectors(core):
     selected = [(e["type"], e["raw_object"]["metadata"]["name"])
                 for e in watch.Watch().stream(core.list_node, label_selector="pool=a", resource_version=start_rv, timeout_seconds=1)]
     assert selected == [("DELETED", "n1")]
+
+
+@pytest.mark.emulator_only("a real apiserver sends a bookmark about once a minute; the emulator fixture every 0.3 s, so that "
+                           "informer tests are quick")
+def test_watch_sends_bookmarks(core):
+    start_rv = core.create_node(node("n1")).metadata.resource_version
     stream = watch.Watch().stream(core.list_node, resource_version=start_rv, allow_watch_bookmarks=True, timeout_seconds=1)
     kinds = [e["type"] for e in stream]
     assert "BOOKMARK" in kinds
@@ -217,10 +229,14 @@ def test_patches_merge_json_and_strategic(core):
     core.patch_node("n1", {"spec": {"taints": [{"key": "a", "value": "1", "effect": "NoSchedule"}]}})
     patched = core.patch_node("n1", {"metadata": {"labels": {"drop": None}},
                                      "spec": {"taints": [{"key": "b", "value": "2", "effect": "NoExecute"}]}})
-    assert sorted(t.key for t in patched.spec.taints) == ["a", "b"]          # strategic: merged by key
+    assert [t.key for t in patched.spec.taints] == ["b"]                    # strategic: taints are an atomic list
     assert patched.metadata.labels == {"keep": "1"}                          # null removes
-    patched = core.patch_node("n1", {"spec": {"taints": [{"key": "a", "$patch": "delete"}]}})
-    assert [t.key for t in patched.spec.taints] == ["b"]
+    # status conditions merge by type, and `$patch: delete` removes one
+    core.patch_node_status("n1", {"status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    patched = core.patch_node_status("n1", {"status": {"conditions": [{"type": "DiskPressure", "status": "False"}]}})
+    assert sorted(c.type for c in patched.status.conditions) == ["DiskPressure", "Ready"]
+    patched = core.patch_node_status("n1", {"status": {"conditions": [{"type": "Ready", "$patch": "delete"}]}})
+    assert [c.type for c in patched.status.conditions] == ["DiskPressure"]
     patched = core.patch_node("n1", {"spec": {"taints": [{"key": "b", "value": "3", "effect": "NoExecute"}]}},
                               _content_type="application/merge-patch+json")
     assert [(t.key, t.value) for t in patched.spec.taints] == [("b", "3")]   # merge patch replaces lists

@@ -7,6 +7,7 @@ emulator's no-op updates, strategic/merge patches, CRD establishment and waits t
 import os
 
 import pytest
+from kubernetes import client
 
 from tests.integration.ansible_runner import REPO, run_playbook
 
@@ -80,7 +81,7 @@ PLAYBOOK = """
 """
 
 
-def test_kubernetes_core_converges_and_is_idempotent(kubeapi, tmp_path):
+def test_kubernetes_core_converges_and_is_idempotent(kubeapi, kube_client, tmp_path):
     extra = {"kubeconfig": kubeapi.kubeconfig}
     code, first, output = run_playbook(PLAYBOOK, tmp_path, extra_vars=extra)
     assert code == 0, output
@@ -89,5 +90,5 @@ def test_kubernetes_core_converges_and_is_idempotent(kubeapi, tmp_path):
     code, second, output = run_playbook(PLAYBOOK, tmp_path, extra_vars=extra)
     assert code == 0, output
     assert set(second) == set(first) and [name for name, result in second.items() if result.get("changed")] == []
-    nodes = kubeapi.api.list(kubeapi.api.registry.get("", "v1", "nodes"), None)["items"]
-    assert nodes[0]["spec"]["taints"] == [{"key": "tide", "value": "true", "effect": "NoSchedule"}]
+    nodes = client.CoreV1Api(kube_client).list_node().items
+    assert [(t.key, t.value, t.effect) for t in nodes[0].spec.taints] == [("tide", "true", "NoSchedule")]
