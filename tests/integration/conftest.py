@@ -53,9 +53,11 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def real_control_plane(tmp_path_factory):
     """The real control plane of this session (of this xdist worker), started at the first test that needs it."""
-    plane = RealControlPlane(tmp_path_factory.mktemp("real-control-plane")).start()
-    yield plane
-    plane.stop()
+    plane = RealControlPlane(tmp_path_factory.mktemp("real-control-plane"))
+    try:
+        yield plane.start()
+    finally:  # also when it failed to start: what did start stops
+        plane.stop()
 
 
 @pytest.fixture(params=BACKENDS)
