@@ -57,7 +57,9 @@ if [[ $force == 0 ]] && up_to_date; then
   exit 0
 fi
 
-command -v go >/dev/null || die "go is not on PATH"
+# Go's official tarball installs to /usr/local/go, which a non-login shell (CI) may not have on PATH.
+command -v go >/dev/null || { [[ -x /usr/local/go/bin/go ]] && PATH=$PATH:/usr/local/go/bin; }
+command -v go >/dev/null || die "go is not on PATH (nor in /usr/local/go/bin)"
 mkdir -p "$out"
 # Two builds of the same version at once (two shells, CI) would race on the output: serialise.
 exec 9>"$out_root/.lock"
