@@ -164,11 +164,20 @@ def node_ready(node):
     return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
 
 
+def node_taints(node):
+    """The node.kubernetes.io/ taints (not-ready, unreachable, ...) the node lifecycle controller manages."""
+    return [t for t in node.spec.taints or [] if t.key.startswith("node.kubernetes.io/")]
+
+
 def keep_ready(core, coordination, names, grace):
     """The nodes turn Ready, then stay Ready (no node.kubernetes.io/ taint) until twice the grace period has passed since
     the last one was created, checked at every poll; their Leases are renewed meanwhile."""
-    wait_for("%d fake nodes Ready" % len(names),
-             lambda: sum(node_ready(n) for n in core.list_node().items if n.metadata.name in names) == len(names))
+    def ready_untainted():
+        nodes = [n for n in core.list_node().items if n.metadata.name in names]
+        return len(nodes) == len(names) and all(node_ready(n) and not node_taints(n) for n in nodes)
+    # A new Node is born with the not-ready taint (TaintNodesByCondition); the node lifecycle controller removes it
+    # once the node reports Ready, a few seconds later.
+    wait_for("%d fake nodes Ready, their not-ready taint removed" % len(names), ready_untainted)
     # The Node is created Ready; its Lease comes right after (a 404 until then: wait_for retries).
     leases = wait_for("the fake nodes' Leases", lambda: {name: coordination.read_namespaced_lease(name, "kube-node-lease") for name in names})
     assert all(lease.spec.holder_identity == name for name, lease in leases.items())
@@ -178,7 +187,7 @@ def keep_ready(core, coordination, names, grace):
         for name in names:
             node = core.read_node(name)
             assert node_ready(node), "%s turned NotReady: %s" % (name, node.status.conditions)
-            assert not any(t.key.startswith("node.kubernetes.io/") for t in node.spec.taints or []), node.spec.taints
+            assert not node_taints(node), node.spec.taints
         return (datetime.datetime.now(datetime.timezone.utc) - created).total_seconds() > 2 * grace
 
     wait_for("twice the node-monitor grace period (%gs) with the nodes Ready" % grace, past_two_graces, timeout=2 * grace + 240)
