@@ -30,6 +30,7 @@ import yaml
 
 from plugins.module_utils import crd_manifests, tide
 from tests.integration.ansible_runner import REPO, run_playbook
+from tests.integration.test_crds_module import PLAY as CRDS_PLAY  # the crds module, state from `st` (present)
 from tests.integration.realcluster import KUBECTL, cluster_cli, cluster_down, kubectl, needs_build, wait_for
 
 kubernetes = pytest.importorskip("kubernetes")
@@ -282,14 +283,6 @@ class Watch:
 
 
 # -- 1. CRDs -------------------------------------------------------------------------------------------------------
-CRDS_PLAY = """
-- hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: crds
-      katalyst.colocation.crds:
-        kubeconfig: "{{ kc }}"
-"""
 
 # (what, plural, object, field path the apiserver must name): each refused by a constraint our schemas state.
 SCHEMA_REFUSALS = [
