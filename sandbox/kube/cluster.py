@@ -388,6 +388,8 @@ class Cluster:
                     "--service-cluster-ip-range=" + SERVICE_CIDR,
                     "--kubelet-client-certificate=%s/apiserver-kubelet-client.crt" % pki,
                     "--kubelet-client-key=%s/apiserver-kubelet-client.key" % pki,
+                    # A node's name does not resolve here (no DNS for it): reach kubelets at their InternalIP, as kubeadm does.
+                    "--kubelet-preferred-address-types=InternalIP,Hostname",
                     # The `kubernetes` Service cannot point at a loopback address (the apiserver refuses to start).
                     "--endpoint-reconciler-type=none",
                     "--allow-privileged=true", "--profiling=false", "--cert-dir=%s" % os.path.join(pki, "generated")] + (

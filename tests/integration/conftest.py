@@ -83,3 +83,15 @@ def kube_client(kubeapi):
     api_client = backends.api_client(kubeapi)
     yield api_client
     api_client.close()
+
+
+@pytest.fixture(scope="session")
+def real_node(tmp_path_factory):
+    """The real kubelet node (sandbox/kube/node.py) with a control plane of its own, for the session; the tests that
+    use it carry `realnode.marks` (one xdist group, skipped with the reason where no node can run)."""
+    from tests.integration import realnode  # pylint: disable=import-outside-toplevel
+    reason = realnode.skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with realnode.real_node(tmp_path_factory.mktemp("real-node")) as node:
+        yield node

@@ -1,0 +1,3 @@
+module katalyst.local/workload
+
+go 1.26
