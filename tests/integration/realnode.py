@@ -5,6 +5,7 @@ a file lock serializes the pytest processes and the tests that use it share one 
 import contextlib
 import fcntl
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -90,3 +91,61 @@ class RealNode:  # pylint: disable=too-few-public-methods
 
     def up(self):
         return node_cli(self.state, "up")
+
+
+# --- the agent on the real node, installed by the agent role as on any node --------------------------------------
+
+AGENT_PLAY = """
+- name: The agent on the real node
+  hosts: localhost
+  gather_facts: false
+  roles:
+    - katalyst.colocation.agent
+"""
+
+
+def agent_vars(node, workdir, **overrides):
+    """The agent role's variables for the real node: the real kernel (sysroot /), the kubelet's cgroup root, files under
+    `workdir`, and the sandbox's service stand-in (this host has no systemd)."""
+    workdir = str(workdir)
+    values = {"katalyst_sandbox_dir": os.path.join(workdir, "services"), "katalyst_kubeconfig": node.kubeconfig,
+              "katalyst_node_name": node.name, "agent_service_manager": "sandbox", "agent_python_mode": "current",
+              "agent_sysroot": "/", "agent_install_dir": os.path.join(workdir, "opt"), "agent_config_dir": os.path.join(workdir, "etc"),
+              "agent_state_dir": os.path.join(workdir, "state"), "agent_metrics_port": 0,
+              "agent_kubelet_cgroup_root": kube_node.CGROUP_ROOT, "agent_reclaim_root": kube_node.CGROUP_ROOT + "/kubepods/besteffort",
+              "agent_oom_bpf_pin_dir": os.path.join(workdir, "bpf"),
+              # no CRDs in this cluster: the CNR loops have nothing to write to
+              "agent_reclaimed_resources_enabled": False, "agent_realtime_overcommit_enabled": False}
+    values.update(overrides)
+    return values
+
+
+def install_agent(node, workdir, **overrides):
+    """ansible-playbook with the agent role; (rc, tasks, output)."""
+    from tests.integration.ansible_runner import run_playbook  # pylint: disable=import-outside-toplevel
+    os.makedirs(os.path.join(str(workdir), "services"), exist_ok=True)  # the role runs the service from its parent
+    env = {"PYTHONPATH": kube_node.cluster.REPO}        # `python -m sandbox service` from the role's chdir
+    return run_playbook(AGENT_PLAY, pathlib.Path(str(workdir)), extra_vars=agent_vars(node, workdir, **overrides), env=env)
+
+
+def stop_agent(node, workdir):
+    subprocess.run([sys.executable, "-m", "sandbox", "service", "--state-dir", os.path.join(str(workdir), "services"), "stop",
+                    "katalyst-agent-" + node.name], capture_output=True, timeout=120, check=False, cwd=kube_node.cluster.REPO)
+
+
+def pod_pids(uid):
+    """Host pids of a pod's processes (all its containers, not the pause container's sandbox), from the kubelet's
+    memory cgroup tree."""
+    base = "/sys/fs/cgroup/memory%s/kubepods" % kube_node.CGROUP_ROOT
+    pids = []
+    for dirpath, _dirs, files in os.walk(base):
+        if "/pod" + uid + "/" in dirpath + "/" and dirpath.rsplit("/", 1)[-1] != "pod" + uid and "cgroup.procs" in files:
+            with contextlib.suppress(OSError):
+                with open(os.path.join(dirpath, "cgroup.procs"), encoding="utf-8") as handle:
+                    pids += [int(p) for p in handle.read().split()]
+    return pids
+
+
+def oom_score_adj(pid):
+    with open("/proc/%d/oom_score_adj" % pid, encoding="utf-8") as handle:
+        return int(handle.read())
