@@ -160,7 +160,7 @@ class Node:  # pylint: disable=too-many-instance-attributes
             # Never evict because the build machine's disk is fuller than a node's would be; eviction has its own tests.
             "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "maxPods": 50, "serializeImagePulls": False, "shutdownGracePeriod": "0s",
+            "maxPods": 110, "serializeImagePulls": False, "shutdownGracePeriod": "0s",
             "logging": {"format": "text"},
         }, sort_keys=False)
 
