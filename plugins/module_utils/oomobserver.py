@@ -54,21 +54,36 @@ def in_domain(pod, domain_id):
     return domain_id == 0 or any(cgroup_id == domain_id for cgroup_id, _limited in pod.lineage)
 
 
-def explain_kills(events, pods):
-    """One explanation per event (oldest first): victim pod, QoS level, priority, inversion and a message."""
+def explain_kills(events, pods, history=()):
+    """One explanation per event (oldest first): victim pod, QoS level, priority, inversion and a message.
+
+    `history`: the views of the previous pass. By the time the events are read, the victim's container may be gone
+    with its cgroup and pid, so a victim not found in `pods` is looked up there (the pod itself usually still exists,
+    which is why history is not just the pods that vanished)."""
     events = sorted(events, key=lambda e: (e["timestamp_ns"], e["pid"]))
+    current = {pod.name: pod for pod in pods}
+
+    def victim_of(event):
+        found = find_victim(event, pods)
+        if found is None:
+            found = find_victim(event, history)
+            found = current.get(found.name, found) if found is not None else None  # one object per pod for the checks below
+        return found
     explanations = []
+    killed = set()      # pids killed by the earlier events of this batch: a pod all of whose processes died is not alive
     for index, event in enumerate(events):
-        victim = find_victim(event, pods)
-        later_victims = {id(p) for e in events[index + 1:] for p in [find_victim(e, pods)] if p is not None}
+        victim = victim_of(event)
+        later_victims = {id(p) for e in events[index + 1:] for p in [victim_of(e)] if p is not None}
         domain_id, domain_source = domain_of(event, victim)
         lower_alive = []
         if victim is not None:
             for pod in pods:
                 if pod is victim or not in_domain(pod, domain_id):
                     continue
-                if (pod.alive or id(pod) in later_victims) and is_priority_inversion(victim.priority, [pod.priority]):
+                alive = pod.alive and not (pod.pids and pod.pids <= killed)
+                if (alive or id(pod) in later_victims) and is_priority_inversion(victim.priority, [pod.priority]):
                     lower_alive.append(pod)
+        killed.add(event["pid"])
         priority = victim.priority if victim else event.get("priority")
         explanation = {
             "pid": event["pid"], "comm": event.get("comm", ""), "pod": victim.name if victim else None,

@@ -46,7 +46,9 @@ def real_node(state, *cluster_args):
             before = host_snapshot()
             cluster_cli(state, "up", *cluster_args)
             node_cli(state, "up")
-            yield RealNode(state, before)
+            node = RealNode(state, before)
+            node.wait_bootstrapped()
+            yield node
         finally:
             with contextlib.suppress(Exception):
                 node_cli(state, "down", timeout=DOWN_TIMEOUT)
@@ -85,6 +87,13 @@ class RealNode:  # pylint: disable=too-few-public-methods
         self.kubeconfig = os.path.join(self.state, "admin.kubeconfig")
         self.host_before = host_before
         self.name = NODE_NAME
+
+    def wait_bootstrapped(self, timeout=UP_TIMEOUT):
+        """Pods can be created only once the controller-manager made the namespace's default ServiceAccount."""
+        import kubernetes  # pylint: disable=import-outside-toplevel
+        from tests.integration.realcluster import wait_for  # pylint: disable=import-outside-toplevel
+        core = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(self.kubeconfig))
+        wait_for("the default ServiceAccount", lambda: core.read_namespaced_service_account("default", "default"), timeout=timeout)
 
     def down(self):
         return node_cli(self.state, "down", timeout=DOWN_TIMEOUT)

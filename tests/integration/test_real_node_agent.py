@@ -9,14 +9,18 @@ plus 96 MiB, so memory runs out from inside the most important pod.
 Measured and printed, not asserted: the full kill order with the agent (see the test's comment on web vs system).
 """
 
+import contextlib
 import itertools
+import json
 import os
+import subprocess
 import time
 
 import pytest
 
 from sandbox.kube import images, node as kube_node
 from tests.integration import realnode
+from tests.integration.ansible_runner import run_playbook
 from tests.integration.oomlib import KernelLog
 from tests.integration.realcluster import wait_for
 
@@ -27,6 +31,12 @@ NAMESPACE = "default"
 ENHANCEMENT = "katalyst.kubewharf.io/memory_enhancement"
 QOS_LEVEL = "katalyst.kubewharf.io/qos_level"
 PRIORITY = {"reclaimed_cores": -100, "shared_cores": 0, "dedicated_cores": 100, "system_cores": 200}
+OOM_HOOK_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  roles:
+    - role: katalyst.colocation.oom_hook
+"""
 TIER = "/sys/fs/cgroup/memory%s/kubepods/burstable" % kube_node.CGROUP_ROOT
 
 
@@ -115,6 +125,27 @@ def kill_order(log, pids_by_pod, count, timeout=180):
     return order
 
 
+def oom_hook(tmp_path, bpffs, state):
+    """The oom_hook role on this host's kernel (bpffs and pins under tmp_path): the observer that records OOM kills."""
+    extra = {"oom_hook_state": state, "oom_hook_build_on": "node", "oom_hook_install_packages": False, "oom_hook_bpffs": str(bpffs),
+             "oom_hook_pin_dir": str(bpffs / "katalyst"), "oom_hook_source_dir": str(tmp_path / "src"), "oom_hook_build_dir": str(tmp_path / "build")}
+    code, _tasks, output = run_playbook(OOM_HOOK_PLAY, tmp_path, extra_vars=extra)
+    assert code == 0, output[-3000:]
+
+
+def agent_kills(workdir):
+    """The oom_observer's kill explanations in the agent's JSON log (the sandbox service's log file)."""
+    path = os.path.join(str(workdir), "services", "services", "katalyst-agent-%s.log" % realnode.NODE_NAME)
+    kills = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("loop") == "oom_observer" and record.get("msg", "").startswith("OOM kill"):
+                    kills.append(record)
+    return kills
+
+
 def run_oom_episode(api, tag):
     """Start the three pods, cap the tier, and return the kill order from the kernel log."""
     # system grows ~20 MiB/s until the tier's limit (set once all run) stops it
@@ -132,15 +163,19 @@ def run_oom_episode(api, tag):
 
 def test_a_real_oom_in_the_tier_kills_by_priority_with_the_agent_and_by_size_without(real_node, api, tmp_path):
     """Without the agent the kubelet's values stand (all ~999): the kernel kills the biggest, `system`, first. With
-    the agent the kernel kills the reclaimed pod, batch, first."""
+    the agent the kernel kills the reclaimed pod, batch, first, and the agent explains each kill from what the BPF
+    observer (the oom_hook role) recorded."""
     with open(os.path.join(TIER, "memory.limit_in_bytes"), encoding="utf-8") as handle:
         old_limit = handle.read().strip()
     orders = {}
     try:
         for tag, with_agent in (("plain", False), ("agent", True)):
             workdir = tmp_path / tag
-            if with_agent:
-                rc, _tasks, output = realnode.install_agent(real_node, workdir)
+            if with_agent:      # with the oom_hook role's BPF observer, as site.yml installs both
+                bpffs = tmp_path / "bpffs"
+                bpffs.mkdir()
+                oom_hook(tmp_path, bpffs, "present")
+                rc, _tasks, output = realnode.install_agent(real_node, workdir, agent_oom_bpf_pin_dir=str(bpffs / "katalyst"))
                 assert rc == 0, output[-3000:]
             try:
                 uids, pids = run_oom_episode(api, tag)
@@ -158,12 +193,22 @@ def test_a_real_oom_in_the_tier_kills_by_priority_with_the_agent_and_by_size_wit
                     log.close()
                     with open(os.path.join(TIER, "memory.limit_in_bytes"), "w", encoding="utf-8") as handle:
                         handle.write(old_limit)
+                if with_agent:  # the agent explains every kill the observer recorded, naming the pod
+                    def explained():
+                        kills = agent_kills(workdir)
+                        return kills if {"%s/%s-%s" % (NAMESPACE, tag, name) for name in orders[tag]} <= {k["pod"] for k in kills} else None
+                    kills = wait_for("the agent's explanation of each kill, naming its pod", explained, timeout=60)
+                    print("the agent on the kills:\n  " + "\n  ".join(k["msg"] for k in kills))
+                    batch_kill = [k for k in kills if k["pod"] == "%s/%s-batch" % (NAMESPACE, tag)][0]
+                    assert batch_kill["inversion"] is False and batch_kill["priority"] == -100
                 print("%s: kill order %s; oom_score_adj %s" % (tag, orders[tag], {
                     n: [realnode.oom_score_adj(p) for p in ps if os.path.exists("/proc/%d" % p)] for n, ps in pids.items()}))
                 del uids
             finally:
                 if with_agent:
                     realnode.stop_agent(real_node, workdir)
+                    oom_hook(tmp_path, bpffs, "absent")
+                    subprocess.run(["umount", "-l", str(bpffs)], check=False)
                 api.delete_collection_namespaced_pod(NAMESPACE, label_selector="test=oom", grace_period_seconds=0)
                 wait_for("the episode's pods gone", lambda: not api.list_namespaced_pod(NAMESPACE, label_selector="test=oom").items)
     finally:

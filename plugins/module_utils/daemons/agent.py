@@ -282,7 +282,8 @@ class Agent:
             current = list(self.pod_views)
             known = {view.name for view in current}
             gone = [view for view in self.previous_pod_views if view.name not in known]
-        for kill in oomobserver.explain_kills(events, current + gone):
+            previous = list(self.previous_pod_views)
+        for kill in oomobserver.explain_kills(events, current + gone, history=previous):
             extra = {"loop": "oom_observer", "pod": kill["pod"], "inversion": kill["inversion"], "priority": kill["priority"]}
             (LOG.warning if kill["inversion"] else LOG.info)(kill["message"], extra=extra)
             if self.metrics:

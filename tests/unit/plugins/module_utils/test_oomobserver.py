@@ -50,6 +50,24 @@ def test_victims_are_found_by_pid_when_the_kernel_gave_no_cgroup():
     assert unknown["pod"] is None and unknown["qos_level"] == "none" and not unknown["inversion"]
 
 
+def test_a_victim_whose_container_is_already_gone_is_found_in_the_previous_pass():
+    """Read after the kill, the current view of batch has lost the killed container's cgroup (11) and pid (101)."""
+    before = pods()
+    now = pods(alive=("web", "system"))
+    now[0].cgroup_ids, now[0].pids = {10}, set()
+    kills = explain_kills([event(101, 1, 11)], now, history=before)
+    assert kills[0]["pod"] == "default/batch" and not kills[0]["inversion"]
+    assert explain_kills([event(101, 1, 11)], now)[0]["pod"] is None      # what the agent said before it kept history
+    kills = explain_kills([event(101, 1, 11), event(301, 2, 30)], now, history=before)
+    assert kills[1]["pod"] == "default/system" and kills[1]["lower_priority_alive"] == ["default/web"]
+
+
+def test_a_pod_whose_processes_all_died_earlier_in_the_batch_is_not_alive():
+    views = pods()          # read before the kills: all three alive
+    kills = explain_kills([event(101, 1, 11), event(301, 2, 30)], views)
+    assert kills[1]["lower_priority_alive"] == ["default/web"]
+
+
 def test_priority_map_plan_writes_only_what_differs_and_drops_stale_ids():
     plan = bpf.plan_priority_map({1: -100, 2: 50, 3: 7}, {1: -100, 2: 60, 4: 200})
     assert [(c.target, c.action, c.before, c.after) for c in plan] == [
