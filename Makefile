@@ -109,8 +109,20 @@ cluster-up: kube-build venv
 cluster-status:
 	$(BIN)/python -m sandbox.kube.cluster status --state-dir $(CLUSTER_STATE)
 
-cluster-down:
+cluster-down: node-down
 	-$(BIN)/python -m sandbox.kube.cluster down --state-dir $(CLUSTER_STATE)
+
+# A real kubelet node joined to that control plane (as root: containerd + runc from .ci/apt-packages.txt, images built
+# here, CNI bridge katalyst-cni0, cgroup root /katalyst-node); `node-down` leaves the host as it found it.
+.PHONY: node-up node-down node-status
+node-up: cluster-up
+	$(BIN)/python -m sandbox.kube.node up --cluster-state $(CLUSTER_STATE)
+
+node-status:
+	$(BIN)/python -m sandbox.kube.node status --cluster-state $(CLUSTER_STATE)
+
+node-down:
+	-$(BIN)/python -m sandbox.kube.node down --cluster-state $(CLUSTER_STATE)
 
 include mk/molecule.mk
 
