@@ -357,7 +357,7 @@ class Node:  # pylint: disable=too-many-instance-attributes
     def unmount_all(self):
         """Unmount everything below the node's state dir (overlay rootfs, shm, netns, kubelet volumes), deepest first."""
         prefix = self.state + "/"
-        for _ in range(5):
+        for _attempt in range(5):
             with open("/proc/self/mountinfo", encoding="utf-8") as handle:
                 points = [line.split()[4].replace("\\040", " ") for line in handle]
             ours = sorted({p for p in points if p.startswith(prefix)}, key=len, reverse=True)

@@ -54,6 +54,16 @@ def adjs_of(uids):
     return found
 
 
+def running_pod(api, name):
+    found = api.read_namespaced_pod(name, "default")
+    return found if found.status.phase == "Running" else None
+
+
+def in_order(uids, priorities):
+    adjs = adjs_of(uids)
+    return adjs is not None and ordered(adjs, priorities)
+
+
 def run(args, state):
     pods = []
     for index in range(args.pods):
@@ -70,11 +80,10 @@ def run(args, state):
             for name, level, wanted in pods:
                 created = time.monotonic()
                 api.create_namespaced_pod("default", pod(name, level, wanted, "exec katalyst-workload sleep"))
-                found = wait(lambda n=name: (lambda p: p if p.status.phase == "Running" else None)(api.read_namespaced_pod(n, "default")),
-                             300, name + " Running")
+                found = wait(lambda n=name: running_pod(api, n), 300, name + " Running")
                 running = time.monotonic()
                 uids[name] = found.metadata.uid
-                wait(lambda: (lambda adjs: adjs is not None and ordered(adjs, priorities))(adjs_of(uids)), 120, "ordered with " + name)
+                wait(lambda: in_order(uids, priorities), 120, "ordered with " + name)
                 to_running.append(running - created)
                 to_ordered.append(time.monotonic() - running)
                 print("%s (%s, oom_priority %d): Running after %.2fs, ordered %.3fs later" % (name, level, wanted, to_running[-1], to_ordered[-1]),

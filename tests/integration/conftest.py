@@ -13,7 +13,7 @@ import pytest
 kubernetes = pytest.importorskip("kubernetes")
 
 from sandbox.kubeapi.server import KubeAPIServer, write_kubeconfig  # noqa: E402
-from tests.integration import backends  # noqa: E402
+from tests.integration import backends, realnode  # noqa: E402
 from tests.integration.backends import BACKENDS, RealBackend, RealControlPlane, real_build_missing  # noqa: E402
 
 
@@ -31,6 +31,11 @@ def pytest_collection_modifyitems(config, items):
     missing = real_build_missing()
     if missing and "real" in wanted and os.environ.get("KATALYST_REQUIRE_REAL_BACKEND"):
         raise pytest.UsageError("KATALYST_REQUIRE_REAL_BACKEND is set (make test) but " + missing)
+    node_missing = realnode.skip_reason()
+    # as root (CI) the real node must run; without root it is skipped, as the molecule tiers are
+    wants_node = any("real_node" in getattr(item, "fixturenames", ()) for item in items)
+    if node_missing and wants_node and os.geteuid() == 0 and os.environ.get("KATALYST_REQUIRE_REAL_BACKEND"):
+        raise pytest.UsageError("KATALYST_REQUIRE_REAL_BACKEND is set (make test) but " + node_missing)
     keep, dropped = [], []
     for item in items:
         backend = getattr(item, "callspec", None) and item.callspec.params.get("kubeapi")
@@ -89,7 +94,6 @@ def kube_client(kubeapi):
 def real_node(tmp_path_factory):
     """The real kubelet node (sandbox/kube/node.py) with a control plane of its own, for the session; the tests that
     use it carry `realnode.marks` (one xdist group, skipped with the reason where no node can run)."""
-    from tests.integration import realnode  # pylint: disable=import-outside-toplevel
     reason = realnode.skip_reason()
     if reason:
         pytest.skip(reason)

@@ -73,7 +73,10 @@ def test_a_pod_runs_as_real_processes_in_the_kubelets_cgroups(real_node):
         assert int(handle.read()) == 64 * 1024 * 1024, "the kubelet set the pod's memory limit"
 
     # logs and exec go apiserver -> kubelet (client certificate both ways)
-    logs = wait_for("the pod's log", lambda: (lambda out: "done allocated_mib=16" in out and out)(kubectl(real_node.kubeconfig, "logs", "hello").stdout))
+    def grown_log():
+        out = kubectl(real_node.kubeconfig, "logs", "hello").stdout
+        return "done allocated_mib=16" in out and out
+    logs = wait_for("the pod's log", grown_log)
     assert "hello from hello" in logs
     assert kubectl(real_node.kubeconfig, "exec", "hello", "--", "cat", "/proc/1/oom_score_adj").stdout.strip().isdigit()
     delete_pod(api, "hello")

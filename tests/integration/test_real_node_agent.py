@@ -99,7 +99,7 @@ def test_real_pods_get_oom_score_adj_in_priority_order(real_node, api, agent):  
         uids[name] = wait_for("pod %s Running" % name, lambda n=name: running(api, n), timeout=180, interval=0.05).metadata.uid
         seen_running = time.monotonic()
 
-        def in_order(uids=uids):
+        def in_order():
             found = {}
             for other, uid in uids.items():
                 values = {realnode.oom_score_adj(pid) for pid in realnode.pod_pids(uid)}

@@ -385,8 +385,10 @@ def test_webhook_amplifies_the_real_kubelets_status_updates_once(real_node, tmp_
             "apiVersion": overcommit.NOC_API_VERSION, "kind": overcommit.NOC_KIND, "metadata": {"name": OVERCOMMIT_POOL},
             "spec": {"nodeOvercommitSelectorVal": OVERCOMMIT_POOL, "resourceOvercommitRatio": dict(RATIOS)}})
         created = time.monotonic()
-        node = wait_for("kube-node-0 amplified by the webhook", lambda: (lambda n: amplification.is_amplified(n) and n)(core.read_node(NODE)),
-                        timeout=TIMEOUT, interval=0.3)
+        def amplified():
+            found = core.read_node(NODE)
+            return amplification.is_amplified(found) and found
+        node = wait_for("kube-node-0 amplified by the webhook", amplified, timeout=TIMEOUT, interval=0.3)
         figures["NodeOvercommitConfig -> amplified allocatable"] = time.monotonic() - created
         amplification.check_once(node)
         assert node.status.node_info.kubelet_version == kube_cluster.pinned_version()   # the real kubelet's node
@@ -529,7 +531,8 @@ def test_tide_offline_flip_evicts_the_real_online_pod(real_node, tmp_path):  # p
                  timeout=TIMEOUT, interval=0.1)
         flipped_at = time.monotonic()
         figures = {"pool created -> kube-node-0 offline + taint": flipped_at - created}
-        assert tide_view(plane, TIDE_POOL, PEER) == (tide.ROLE_TIDE_ONLINE, [])          # one online tide node is kept
+        # one online tide node is kept (the controller labels the nodes one after the other: wait, do not read once)
+        wait_for("the peer kept online", lambda: tide_view(plane, TIDE_POOL, PEER) == (tide.ROLE_TIDE_ONLINE, []), timeout=TIMEOUT)
         figures.update(check_eviction(core, online, pids, flipped_at))
 
         still = pod_running(core, TIDE_NAMESPACE, "offline")
