@@ -385,6 +385,7 @@ def test_webhook_amplifies_the_real_kubelets_status_updates_once(real_node, tmp_
             "apiVersion": overcommit.NOC_API_VERSION, "kind": overcommit.NOC_KIND, "metadata": {"name": OVERCOMMIT_POOL},
             "spec": {"nodeOvercommitSelectorVal": OVERCOMMIT_POOL, "resourceOvercommitRatio": dict(RATIOS)}})
         created = time.monotonic()
+
         def amplified():
             found = core.read_node(NODE)
             return amplification.is_amplified(found) and found
