@@ -1,5 +1,5 @@
 # katalyst.colocation — the two commands a newcomer needs:
-#   make demo   site.yml against the embedded sandbox (twice: the second run must say changed=0);
+#   make demo   site.yml + the sample workload (playbooks/examples) on the embedded sandbox (twice: the second run must say changed=0);
 #               make demo KATALYST_BACKEND=real runs it on the real Kubernetes control plane instead
 #   make test   sanity, units, ansible-lint, pytest (unit + integration), molecule tiers when root
 SHELL := /bin/bash

@@ -2,7 +2,8 @@
 
     python -m sandbox up     [--state-dir .sandbox] [--backend emulator|real]   cluster + node sysroots + kubelets
     python -m sandbox status [--state-dir .sandbox]
-    python -m sandbox demo   [--state-dir .sandbox]   ansible-playbook playbooks/site.yml, then a summary
+    python -m sandbox demo   [--state-dir .sandbox]   playbooks/site.yml, playbooks/examples/sample_workload.yml, a summary
+    python -m sandbox report [--state-dir .sandbox]   the summary's node tables again (sandbox/demo_report.py)
     python -m sandbox down   [--state-dir .sandbox]
     python -m sandbox service ensure|restart|stop NAME [--fingerprint F] -- COMMAND...
 
@@ -38,6 +39,9 @@ import yaml
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INVENTORY = os.path.join(TOP, "inventories", "sandbox", "hosts.yml")
 PLAYBOOK = os.path.join(TOP, "playbooks", "site.yml")
+# The demo's sample workload: pools and pods of every QoS level, so that the summary has something to show.
+WORKLOAD_PLAYBOOK = os.path.join(TOP, "playbooks", "examples", "sample_workload.yml")
+SETTLE_TIMEOUT = 180   # seconds for the agents to bind NUMA nodes and the next heartbeats to come back amplified
 BACKENDS = ("emulator", "real")
 BACKEND_FILE = "backend"           # the backend `up` started in this state directory: `demo` and `status` follow it
 API_PORT_FILE = "apiserver.port"   # the emulator's port, kept across down/up so that the kubeconfigs stay the same
@@ -308,12 +312,20 @@ def cmd_status(args):
     return 0
 
 
-def summarize(output_lines, kubeconfig):
-    hosts = [match.groupdict() for match in (RECAP.match(line.strip()) for line in output_lines) if match]
+def summarize(runs, kubeconfig, state=None):
+    """The demo summary: each playbook's recap, the cluster, then what colocation did on each node. ``runs``:
+    [(playbook, its output lines)]. Returns the number of changes."""
     print("\n=== katalyst.colocation demo summary ===")
-    for host in hosts:
-        print("  %-18s ok=%-3s changed=%-3s failed=%s" % (host["host"], host["ok"], host["changed"], host["failed"]))
-    total_changed = sum(int(h["changed"]) for h in hosts)
+    total_changed, hosts = 0, set()
+    for playbook, output_lines in runs:
+        for line in output_lines:
+            match = RECAP.match(line.strip())
+            if match:
+                host = match.groupdict()
+                hosts.add(host["host"])
+                total_changed += int(host["changed"])
+                print("  %-18s ok=%-3s changed=%-3s failed=%-2s %s"
+                      % (host["host"], host["ok"], host["changed"], host["failed"], os.path.relpath(playbook, TOP)))
     print("  %d hosts, %d changes%s" % (len(hosts), total_changed, " (converged: nothing to change)" if not total_changed else ""))
     try:
         from kubernetes import client, config  # pylint: disable=import-outside-toplevel
@@ -323,7 +335,73 @@ def summarize(output_lines, kubeconfig):
                                                  ", ".join(sorted(c.metadata.name for c in crds)) or "none"))
     except Exception as exc:  # pylint: disable=broad-except
         print("  cluster: unavailable (%s)" % exc)
+    print_report(kubeconfig, state)
     return total_changed
+
+
+def negative_oom_score_adj(state, nodes):
+    """{node: whether its agent may write negative oom_score_adj} from the sandbox nodes' sysroots (CAP_SYS_RESOURCE)."""
+    from ansible_collections.katalyst.colocation.plugins.module_utils import nodeinfo  # pylint: disable=import-outside-toplevel
+    from ansible_collections.katalyst.colocation.plugins.module_utils.sysfs import SysFS  # pylint: disable=import-outside-toplevel
+    allowed = {}
+    for name in nodes:
+        sysroot = os.path.join(state, "nodes", name, "sysroot") if state else ""
+        if sysroot and os.path.isdir(sysroot):
+            status = SysFS(sysroot).read_text("/proc/self/status", default="")
+            allowed[name] = nodeinfo.cap_eff_allows(status, nodeinfo.CAP_SYS_RESOURCE)
+    return allowed
+
+
+def print_report(kubeconfig, state=None):
+    """What the sample workload shows on each node (sandbox/demo_report.py)."""
+    from sandbox import demo_report  # pylint: disable=import-outside-toplevel
+    try:
+        snapshot = demo_report.gather(kubeconfig)
+    except Exception as exc:  # pylint: disable=broad-except
+        print("  nodes: unavailable (%s)" % exc)
+        return
+    names = [node["metadata"]["name"] for node in snapshot["nodes"]]
+    processes = demo_report.host_processes(snapshot["pods"])
+    reports = demo_report.build_reports(snapshot, processes, demo_report.host_totalpages() if processes else 0,
+                                        negative_oom_score_adj(state, names))
+    print("\n=== colocation on each node: the pods in kill order, first killed first ===")
+    for line in demo_report.format_report(reports):
+        print(line)
+    print("oom_score_adj: actual = read from /proc, the pod's processes run on this host; planned = what katalyst-agent writes\n"
+          "  (its engine, each pod assumed to use its memory request: the sandbox kubelets run no processes). Only the order\n"
+          "  within a node matters: a node with one priority gets the most protective value.")
+
+
+def wait_for_workload(kubeconfig, timeout=SETTLE_TIMEOUT):
+    """Until the sample workload has settled (pods running, NUMA bindings, amplified allocatable), at most ``timeout``
+    seconds; what is still missing then is printed, and the demo goes on."""
+    from sandbox import demo_report  # pylint: disable=import-outside-toplevel
+    print("sandbox: waiting up to %d s for the sample workload: pods running, NUMA bindings, amplified allocatable" % timeout,
+          flush=True)
+    started = time.monotonic()
+    missing = ["nothing read yet"]
+    while time.monotonic() - started < timeout:
+        try:
+            missing = demo_report.unsettled(demo_report.gather(kubeconfig))
+        except Exception as exc:  # pylint: disable=broad-except
+            missing = ["the cluster did not answer (%s)" % exc]
+        if not missing:
+            print("sandbox: the sample workload settled in %.0f s" % (time.monotonic() - started))
+            return True
+        time.sleep(1.0)
+    print("sandbox: after %d s still waiting for: %s" % (timeout, "; ".join(missing)))
+    return False
+
+
+def run_playbook(command):
+    """Run ansible-playbook, echoing its output; (return code, output lines)."""
+    print("sandbox: %s" % " ".join(command), flush=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=TOP)
+    lines = []
+    for line in process.stdout:
+        sys.stdout.write(line)
+        lines.append(line)
+    return process.wait(), lines
 
 
 def cmd_demo(args):
@@ -331,22 +409,29 @@ def cmd_demo(args):
     backend = recorded_backend(state)
     kubeconfig = backend_kubeconfig(state, backend)
     # All sandbox nodes at once (serial is a play keyword: inventory variables cannot set it).
-    command = ["ansible-playbook", "-i", INVENTORY, PLAYBOOK, "-e", "katalyst_node_serial=100%"]
+    options = ["-e", "katalyst_node_serial=100%"]
     if backend == "real":   # the same inventory, pointed at the real cluster (client certificates, RBAC)
-        command += ["-e", "katalyst_kubeconfig=%s" % kubeconfig]
-    command += list(args.extra)
-    print("sandbox: %s" % " ".join(command))
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=TOP)
-    lines = []
-    for line in process.stdout:
-        sys.stdout.write(line)
-        lines.append(line)
-    rc = process.wait()
+        options += ["-e", "katalyst_kubeconfig=%s" % kubeconfig]
+    options += list(args.extra)
+    rc, lines = run_playbook(["ansible-playbook", "-i", INVENTORY, PLAYBOOK] + options)
+    runs = [(PLAYBOOK, lines)]
     if backend == "real" and rc == 0:
         from sandbox import realbackend  # pylint: disable=import-outside-toplevel
         realbackend.apply_scheduler_config(state)
-    summarize(lines, kubeconfig)
+    if rc == 0:
+        # after kube-scheduler took the extender (real backend), so that the pods are placed through it
+        rc, lines = run_playbook(["ansible-playbook", "-i", INVENTORY, WORKLOAD_PLAYBOOK] + options)
+        runs.append((WORKLOAD_PLAYBOOK, lines))
+    if rc == 0:
+        wait_for_workload(kubeconfig)
+    summarize(runs, kubeconfig, state)
     return rc
+
+
+def cmd_report(args):
+    state = os.path.abspath(args.state_dir)
+    print_report(backend_kubeconfig(state, recorded_backend(state)), state)
+    return 0
 
 
 def main(argv=None):
@@ -359,10 +444,10 @@ def main(argv=None):
         state_dir = argv[index + 1]
         del argv[index:index + 2]
     parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("up", "down", "status", "demo", "service"))
+    parser.add_argument("command", choices=("up", "down", "status", "demo", "report", "service"))
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="extra ansible-playbook arguments (demo)")
     args = parser.parse_args(argv[:1])
     args.extra = argv[1:]
     args.state_dir = state_dir
-    handlers = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "demo": cmd_demo, "service": cmd_service}
+    handlers = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "demo": cmd_demo, "report": cmd_report, "service": cmd_service}
     return handlers[args.command](args)

@@ -278,16 +278,16 @@ class FieldManager:
         changed = {path for path, value in after.items() if path not in before or before[path] != value}
         gone = set(before) - set(after)
         entries = (old.get("metadata") or {}).get("managedFields") or [] if old else []
-        result, mine = [], None
+        result, mine, mine_entry, mine_at = [], None, None, None
         for entry, fields in self._owned(entries):
             if entry.get("manager") == manager and entry.get("operation") == "Update" and entry.get("subresource", "") == subresource:
-                mine = fields
+                mine, mine_entry, mine_at = fields, entry, len(result)
                 continue
             result.append(self._entry(entry, fields - changed - gone) if (changed or gone) else entry)
         owned = ((mine or set()) | changed) - gone
         if mine is not None and owned == mine:
-            result.append(next(e for e in entries if e.get("manager") == manager and e.get("operation") == "Update"
-                               and e.get("subresource", "") == subresource))
+            # the manager took no field: its entry stays as it was, time and place (a no-op write stays a no-op)
+            result.insert(mine_at, mine_entry)
         else:
             result.append(self._new_entry(manager, "Update", owned, subresource))
         new.setdefault("metadata", {})["managedFields"] = json_copy([e for e in result if e])

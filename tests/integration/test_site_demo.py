@@ -1,10 +1,12 @@
 """The demo path end to end: `python -m sandbox up` in a temporary state directory, then `python -m sandbox demo`
 (playbooks/site.yml on inventories/sandbox: CRDs, katalyst-controller with tide + overcommit + cnr,
-katalyst-webhook, katalyst-scheduler-extender, the node roles and agents). Then, in the running sandbox:
-a node labelled for an overcommit pool with a NodeOvercommitConfig gets amplified allocatable through a sandbox
-kubelet heartbeat (the webhook the role registered), a TideNodePool gets tide roles (the controller the role
-started), and a pod is bound by the sandbox scheduler configured with the role's extender. Before those checks the
-sandbox goes down and up again and the demo runs once more: it restarts the daemons and rewrites no file."""
+katalyst-webhook, katalyst-scheduler-extender, the node roles and agents; then the sample workload,
+playbooks/examples/sample_workload.yml). Then, in the running sandbox: the sample workload's pods run on the sandbox
+kubelets where their nodeSelectors put them, the agent bound the NUMA pair to two NUMA nodes, the overcommit pool's
+node has its allocatable amplified by the webhook exactly once, the TideNodePool gave its nodes their roles, and the
+demo's summary shows each node with its tide role, allocatable and pods; a pod is bound by the sandbox scheduler
+configured with the role's extender. Before those checks the sandbox goes down and up again and the demo runs once
+more: it restarts the daemons and changes nothing else (the sample workload reports changed=0)."""
 
 import os
 import re
@@ -16,7 +18,7 @@ import time
 import pytest
 from kubernetes import client, config
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import overcommit, tide
+from ansible_collections.katalyst.colocation.plugins.module_utils import overcommit, qos, tide
 from ansible_collections.katalyst.colocation.plugins.module_utils.quantity import parse_quantity
 from tests.integration.ansible_runner import REPO
 from tests.integration.waiting import wait_until
@@ -43,13 +45,32 @@ def sandbox(state, *args, timeout=900):       # a demo takes 40-60 s on a quiet 
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
+SAMPLE = "katalyst-demo"           # the sample workload's namespace, NodeOvercommitConfig and TideNodePool
+# where the sample workload's nodeSelectors put its pods: the colocation node (the overcommit pool's), the tidal pool's
+# offline reserve and its online tide node
+SAMPLE_PODS = {"web-1": "sandbox-node-1", "db-0": "sandbox-node-1", "db-1": "sandbox-node-1", "batch-1": "sandbox-node-1",
+               "batch-2": "sandbox-node-2", "web-2": "sandbox-node-3"}
+SAMPLE_SUMMARY = {"sandbox-node-1": "tide: not in a pool   overcommit pool katalyst-demo: cpu x1.5, memory x1.2",
+                  "sandbox-node-2": "tide: offline (reserve), pool katalyst-demo   no overcommit pool",
+                  "sandbox-node-3": "tide: online (tide node), pool katalyst-demo   no overcommit pool"}
+WORKLOAD_RECAP = re.compile(r"^\s+(\S+)\s+ok=\d+\s+changed=(\d+)\s+failed=\d+\s+playbooks/examples/sample_workload\.yml$", re.MULTILINE)
+
+
 def demo_recap(demo):
-    """{host: changed} from a successful demo's PLAY RECAP."""
+    """{host: changed} from a successful demo's PLAY RECAPs (site.yml's and the sample workload's, summed)."""
     assert demo.returncode == 0, demo.stdout[-5000:] + demo.stderr[-2000:]
-    recap = {host: (int(changed), int(failed)) for host, _ok, changed, _unreachable, failed in RECAP.findall(demo.stdout)}
+    recap = {}
+    for host, _ok, changed, _unreachable, failed in RECAP.findall(demo.stdout):
+        assert int(failed) == 0, demo.stdout[-3000:]
+        recap[host] = recap.get(host, 0) + int(changed)
     assert set(recap) == {"sandbox-control", "sandbox-node-1", "sandbox-node-2", "sandbox-node-3"}, demo.stdout[-3000:]
-    assert all(failed == 0 for _changed, failed in recap.values())
-    return {host: changed for host, (changed, _failed) in recap.items()}
+    assert WORKLOAD_RECAP.findall(demo.stdout), demo.stdout[-3000:]      # the sample workload ran after site.yml
+    return recap
+
+
+def workload_changes(demo):
+    """The sample workload playbook's changes, from the demo summary."""
+    return sum(int(changed) for _host, changed in WORKLOAD_RECAP.findall(demo.stdout))
 
 
 def changed_tasks(output):
@@ -74,7 +95,7 @@ def sandbox_state(tmp_path):
         sandbox(state, "down", timeout=120)
 
 
-def test_site_on_the_sandbox_overcommits_and_tides(sandbox_state):
+def test_site_on_the_sandbox_shows_colocation(sandbox_state):
     started = time.monotonic()
     up = sandbox(sandbox_state, "up")
     assert up.returncode == 0, up.stdout + up.stderr
@@ -82,9 +103,11 @@ def test_site_on_the_sandbox_overcommits_and_tides(sandbox_state):
     # the demo's own ports are fixed; this sandbox may run beside it
     demo_options = ["-e", "katalyst_sandbox_dir=%s" % sandbox_state, "-e", "webhook_port=%d" % free_port(),
                     "-e", "scheduler_extender_port=%d" % free_port()]
-    recap = demo_recap(sandbox(sandbox_state, "demo", *demo_options))
-    timings["site.yml"] = time.monotonic() - started - timings["up"]
-    assert recap["sandbox-control"] > 0
+    first = sandbox(sandbox_state, "demo", *demo_options)
+    recap = demo_recap(first)
+    timings["site.yml + sample workload"] = time.monotonic() - started - timings["up"]
+    assert recap["sandbox-control"] > 0 and workload_changes(first) > 0
+    check_summary(first.stdout)
 
     # down and up again: the emulator comes back on its port, so the demo finds every file as it wrote it and only
     # starts the daemons `down` stopped (the checks below then run against the restarted sandbox)
@@ -101,16 +124,16 @@ def test_site_on_the_sandbox_overcommits_and_tides(sandbox_state):
     changes = changed_tasks(demo.stdout)
     assert changes and all(DAEMON_START.match(task) for task, _host in changes), changes
     assert recap == {host: sum(1 for _task, changed_host in changes if changed_host == host) for host in recap}, (recap, changes)
-    timings["down, up, site.yml"] = time.monotonic() - restarted
+    assert workload_changes(demo) == 0, demo.stdout[-3000:]
+    check_summary(demo.stdout)
+    timings["down, up, site.yml + sample workload"] = time.monotonic() - restarted
 
     api = config.new_client_from_config(config_file=str(sandbox_state / "kubeconfig"))
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     hooks = client.AdmissionregistrationV1Api(api).list_mutating_webhook_configuration().items
     assert [hook.webhooks[0].failure_policy for hook in hooks] == ["Ignore"]
 
-    check_overcommit_amplifies_once(core, custom, lambda check, what: wait_until(check, what=what))
-
-    check_tide_gives_roles(core, custom, lambda check, what: wait_until(check, what=what))
+    check_sample_workload(core, custom, lambda check, what: wait_until(check, timeout=180, what=what))
 
     # the sandbox scheduler (configured with the role's extender) binds a pod
     core.create_namespaced_pod("default", {"metadata": {"name": "web"}, "spec": {
@@ -123,43 +146,73 @@ def test_site_on_the_sandbox_overcommits_and_tides(sandbox_state):
     print("end-to-end timings: " + ", ".join("%s %.1f s" % item for item in timings.items()))
 
 
-def check_overcommit_amplifies_once(core, custom, wait):
-    """Label sandbox-node-1 into a pool and declare the pool's ratio (cpu x2): the controller annotates the node and
-    its next kubelet heartbeat comes back amplified by the webhook, exactly once (x2, not x4); sandbox-node-2, not in
-    the pool, keeps its value. `wait(check, what)` waits on a condition."""
-    original = parse_quantity(core.read_node("sandbox-node-1").status.allocatable["cpu"])
-    core.patch_node("sandbox-node-1", {"metadata": {"labels": {overcommit.POOL_LABEL: "demo"}}})
-    custom.create_cluster_custom_object("overcommit.katalyst.kubewharf.io", "v1alpha1", "nodeovercommitconfigs", {
-        "apiVersion": overcommit.NOC_API_VERSION, "kind": overcommit.NOC_KIND, "metadata": {"name": "demo"},
-        "spec": {"nodeOvercommitSelectorVal": "demo", "resourceOvercommitRatio": {"cpu": "2"}}})
+def check_summary(output):
+    """The demo's summary: each node with its tide role and overcommit pool, the amplified allocatable of the pool's
+    node, and the sample workload's pods in kill order under the node they run on."""
+    assert "sandbox: the sample workload settled in" in output, output[-3000:]
+    report = output[output.index("=== colocation on each node"):]
+    tables = {}
+    for line in report.splitlines()[1:]:
+        if not line.strip() or line.startswith("oom_score_adj:"):
+            break
+        if line.startswith("sandbox-node-"):
+            name, header = line.split(None, 1)
+            tables[name] = {"header": header.strip(), "lines": []}
+        elif tables:
+            tables[name]["lines"].append(line.split())
+    assert {name: table["header"] for name, table in tables.items()} == SAMPLE_SUMMARY, report
+    allocatable = {name: " ".join(table["lines"][0]) for name, table in tables.items()}
+    assert allocatable["sandbox-node-1"].startswith("allocatable cpu 31.5 -> 47.25, memory 63.0Gi -> 75.6Gi"), report
+    assert allocatable["sandbox-node-2"] == "allocatable cpu 31.5, memory 63.0Gi", report
+    rows = {name: [line for line in table["lines"] if line[0].isdigit()] for name, table in tables.items()}
+    assert {pod: name for name, lines in rows.items() for line in lines for pod in line[1:2]} == SAMPLE_PODS, report
+    # kill order on the colocation node: the reclaimed pod first, the NUMA-bound pair last, each on its own NUMA node
+    node_1 = rows["sandbox-node-1"]
+    assert [line[1] for line in node_1[:2]] == ["batch-1", "web-1"] and {line[1] for line in node_1[2:]} == {"db-0", "db-1"}, report
+    assert [int(line[0]) for line in node_1] == [1, 2, 3, 4] and all(line[-1] == "planned" for line in node_1), report
+    assert int(node_1[0][5]) > int(node_1[1][5]) > int(node_1[2][5]), report
+    numas = [line[4] for line in node_1[2:]]
+    assert all(numa.isdigit() for numa in numas) and len(set(numas)) == 2, report
+
+
+def check_sample_workload(core, custom, wait):
+    """What the sample workload shows, through the API: its pods run where their nodeSelectors put them, the NUMA pair
+    is bound to two NUMA nodes, the overcommit pool's node is amplified exactly once (x1.5, not x2.25) while the others
+    keep their allocatable, and the TideNodePool gave its two nodes their roles. `wait(check, what)` waits on a
+    condition."""
+    def running():
+        pods = {pod.metadata.name: pod for pod in core.list_namespaced_pod(SAMPLE).items}
+        placed = {name: (pod.status.phase, pod.spec.node_name) for name, pod in pods.items()}
+        return placed == {name: ("Running", node_name) for name, node_name in SAMPLE_PODS.items()}
+    wait(running, "the sample workload's pods to run on their nodes")
+
+    def numa_bound():
+        results = [(core.read_namespaced_pod(name, SAMPLE).metadata.annotations or {}).get(qos.NUMA_BIND_RESULT_KEY)
+                   for name in ("db-0", "db-1")]
+        return all(results) and len(set(results)) == 2
+    wait(numa_bound, "the agent to bind db-0 and db-1 to two NUMA nodes")
 
     def amplified():
         node = core.read_node("sandbox-node-1")
         annotations = node.metadata.annotations or {}
-        wanted = annotations.get(PREFIX + "overcommit_allocatable_cpu")
-        return (annotations.get(PREFIX + "cpu_overcommit_ratio") == "2" and wanted is not None
-                and node.status.allocatable["cpu"] == wanted and parse_quantity(wanted).milli_value() == 2 * original.milli_value())
-    wait(amplified, "sandbox-node-1's heartbeat to come back amplified")
-    assert core.read_node("sandbox-node-1").metadata.annotations[PREFIX + "original_allocatable_cpu"] == str(original)
-    assert parse_quantity(core.read_node("sandbox-node-2").status.allocatable["cpu"]) == original      # not in the pool
-
-
-def check_tide_gives_roles(core, custom, wait):
-    """A TideNodePool over the three nodes, one kept online and one offline: the third becomes the tide node, and the
-    pool's status records the reserves. The controller labels the nodes first and writes the status after: wait for both."""
-    custom.create_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, {
-        "apiVersion": tide.API_VERSION, "kind": tide.KIND, "metadata": {"name": "demo"},
-        "spec": {"nodeConfigs": {"nodeSelector": {"node.kubernetes.io/instance-type": "sandbox"},
-                                 "reserve": {"online": 1, "offline": 1}}}})
+        original = annotations.get(PREFIX + "original_allocatable_cpu")
+        return (annotations.get(PREFIX + "cpu_overcommit_ratio") == "1.5" and original is not None
+                and node.status.allocatable["cpu"] == annotations.get(PREFIX + "overcommit_allocatable_cpu")
+                and parse_quantity(node.status.allocatable["cpu"]).milli_value() == parse_quantity(original).milli_value() * 3 // 2)
+    wait(amplified, "sandbox-node-1's heartbeat to come back amplified x1.5")
+    node_1 = core.read_node("sandbox-node-1")
+    assert node_1.metadata.labels[overcommit.POOL_LABEL] == SAMPLE
+    assert node_1.metadata.annotations[PREFIX + "original_allocatable_cpu"] == "31500m"          # the sandbox kubelet's
+    assert core.read_node("sandbox-node-2").status.allocatable["cpu"] == "31500m"                 # not in the pool
 
     def tided():
-        labels = {n.metadata.name: n.metadata.labels or {} for n in core.list_node().items}
-        pool = custom.get_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, "demo")
-        return (all(value.get(tide.LABEL_NODE_POOL) == "demo" for value in labels.values())
-                and sum(1 for value in labels.values() if value.get(tide.LABEL_TIDE) == "true") == 1
-                and "reserveNodes" in pool.get("status", {}))
-    wait(tided, "the tide controller to give the pool's nodes their roles and record them in its status")
-    pool = custom.get_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, "demo")
-    reserve = pool["status"]["reserveNodes"]
-    assert len(reserve["onlineNodes"]) == 1 and len(reserve["offlineNodes"]) == 1
+        pool = custom.get_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, SAMPLE)
+        return "reserveNodes" in pool.get("status", {})
+    wait(tided, "the tide controller to record the pool's nodes in its status")
+    pool = custom.get_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, SAMPLE)
+    assert pool["status"]["reserveNodes"].get("offlineNodes") == ["sandbox-node-2"], pool["status"]
+    assert pool["status"]["tideNodes"]["nodes"] == ["sandbox-node-3"], pool["status"]
     assert pool["metadata"]["finalizers"] == [tide.FINALIZER]
+    labels = core.read_node("sandbox-node-3").metadata.labels
+    assert (labels[tide.LABEL_NODE_POOL], labels[tide.LABEL_TIDE], labels[tide.LABEL_NODE_TYPE]) == (SAMPLE, "true", "online")
+    assert tide.LABEL_NODE_POOL not in core.read_node("sandbox-node-1").metadata.labels

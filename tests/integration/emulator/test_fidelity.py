@@ -123,6 +123,18 @@ def test_resource_version_conflict_and_noop_update(core):
     assert again.metadata.resource_version == updated.metadata.resource_version   # a no-op keeps the resourceVersion
 
 
+def test_noop_patch_after_a_status_write_keeps_the_resource_version(core):
+    """Created, then its status written by the same client: sending the same object again (kubernetes.core.k8s
+    state=present) changes nothing, not even the order of managedFields, so the resourceVersion stays. The emulator
+    moved the writer's entry to the end, a new object each time: the demo's second run reported its pods changed."""
+    core.create_node(node("n1", {"x": "1"}))
+    written = core.patch_node_status("n1", {"status": {"allocatable": {"cpu": "1"}}})
+    again = core.patch_node("n1", {"metadata": {"labels": {"x": "1"}}})
+    assert again.metadata.resource_version == written.metadata.resource_version
+    assert [(entry.manager, entry.subresource) for entry in again.metadata.managed_fields] == \
+        [(entry.manager, entry.subresource) for entry in written.metadata.managed_fields]
+
+
 def test_generation_follows_spec_not_status_or_metadata(crd):
     obj = crd.create_cluster_custom_object(GROUP, "v1alpha1", "tidenodepools", pool("p1"))
     assert obj["metadata"]["generation"] == 1
