@@ -81,13 +81,36 @@ def cgroup_tree_ids(fs, cgroup_dir):
     return ids
 
 
+def memory_limit_bytes(fs, cgroup_dir):
+    """A memory cgroup's hard limit in bytes (v2 memory.max, v1 memory.limit_in_bytes), None when unlimited."""
+    # read_text's default=None means "raise when absent": on v1 there is no memory.max, so ask first
+    if fs.exists(cgroup_dir + "/memory.max"):
+        v2 = fs.read_text(cgroup_dir + "/memory.max", default="").strip()
+        return int(v2) if v2.isdigit() else None
+    v1 = fs.read_text(cgroup_dir + "/memory.limit_in_bytes", default="").strip()
+    return int(v1) if v1.isdigit() and int(v1) < (1 << 62) else None
+
+
 def memory_limited(fs, cgroup_dir):
-    """Whether a memory cgroup has a hard limit (v2 memory.max, v1 memory.limit_in_bytes below 'unlimited')."""
-    v2 = fs.read_text(cgroup_dir + "/memory.max", default=None)
-    if v2 is not None:
-        return v2.strip() != "max"
-    v1 = fs.read_text(cgroup_dir + "/memory.limit_in_bytes", default="")
-    return v1.strip().isdigit() and int(v1) < (1 << 62)
+    """Whether a memory cgroup has a hard limit."""
+    return memory_limit_bytes(fs, cgroup_dir) is not None
+
+
+def shared_domain_pages(fs, pod_cgroup_dirs, hierarchy_root, node_pages):
+    """The smallest OOM domain the pods can run out of together: the node, or the lowest limit of an ancestor of a
+    pod's cgroup (a QoS tier: kubepods/burstable, the reclaimed root). The kernel scales oom_score_adj by the domain's
+    pages, so a plan made for the node's pages leaves gaps too narrow for an OOM inside a tier; gaps made for the
+    smallest domain hold in every larger one. A pod's own limit is left out: only its own processes die of it."""
+    smallest = node_pages
+    root = hierarchy_root.rstrip("/")
+    for cgroup_dir in pod_cgroup_dirs:
+        current = cgroup_dir.rstrip("/").rsplit("/", 1)[0]
+        while current.startswith(root + "/"):
+            limit = memory_limit_bytes(fs, current)
+            if limit is not None:
+                smallest = min(smallest, limit // 4096)
+            current = current.rsplit("/", 1)[0]
+    return smallest
 
 
 def cgroup_lineage(fs, cgroup_dir, hierarchy_root):

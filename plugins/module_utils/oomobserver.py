@@ -57,7 +57,7 @@ def in_domain(pod, domain_id):
 def explain_kills(events, pods, history=()):
     """One explanation per event (oldest first): victim pod, QoS level, priority, inversion and a message.
 
-    `history`: the views of the previous pass. By the time the events are read, the victim's container may be gone
+    `history`: the views of recent passes, newest first. By the time the events are read, the victim's container may be gone
     with its cgroup and pid, so a victim not found in `pods` is looked up there (the pod itself usually still exists,
     which is why history is not just the pods that vanished)."""
     events = sorted(events, key=lambda e: (e["timestamp_ns"], e["pid"]))

@@ -13,6 +13,7 @@ configuration on SIGHUP and stops cleanly on SIGTERM.
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 import sys
@@ -35,6 +36,9 @@ except ImportError:  # pragma: no cover
     prometheus_client = None
 
 LOG = logging.getLogger("katalyst.agent")
+
+# How far back the OOM observer looks for a victim whose container is gone (events are read every second).
+VIEW_HISTORY_SECONDS = 30.0
 
 DEFAULTS = {
     "node_name": "",
@@ -102,6 +106,9 @@ class Agent:
         self.unparsable_tcp_limits = {}   # memory.kmem.tcp.limit_in_bytes file -> content already logged
         self._node_facts = None
         self.pod_views, self.previous_pod_views = [], []
+        # (monotonic time, views) of the recent passes: a kill is read after the victim's container (its cgroup, its
+        # pid) is gone, and pod events may have made several passes since, so the observer looks further back
+        self.view_history = collections.deque()
         self.realtime_overcommit = RealtimeOvercommit(self)
         self.numa = NumaLoops(self.config["node_name"])
         self.metrics = {}
@@ -226,7 +233,7 @@ class Agent:
         fs = self.sysfs
         facts = self.node_facts()
         memory_root = "/sys/fs/cgroup" if facts["cgroup"]["mode"] == "v2" else "/sys/fs/cgroup/memory"
-        groups, views = [], []
+        groups, views, pod_dirs = [], [], []
         for pod in self.active_pods():
             annotations = pod["metadata"].get("annotations") or {}
             priority, problem = qos.pod_oom_priority(annotations)
@@ -235,6 +242,7 @@ class Agent:
             name = "%s/%s" % (pod["metadata"].get("namespace"), pod["metadata"]["name"])
             cgroup_dir = memory_root + self.cgroup_prefix() + podcgroups.pod_cgroup_path(pod, self.config["cgroup_driver"])
             exists = fs.isdir(cgroup_dir)
+            pod_dirs += [cgroup_dir] if exists else []
             group = oomgather.read_group(fs, name, priority, [cgroup_dir] if exists else [])
             groups.append(group)
             try:
@@ -244,7 +252,8 @@ class Agent:
             views.append(oomobserver.PodView(
                 name, qos_level, priority, oomgather.cgroup_tree_ids(fs, cgroup_dir) if exists else set(), set(group.processes),
                 oomgather.cgroup_lineage(fs, cgroup_dir, memory_root) if exists else [], bool(group.processes)))
-        plan, _adjustments = oom.plan_oom_score_adj(groups, oomgather.node_totalpages(fs), facts["negative_oom_score_adj"])
+        totalpages = oomgather.shared_domain_pages(fs, pod_dirs, memory_root, oomgather.node_totalpages(fs))
+        plan, _adjustments = oom.plan_oom_score_adj(groups, totalpages, facts["negative_oom_score_adj"])
         if self.metrics:
             self.metrics["oom_unordered"].set(1 if plan.warnings else 0)
         for warning in plan.warnings:
@@ -253,6 +262,10 @@ class Agent:
             self.record("oom_priority", plan.apply(oomgather.applier(fs)))
         with self.lock:
             self.previous_pod_views, self.pod_views = self.pod_views, views
+            now = time.monotonic()
+            self.view_history.append((now, views))
+            while now - self.view_history[0][0] > VIEW_HISTORY_SECONDS:
+                self.view_history.popleft()
         self.sync_priority_map(views)
 
     def pinned(self, name):
@@ -282,8 +295,8 @@ class Agent:
             current = list(self.pod_views)
             known = {view.name for view in current}
             gone = [view for view in self.previous_pod_views if view.name not in known]
-            previous = list(self.previous_pod_views)
-        for kill in oomobserver.explain_kills(events, current + gone, history=previous):
+            history = [view for _seen, views in reversed(self.view_history) for view in views]     # newest first
+        for kill in oomobserver.explain_kills(events, current + gone, history=history):
             extra = {"loop": "oom_observer", "pod": kill["pod"], "inversion": kill["inversion"], "priority": kill["priority"]}
             (LOG.warning if kill["inversion"] else LOG.info)(kill["message"], extra=extra)
             if self.metrics:
