@@ -255,8 +255,7 @@ class Node:  # pylint: disable=too-many-instance-attributes
         tail = "; its log %s ends:\n%s" % (record["log"], cluster.log_tail(record["log"])) if record else ""
         raise RuntimeError("timed out after %.0fs waiting for %s%s" % (timeout, what, tail))
 
-    def node_ready(self):
-        client = self.api()
+    def node_ready(self, client):
         try:
             node = client.read_node(self.name)
         except Exception:  # pylint: disable=broad-except
@@ -297,7 +296,8 @@ class Node:  # pylint: disable=too-many-instance-attributes
                 self.progress("kubelet started (pid %d, log %s): waiting until node %s is Ready" % (record["pid"], record["log"], self.name))
             else:
                 process = cluster._Adopted(record)  # pylint: disable=protected-access
-            self.wait(self.node_ready, timeout, "node %s to be Ready" % self.name, record, process)
+            api = self.api()    # one client for the whole wait, not one per poll
+            self.wait(lambda: self.node_ready(api), timeout, "node %s to be Ready" % self.name, record, process)
             self.progress("node %s Ready (%s)" % (self.name, "up in %.1fs" % self.progress.elapsed() if started else "already ran"))
             return started
 

@@ -4,7 +4,6 @@ exec through the apiserver, and a `down` that leaves the host as it found it.
 Images are the locally built ones (sandbox/kube/images.py); `imagePullPolicy: Never`, since no registry is reachable.
 """
 
-import os
 import time
 
 import pytest
@@ -39,14 +38,8 @@ def wait_running(api, name, timeout=180):
 
 
 def container_pids(pod):
-    """Host pids of the pod's processes, found through its cgroup under the kubelet's cgroup root."""
-    base = "/sys/fs/cgroup/memory%s/kubepods" % kube_node.CGROUP_ROOT
-    pids = []
-    for dirpath, _dirs, files in os.walk(base):
-        if "pod" + pod.metadata.uid in dirpath and "cgroup.procs" in files:
-            with open(os.path.join(dirpath, "cgroup.procs"), encoding="utf-8") as handle:
-                pids += [int(p) for p in handle.read().split()]
-    return pids
+    """Host pids of the pod's containers (realnode.pod_pids: the kubelet's memory cgroup tree)."""
+    return realnode.pod_pids(pod.metadata.uid)
 
 
 def delete_pod(api, name):
