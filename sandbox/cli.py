@@ -1,6 +1,7 @@
 """Bring the embedded sandbox up and down, and run the demo against it.
 
-    python -m sandbox up     [--state-dir .sandbox] [--backend emulator|real]   cluster + node sysroots + kubelets
+    python -m sandbox up     [--state-dir .sandbox] [--backend emulator|real] [--without-real-node]
+                                                      cluster + node sysroots + kubelets (+ a real kubelet node)
     python -m sandbox status [--state-dir .sandbox]
     python -m sandbox demo   [--state-dir .sandbox]   playbooks/site.yml, playbooks/examples/sample_workload.yml, a summary
     python -m sandbox report [--state-dir .sandbox]   the summary's node tables again (sandbox/demo_report.py)
@@ -20,7 +21,9 @@ takes a free one and `up` says so.
 Two backends play the cluster. `emulator` (the default, up in seconds): our API emulator plus the sandbox scheduler.
 `real` (sandbox/realbackend.py): the pinned Kubernetes release's etcd, kube-apiserver, kube-controller-manager and
 kube-scheduler on loopback (built first when missing), state in STATE/kube. Either way the sandbox kubelets keep the
-sandbox nodes' Node objects alive, and the node plays and the daemons are the same. `up` records its backend in
+sandbox nodes' Node objects alive, and the node plays and the daemons are the same. The real backend adds a real
+kubelet node where the host can run one (root, containerd): kube-node-0, with real pods and processes, which the
+demo's playbooks include through STATE/real-node.yml (`--without-real-node` leaves it out). `up` records its backend in
 STATE/backend; `demo` and `status` follow it, `up` with the other backend stops the one that ran, and `down` stops
 whichever runs.
 """
@@ -231,7 +234,10 @@ def cmd_up(args):
     parser = argparse.ArgumentParser(prog="python -m sandbox up")
     parser.add_argument("--backend", choices=BACKENDS, default="emulator",
                         help="the cluster: our API emulator (default, seconds) or the real Kubernetes control plane")
-    backend = parser.parse_args(args.extra).backend
+    parser.add_argument("--without-real-node", action="store_true",
+                        help="real backend: no real kubelet node (kube-node-0), the sandbox nodes only")
+    options = parser.parse_args(args.extra)
+    backend = options.backend
     state = os.path.abspath(args.state_dir)
     os.makedirs(state, exist_ok=True)
     nodes = inventory_nodes()
@@ -247,6 +253,13 @@ def cmd_up(args):
     wait_for(lambda: nodes_ready(kubeconfig, nodes), 180 if backend == "real" else 60, "%d Ready nodes" % len(nodes))
     where = "real control plane" if backend == "real" else "API emulator"
     print("sandbox: %d nodes Ready on the %s: %s" % (len(nodes), where, ", ".join(nodes)))
+    if backend == "real":
+        from sandbox import realbackend  # pylint: disable=import-outside-toplevel
+        if options.without_real_node:
+            realbackend.real_node_down(state)
+        elif realbackend.real_node_up(state):
+            print("sandbox: real kubelet node %s Ready (containerd + runc, real pods); its inventory: %s"
+                  % (realbackend.REAL_NODE, realbackend.real_node_inventory(state)))
     return 0
 
 
@@ -367,22 +380,27 @@ def print_report(kubeconfig, state=None):
     print("\n=== colocation on each node: the pods in kill order, first killed first ===")
     for line in demo_report.format_report(reports):
         print(line)
-    print("oom_score_adj: actual = read from /proc, the pod's processes run on this host; planned = what katalyst-agent writes\n"
-          "  (its engine, each pod assumed to use its memory request: the sandbox kubelets run no processes). Only the order\n"
-          "  within a node matters: a node with one priority gets the most protective value.")
+    print("oom_score_adj: actual = read from /proc, the pod's processes run on this host (the real kubelet node of the real\n"
+          "  backend); planned = what katalyst-agent writes (its engine, each pod assumed to use its memory request: the sandbox\n"
+          "  kubelets run no processes). Only the order within a node matters: a node with one priority gets the most\n"
+          "  protective value.")
 
 
 def wait_for_workload(kubeconfig, timeout=SETTLE_TIMEOUT):
     """Until the sample workload has settled (pods running, NUMA bindings, amplified allocatable), at most ``timeout``
     seconds; what is still missing then is printed, and the demo goes on."""
     from sandbox import demo_report  # pylint: disable=import-outside-toplevel
-    print("sandbox: waiting up to %d s for the sample workload: pods running, NUMA bindings, amplified allocatable" % timeout,
+    print("sandbox: waiting up to %d s for the sample workload: pods running, NUMA bindings, amplified allocatable, "
+          "real processes in priority order" % timeout,
           flush=True)
     started = time.monotonic()
     missing = ["nothing read yet"]
     while time.monotonic() - started < timeout:
         try:
-            missing = demo_report.unsettled(demo_report.gather(kubeconfig))
+            snapshot = demo_report.gather(kubeconfig)
+            processes = demo_report.host_processes(snapshot["pods"])
+            reports = demo_report.build_reports(snapshot, processes, demo_report.host_totalpages()) if processes else ()
+            missing = demo_report.unsettled(snapshot, reports=reports)
         except Exception as exc:  # pylint: disable=broad-except
             missing = ["the cluster did not answer (%s)" % exc]
         if not missing:
@@ -413,14 +431,18 @@ def cmd_demo(args):
     if backend == "real":   # the same inventory, pointed at the real cluster (client certificates, RBAC)
         options += ["-e", "katalyst_kubeconfig=%s" % kubeconfig]
     options += list(args.extra)
-    rc, lines = run_playbook(["ansible-playbook", "-i", INVENTORY, PLAYBOOK] + options)
+    inventories = ["-i", INVENTORY]
+    if backend == "real":
+        from sandbox import realbackend  # pylint: disable=import-outside-toplevel
+        if realbackend.real_node_inventory(state):   # the real kubelet node `up` started: its agent, its pods
+            inventories += ["-i", realbackend.real_node_inventory(state)]
+    rc, lines = run_playbook(["ansible-playbook"] + inventories + [PLAYBOOK] + options)
     runs = [(PLAYBOOK, lines)]
     if backend == "real" and rc == 0:
-        from sandbox import realbackend  # pylint: disable=import-outside-toplevel
         realbackend.apply_scheduler_config(state)
     if rc == 0:
         # after kube-scheduler took the extender (real backend), so that the pods are placed through it
-        rc, lines = run_playbook(["ansible-playbook", "-i", INVENTORY, WORKLOAD_PLAYBOOK] + options)
+        rc, lines = run_playbook(["ansible-playbook"] + inventories + [WORKLOAD_PLAYBOOK] + options)
         runs.append((WORKLOAD_PLAYBOOK, lines))
     if rc == 0:
         wait_for_workload(kubeconfig)

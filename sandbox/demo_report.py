@@ -292,10 +292,15 @@ def _milli_to_cores(quantity):
 
 
 # -- waiting for the sample workload ---------------------------------------------------------------
-def unsettled(snapshot, namespace=NAMESPACE):
+def unsettled(snapshot, namespace=NAMESPACE, reports=()):
     """What of the sample workload has not happened yet (empty when everything has): pods not running, numa_binding
-    pods not bound to a NUMA node, overcommitted nodes whose heartbeat has not come back amplified."""
+    pods not bound to a NUMA node, overcommitted nodes whose heartbeat has not come back amplified, and (``reports``
+    of ``build_reports``) real processes whose oom_score_adj do not kill in priority order yet."""
     waiting = []
+    for report in reports:
+        actual = [row["oom_priority"] for row in report["pods"] if row["source"] == "actual"]
+        if actual != sorted(actual):
+            waiting.append("node %s: its pods' processes are not in priority order yet" % report["name"])
     demo_pods = [pod for pod in snapshot["pods"] if _meta(pod).get("namespace") == namespace]
     if not demo_pods:
         waiting.append("no pods in namespace %s" % namespace)

@@ -42,7 +42,11 @@ options:
         elements: int
         default: []
   totalpages:
-    description: Size of the OOM domain in pages. Default RAM plus swap of the node (a memory cgroup's limit for a memcg domain).
+    description:
+      - Size of the OOM domain in pages, the kernel's scale for C(oom_score_adj).
+      - Default the smallest domain the pods share, as C(katalyst-agent) plans it, the lowest memory limit of an ancestor
+        of their O(pods[].cgroups) (a QoS tier), else RAM plus swap of the node; values planned for the smallest
+        domain keep the order in every larger one.
     type: int
   sysroot:
     description: Root under which C(/proc) and C(/sys) are read and written.
@@ -82,6 +86,10 @@ adjustments:
   returned: success
   type: dict
   sample: {"batch": 1000, "web": 0}
+totalpages:
+  description: The OOM domain's size in pages the values were planned for.
+  returned: success
+  type: int
 priorities:
   description: The effective (aligned) OOM priority of each pod.
   returned: success
@@ -119,7 +127,9 @@ def main():
             module.warn("pod %s: %s" % (pod["name"], problem))
         priorities[pod["name"]] = priority
         groups.append(oomgather.read_group(fs, pod["name"], priority, pod["cgroups"], pod["pids"]))
-    totalpages = module.params["totalpages"] or oomgather.node_totalpages(fs)
+    memory_root = "/sys/fs/cgroup/memory" if fs.isdir("/sys/fs/cgroup/memory") else "/sys/fs/cgroup"
+    cgroup_dirs = [directory for pod in module.params["pods"] for directory in pod["cgroups"]]
+    totalpages = module.params["totalpages"] or oomgather.shared_domain_pages(fs, cgroup_dirs, memory_root, oomgather.node_totalpages(fs))
     negative = nodeinfo.cap_eff_allows(fs.read_text("/proc/self/status", default=""), nodeinfo.CAP_SYS_RESOURCE)
     plan, adjustments = oom.plan_oom_score_adj(groups, totalpages, negative)
     try:
@@ -128,7 +138,8 @@ def main():
         module.fail_json(msg="%s; %d write(s) undone" % (exc, len(exc.rolled_back)), changes=plan.as_list())
     for warning in plan.warnings:
         module.warn(warning)
-    result = {"changed": plan.changed, "changes": plan.as_list(), "adjustments": adjustments, "priorities": priorities}
+    result = {"changed": plan.changed, "changes": plan.as_list(), "adjustments": adjustments, "priorities": priorities,
+              "totalpages": totalpages}
     if module._diff:
         result["diff"] = plan.diff()
     module.exit_json(**result)

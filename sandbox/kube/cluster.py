@@ -81,7 +81,7 @@ class Progress:
 
 # --- certificates ------------------------------------------------------------------------------------------------
 
-def _crypto():
+def crypto_modules():
     """The `cryptography` modules, imported when certificates are made (not for `status` or `down`)."""
     # pylint: disable=import-outside-toplevel
     from cryptography import x509
@@ -91,7 +91,7 @@ def _crypto():
     return types.SimpleNamespace(x509=x509, hashes=hashes, serialization=serialization, ec=ec, eku=ExtendedKeyUsageOID, oid=NameOID)
 
 
-def _write(path, data, mode=0o600):
+def write_file(path, data, mode=0o600):
     tmp = path + ".tmp"
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as handle:
         handle.write(data if isinstance(data, bytes) else data.encode())
@@ -99,18 +99,18 @@ def _write(path, data, mode=0o600):
 
 
 def _new_key(path):
-    crypto = _crypto()
+    crypto = crypto_modules()
     serialization = crypto.serialization
     key = crypto.ec.generate_private_key(crypto.ec.SECP256R1())
-    _write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+    write_file(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                    serialization.NoEncryption()))
     return key
 
 
-def _issue(pki, name, common_name, ca=None, organizations=(), server=False, client=False, dns=(), ips=()):
+def issue_certificate(pki, name, common_name, ca=None, organizations=(), server=False, client=False, dns=(), ips=()):
     # pylint: disable=too-many-arguments,too-many-positional-arguments,too-many-locals
     """Write pki/NAME.key and pki/NAME.crt: a CA (ca=None) or a certificate signed by ca=(key, cert)."""
-    crypto = _crypto()
+    crypto = crypto_modules()
     x509, hashes, serialization, eku, oid = crypto.x509, crypto.hashes, crypto.serialization, crypto.eku, crypto.oid
     key = _new_key(os.path.join(pki, name + ".key"))
     subject = x509.Name([x509.NameAttribute(oid.ORGANIZATION_NAME, org) for org in organizations]
@@ -137,7 +137,7 @@ def _issue(pki, name, common_name, ca=None, organizations=(), server=False, clie
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(signer, hashes.SHA256())
-    _write(os.path.join(pki, name + ".crt"), cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(os.path.join(pki, name + ".crt"), cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return key, cert
 
 
@@ -147,23 +147,23 @@ def ensure_pki(state, progress):
     if os.path.exists(os.path.join(pki, "complete")):
         return pki
     os.makedirs(pki, mode=0o700, exist_ok=True)
-    ca = _issue(pki, "ca", "katalyst-sandbox-kubernetes-ca")
+    ca = issue_certificate(pki, "ca", "katalyst-sandbox-kubernetes-ca")
     api_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
-    _issue(pki, "apiserver", "kube-apiserver", ca, server=True, ips=("127.0.0.1", api_ip),
+    issue_certificate(pki, "apiserver", "kube-apiserver", ca, server=True, ips=("127.0.0.1", api_ip),
            dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"))
-    _issue(pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ca, ["system:masters"], client=True)
-    _issue(pki, "admin", "kubernetes-admin", ca, ["system:masters"], client=True)
+    issue_certificate(pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ca, ["system:masters"], client=True)
+    issue_certificate(pki, "admin", "kubernetes-admin", ca, ["system:masters"], client=True)
     # The front proxy (requestheader) CA: the apiserver's identity towards aggregated APIs, and what the daemons'
     # delegated authentication reads from kube-system/extension-apiserver-authentication.
-    _issue(pki, "front-proxy-client", "front-proxy-client", _issue(pki, "front-proxy-ca", "katalyst-sandbox-front-proxy-ca"), client=True)
+    issue_certificate(pki, "front-proxy-client", "front-proxy-client", issue_certificate(pki, "front-proxy-ca", "katalyst-sandbox-front-proxy-ca"), client=True)
     for daemon, user in DAEMON_USERS.items():
-        _issue(pki, daemon, user, ca, client=True)                                     # its identity towards the apiserver
-        _issue(pki, daemon + "-serving", user, ca, server=True, dns=("localhost",), ips=("127.0.0.1",))  # its /healthz port
-    serialization = _crypto().serialization
+        issue_certificate(pki, daemon, user, ca, client=True)                                     # its identity towards the apiserver
+        issue_certificate(pki, daemon + "-serving", user, ca, server=True, dns=("localhost",), ips=("127.0.0.1",))  # its /healthz port
+    serialization = crypto_modules().serialization
     sa_key = _new_key(os.path.join(pki, "sa.key"))
-    _write(os.path.join(pki, "sa.pub"), sa_key.public_key().public_bytes(
+    write_file(os.path.join(pki, "sa.pub"), sa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
-    _write(os.path.join(pki, "complete"), "")
+    write_file(os.path.join(pki, "complete"), "")
     progress("certificates: own CA, apiserver serving cert, admin + daemon client certs, service-account key (%s)" % pki)
     return pki
 
@@ -183,16 +183,16 @@ def write_kubeconfig(path, server, pki, cert_name, user):
             "client-key-data": _b64file(os.path.join(pki, cert_name + ".key"))}}],
         "contexts": [{"name": "sandbox-kube", "context": {"cluster": "sandbox-kube", "user": user}}],
     }
-    _write_if_changed(path, yaml.safe_dump(config, sort_keys=False))
+    write_if_changed(path, yaml.safe_dump(config, sort_keys=False))
 
 
-def _write_if_changed(path, text):
+def write_if_changed(path, text):
     """Write the file unless it already holds exactly this text; return whether it changed."""
     with contextlib.suppress(OSError):
         with open(path, encoding="utf-8") as handle:
             if handle.read() == text:
                 return False
-    _write(path, text)
+    write_file(path, text)
     return True
 
 
@@ -248,7 +248,7 @@ def ensure_ports(state, running, progress):
         ports[name] = pick_port(set(ports.values()))
         if port:
             progress("port %d (%s) is taken by another process: using %d" % (port, name, ports[name]))
-    _write_if_changed(path, json.dumps(ports, indent=1, sort_keys=True) + "\n")
+    write_if_changed(path, json.dumps(ports, indent=1, sort_keys=True) + "\n")
     return ports
 
 
@@ -293,7 +293,7 @@ def start(state, name, argv):
                                    cwd=state, start_new_session=True)
     stat = _proc_stat(process.pid)
     record = {"pid": process.pid, "starttime": stat[1] if stat else 0, "argv": argv, "log": log}
-    _write(_pid_file(state, name), json.dumps(record, indent=1) + "\n")
+    write_file(_pid_file(state, name), json.dumps(record, indent=1) + "\n")
     return record, process
 
 
@@ -457,7 +457,7 @@ class Cluster:
         write_kubeconfig(self.kubeconfig, server, self.pki, "admin", "kubernetes-admin")
         for daemon, user in DAEMON_USERS.items():
             write_kubeconfig(os.path.join(self.state, daemon + ".kubeconfig"), server, self.pki, daemon, user)
-        return _write_if_changed(os.path.join(self.state, "scheduler-config.yaml"), scheduler_config(self.state, extender_config))
+        return write_if_changed(os.path.join(self.state, "scheduler-config.yaml"), scheduler_config(self.state, extender_config))
 
     def start_component(self, name, timeout, running, extender_config):
         """Start one component and wait until it is healthy. When its port was taken between the choice and the bind
@@ -474,7 +474,7 @@ class Cluster:
             keys = [k for k, owner in PORT_OWNERS.items() if owner == name]
             for key in keys:
                 self.ports[key] = pick_port(set(self.ports.values()))
-            _write(os.path.join(self.state, "ports.json"), json.dumps(self.ports, indent=1, sort_keys=True) + "\n")
+            write_file(os.path.join(self.state, "ports.json"), json.dumps(self.ports, indent=1, sort_keys=True) + "\n")
             self.progress("%s: its port was taken meanwhile: trying again on %s" % (name, ", ".join(str(self.ports[k]) for k in keys)))
             self.write_configs(extender_config)
             if name == "kube-apiserver":  # the daemons that run still point at the old port
@@ -501,7 +501,7 @@ class Cluster:
                 self.progress("scheduler configuration changed: restarting kube-scheduler")
                 self.stop(["kube-scheduler"], 30.0)
                 running.discard("kube-scheduler")
-            _write(os.path.join(self.state, "components.json"), json.dumps(list(self.components)) + "\n")
+            write_file(os.path.join(self.state, "components.json"), json.dumps(list(self.components)) + "\n")
             started = 0
             for name in self.components:
                 if name in running and name != "kube-scheduler" and recorded(self.state, name)["argv"] != self.argv(name):
@@ -516,7 +516,7 @@ class Cluster:
                 ok, detail = self.health(name)
                 if not ok:
                     self.progress("%s runs (pid %d) but is not healthy yet (%s): waiting" % (name, record["pid"], detail))
-                    self.wait_healthy(name, record, _Adopted(record), timeout)
+                    self.wait_healthy(name, record, Adopted(record), timeout)
                 self.progress("%s already runs (pid %d) and is healthy" % (name, record["pid"]))
             if started:
                 self.progress("control plane up in %.1fs: export KUBECONFIG=%s" % (self.progress.elapsed(), self.kubeconfig))
@@ -583,7 +583,7 @@ class Cluster:
         return result
 
 
-class _Adopted:  # pylint: disable=too-few-public-methods
+class Adopted:  # pylint: disable=too-few-public-methods
     """A process started by an earlier `up` (not our child): poll() says whether it exited, as Popen's does."""
 
     def __init__(self, record):
@@ -616,18 +616,30 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cluster = Cluster(args.state_dir, args.bin_dir, without=args.without, disabled_controllers=args.disable_controller,
                       disabled_admission_plugins=args.disable_admission_plugin)
+
+    def status():
+        states = cluster.status()
+        lines = ["%-24s %s" % (name, "pid %d, %s" % (pid, "healthy" if ok else "UNHEALTHY: " + detail) if pid else "not running")
+                 for name, (pid, ok, detail) in states.items()]
+        return lines, all(state[1] for state in states.values())
+    return run_command("cluster", args.command, lambda: cluster.up(args.scheduler_extender_config, timeout=args.timeout or 240.0),
+                       lambda: cluster.down(timeout=args.timeout or 30.0), status)
+
+
+def run_command(prog, command, up, down, status):
+    """The up|down|status command line's shape, shared with sandbox.kube.node: ``status()`` gives (lines, healthy);
+    exit 0, 3 when status finds something not running or unhealthy, 1 on an error (printed)."""
     try:
-        if args.command == "up":
-            cluster.up(args.scheduler_extender_config, timeout=args.timeout or 240.0)
-        elif args.command == "down":
-            cluster.down(timeout=args.timeout or 30.0)
+        if command == "up":
+            up()
+        elif command == "down":
+            down()
         else:
-            states = cluster.status()
-            for name, (pid, ok, detail) in states.items():
-                print("%-24s %s" % (name, "pid %d, %s" % (pid, "healthy" if ok else "UNHEALTHY: " + detail) if pid else "not running"))
-            return 0 if all(state[1] for state in states.values()) else 3
+            lines, healthy = status()
+            print("\n".join(lines))
+            return 0 if healthy else 3
     except RuntimeError as err:
-        print("cluster: ERROR: %s" % err, file=sys.stderr)
+        print("%s: ERROR: %s" % (prog, err), file=sys.stderr)
         return 1
     return 0
 

@@ -9,14 +9,16 @@ drives them through CRI. Images are built here (sandbox.kube.images) and importe
 their network from the CNI `bridge` + `host-local` plugins (Debian's containernetworking-plugins) on a bridge of
 our own, so pod IPs are real and the host reaches them.
 
-Everything lives under DIR/node/ (containerd root and state, network namespaces, CNI configuration and IPAM,
-kubelet root, logs, pids) except what the kernel keeps elsewhere, which `down` removes again: the kubelet's cgroup
+Everything lives under DIR/node/ (containerd root and state, network namespaces, CNI configuration and IPAM, logs,
+pids) but the unix sockets and the kubelet's root dir, under /run/katalyst-node/<hash of DIR>/ (a socket's path is
+limited to 107 bytes), and what the kernel keeps elsewhere; `down` removes all of it again: the kubelet's cgroup
 tree (--cgroup-root /katalyst-node in every v1 hierarchy), the bridge, and the sysctls the kubelet sets at start
 (vm.overcommit_memory, kernel.panic, ...: their values from before the first `up` are put back).
 """
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -30,6 +32,9 @@ import yaml
 from sandbox.kube import cluster, images
 
 CGROUP_ROOT = "/katalyst-node"
+# The unix sockets (containerd's, and the kubelet's below its root dir) live under a short path of their own, whatever
+# the length of the state dir's: a socket's path may not exceed 107 bytes. One dir per state dir, removed by `down`.
+RUN_BASE = "/run/katalyst-node"
 BRIDGE = "katalyst-cni0"
 POD_CIDR = "10.244.0.0/24"
 # The node's address: the bridge's own (the CNI bridge plugin's gateway). The kubelet refuses a loopback node IP,
@@ -84,7 +89,8 @@ class Node:  # pylint: disable=too-many-instance-attributes
         self.name = name
         self.state = os.path.join(self.cluster.state, "node")
         self.kubelet_bin = os.path.join(self.cluster.bin_dir, "kubelet")
-        self.socket = os.path.join(self.state, "containerd", "containerd.sock")
+        self.run_dir = os.path.join(RUN_BASE, hashlib.sha256(self.state.encode()).hexdigest()[:12])
+        self.socket = os.path.join(self.run_dir, "containerd.sock")
         self.kubeconfig = os.path.join(self.state, "kubelet.kubeconfig")
 
     # --- paths and files ------------------------------------------------------------------------------------------
@@ -166,19 +172,24 @@ class Node:  # pylint: disable=too-many-instance-attributes
 
     def argv(self):
         return [self.kubelet_bin, "--config=" + self.path("kubelet-config.yaml"), "--kubeconfig=" + self.kubeconfig,
-                "--root-dir=" + self.path("kubelet"), "--hostname-override=" + self.name, "--node-ip=" + NODE_IP,
+                "--root-dir=" + os.path.join(self.run_dir, "kubelet"), "--hostname-override=" + self.name, "--node-ip=" + NODE_IP,
                 "--cert-dir=" + self.path("pki"), "--v=2"]
+
+    def control_plane_ports(self):
+        """The control plane's ports (its ports.json, written by its `up`): the node's own are picked beside them."""
+        with open(os.path.join(self.cluster.state, "ports.json"), encoding="utf-8") as handle:
+            return json.load(handle)
 
     def ports(self):
         path = self.path("ports.json")
         with contextlib.suppress(OSError, ValueError):
             with open(path, encoding="utf-8") as handle:
                 return json.load(handle)
-        taken = set(json.load(open(os.path.join(self.cluster.state, "ports.json"), encoding="utf-8")).values())  # pylint: disable=consider-using-with
+        taken = set((self.cluster.ports or self.control_plane_ports()).values())
         ports = {}
         for key in ("kubelet", "kubelet_healthz"):
             ports[key] = cluster.pick_port(taken | set(ports.values()))
-        cluster._write(path, json.dumps(ports) + "\n")  # pylint: disable=protected-access
+        cluster.write_file(path, json.dumps(ports) + "\n")
         return ports
 
     def ensure_pki(self):
@@ -186,19 +197,19 @@ class Node:  # pylint: disable=too-many-instance-attributes
         if os.path.exists(os.path.join(pki, "complete")):
             return
         os.makedirs(pki, mode=0o700, exist_ok=True)
-        crypto = cluster._crypto()  # pylint: disable=protected-access
+        crypto = cluster.crypto_modules()
         ca_pki = self.cluster.pki
         with open(os.path.join(ca_pki, "ca.key"), "rb") as handle:
             ca_key = crypto.serialization.load_pem_private_key(handle.read(), None)
         with open(os.path.join(ca_pki, "ca.crt"), "rb") as handle:
             ca_cert = crypto.x509.load_pem_x509_certificate(handle.read())
         # The Node authorizer and NodeRestriction know a kubelet by this name and group.
-        cluster._issue(pki, "kubelet-client", "system:node:" + self.name, (ca_key, ca_cert), ["system:nodes"], client=True)  # pylint: disable=protected-access
-        cluster._issue(pki, "kubelet-serving", "system:node:" + self.name, (ca_key, ca_cert), server=True,  # pylint: disable=protected-access
+        cluster.issue_certificate(pki, "kubelet-client", "system:node:" + self.name, (ca_key, ca_cert), ["system:nodes"], client=True)
+        cluster.issue_certificate(pki, "kubelet-serving", "system:node:" + self.name, (ca_key, ca_cert), server=True,
                        dns=(self.name, "localhost"), ips=(NODE_IP, "127.0.0.1"))
         with open(os.path.join(ca_pki, "ca.crt"), "rb") as handle:  # the kubeconfig names the CA from the same dir
-            cluster._write(os.path.join(pki, "ca.crt"), handle.read(), 0o644)  # pylint: disable=protected-access
-        cluster._write(os.path.join(pki, "complete"), "")  # pylint: disable=protected-access
+            cluster.write_file(os.path.join(pki, "ca.crt"), handle.read(), 0o644)
+        cluster.write_file(os.path.join(pki, "complete"), "")
 
     # --- host state the kubelet changes -------------------------------------------------------------------------
     def record_sysctls(self):
@@ -210,7 +221,7 @@ class Node:  # pylint: disable=too-many-instance-attributes
             with contextlib.suppress(OSError):
                 with open("/proc/sys/" + key, encoding="utf-8") as handle:
                     values[key] = handle.read().strip()
-        cluster._write(path, json.dumps(values, indent=1) + "\n")  # pylint: disable=protected-access
+        cluster.write_file(path, json.dumps(values, indent=1) + "\n")
 
     def restore_sysctls(self):
         path = self.path("host-sysctls.json")
@@ -231,8 +242,8 @@ class Node:  # pylint: disable=too-many-instance-attributes
             return 0
         for sub in (("containerd", "root"), ("containerd", "state"), ("cni", "net.d"), ("cni", "ipam")):
             os.makedirs(self.path(*sub), mode=0o700, exist_ok=True)
-        cluster._write(self.path("containerd", "config.toml"), self.containerd_config(), 0o644)  # pylint: disable=protected-access
-        cluster._write(self.path("cni", "net.d", "10-katalyst.conflist"), self.cni_config(), 0o644)  # pylint: disable=protected-access
+        cluster.write_file(self.path("containerd", "config.toml"), self.containerd_config(), 0o644)
+        cluster.write_file(self.path("cni", "net.d", "10-katalyst.conflist"), self.cni_config(), 0o644)
         record, process = cluster.start(self.state, "containerd", ["containerd", "--config", self.path("containerd", "config.toml")])
         self.progress("containerd started (pid %d, log %s): waiting for its socket" % (record["pid"], record["log"]))
         self.wait(lambda: process.poll() is None and self.containerd_answers(), timeout, "containerd to answer on " + self.socket,
@@ -274,8 +285,9 @@ class Node:  # pylint: disable=too-many-instance-attributes
             raise RuntimeError("%s is missing: build the pinned release first (`make kube-build`)" % self.kubelet_bin)
         os.makedirs(self.path("logs"), mode=0o700, exist_ok=True)
         os.makedirs(self.path("run"), mode=0o700, exist_ok=True)
+        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
         with self.cluster.locked():
-            self.cluster.ports = json.load(open(os.path.join(self.cluster.state, "ports.json"), encoding="utf-8"))  # pylint: disable=consider-using-with
+            self.cluster.ports = self.control_plane_ports()
             self.record_sysctls()
             self.create_cgroups()
             self.ensure_bridge()
@@ -284,7 +296,7 @@ class Node:  # pylint: disable=too-many-instance-attributes
             cluster.write_kubeconfig(self.kubeconfig, server, self.path("pki"), "kubelet-client", "system:node:" + self.name)
             started = self.start_containerd(timeout)
             images.import_into(self.socket, progress=self.progress)
-            changed_config = cluster._write_if_changed(self.path("kubelet-config.yaml"), self.kubelet_config())  # pylint: disable=protected-access
+            changed_config = cluster.write_if_changed(self.path("kubelet-config.yaml"), self.kubelet_config())
             record = cluster.recorded(self.state, "kubelet")
             if cluster.alive(record) and (changed_config or record["argv"] != self.argv()):
                 self.progress("kubelet runs with another configuration: restarting it")
@@ -295,7 +307,7 @@ class Node:  # pylint: disable=too-many-instance-attributes
                 started += 1
                 self.progress("kubelet started (pid %d, log %s): waiting until node %s is Ready" % (record["pid"], record["log"], self.name))
             else:
-                process = cluster._Adopted(record)  # pylint: disable=protected-access
+                process = cluster.Adopted(record)
             api = self.api()    # one client for the whole wait, not one per poll
             self.wait(lambda: self.node_ready(api), timeout, "node %s to be Ready" % self.name, record, process)
             self.progress("node %s Ready (%s)" % (self.name, "up in %.1fs" % self.progress.elapsed() if started else "already ran"))
@@ -355,17 +367,17 @@ class Node:  # pylint: disable=too-many-instance-attributes
             time.sleep(0.2)
 
     def unmount_all(self):
-        """Unmount everything below the node's state dir (overlay rootfs, shm, netns, kubelet volumes), deepest first."""
-        prefix = self.state + "/"
+        """Unmount everything below the node's state and run dirs (overlay rootfs, shm, netns, kubelet volumes), deepest first."""
+        prefixes = (self.state + "/", self.run_dir + "/")
         for _attempt in range(5):
             with open("/proc/self/mountinfo", encoding="utf-8") as handle:
                 points = [line.split()[4].replace("\\040", " ") for line in handle]
-            ours = sorted({p for p in points if p.startswith(prefix)}, key=len, reverse=True)
+            ours = sorted({p for p in points if p.startswith(prefixes)}, key=len, reverse=True)
             if not ours:
                 return
             for point in ours:
                 subprocess.run(["umount", "-l", point], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        raise RuntimeError("could not unmount everything under %s" % self.state)
+        raise RuntimeError("could not unmount everything under %s and %s" % (self.state, self.run_dir))
 
     @staticmethod
     def ensure_bridge():
@@ -437,6 +449,9 @@ class Node:  # pylint: disable=too-many-instance-attributes
             # containerd's snapshots and the kubelet's pod dirs are unmounted now: the next `up` starts clean
             for sub in ("containerd", "kubelet", "cni"):
                 subprocess.run(["rm", "-rf", "--one-file-system", self.path(sub)], check=False)
+            subprocess.run(["rm", "-rf", "--one-file-system", self.run_dir], check=False)
+            with contextlib.suppress(OSError):
+                os.rmdir(RUN_BASE)      # another state dir's node may still use it
         self.progress("node %s down" % self.name if ran else "node %s: nothing ran" % self.name)
         return ran
 
@@ -454,20 +469,12 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=None)
     args = parser.parse_args(argv)
     node = Node(args.cluster_state, args.name, args.bin_dir)
-    try:
-        if args.command == "up":
-            node.up(timeout=args.timeout or 240.0)
-        elif args.command == "down":
-            node.down(timeout=args.timeout or 30.0)
-        else:
-            states = node.status()
-            for name, record in states.items():
-                print("%-12s %s" % (name, "pid %d" % record["pid"] if record else "not running"))
-            return 0 if all(states.values()) else 3
-    except RuntimeError as err:
-        print("node: ERROR: %s" % err, file=sys.stderr)
-        return 1
-    return 0
+
+    def status():
+        states = node.status()
+        return ["%-12s %s" % (name, "pid %d" % record["pid"] if record else "not running") for name, record in states.items()], all(states.values())
+    return cluster.run_command("node", args.command, lambda: node.up(timeout=args.timeout or 240.0),
+                               lambda: node.down(timeout=args.timeout or 30.0), status)
 
 
 if __name__ == "__main__":

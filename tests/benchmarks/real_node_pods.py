@@ -44,23 +44,13 @@ def wait(check, timeout, what, interval=0.02):
     raise RuntimeError("timed out after %.0fs waiting for %s" % (timeout, what))
 
 
-def adjs_of(uids):
-    found = {}
-    for name, uid in uids.items():
-        values = {realnode.oom_score_adj(pid) for pid in realnode.pod_pids(uid)}
-        if len(values) != 1:
-            return None
-        found[name] = values.pop()
-    return found
-
-
 def running_pod(api, name):
     found = api.read_namespaced_pod(name, "default")
     return found if found.status.phase == "Running" else None
 
 
 def in_order(uids, priorities):
-    adjs = adjs_of(uids)
+    adjs = realnode.pods_oom_score_adj(uids)
     return adjs is not None and ordered(adjs, priorities)
 
 

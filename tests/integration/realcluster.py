@@ -58,3 +58,22 @@ def kubectl(kubeconfig, *args, check=True, timeout=120, input_text=None):
     if check:
         assert result.returncode == 0, "kubectl %s failed (%d):\n%s%s" % (" ".join(args), result.returncode, result.stdout, result.stderr)
     return result
+
+
+def start_fakenodes(kubeconfig, log_path, *options):
+    """sandbox.kube.fakenodes (kubelet-less nodes kept Ready) against ``kubeconfig`` with ``options``, its output in
+    ``log_path``; (process, log file) for ``stop_fakenodes``."""
+    log = open(log_path, "wb")  # pylint: disable=consider-using-with
+    argv = [sys.executable, "-m", "sandbox.kube.fakenodes", "--kubeconfig", str(kubeconfig)] + [str(option) for option in options]
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=kube_cluster.REPO), log  # pylint: disable=consider-using-with
+
+
+def stop_fakenodes(process, log, timeout=120):
+    """Stop fakenodes (it deletes its nodes on the way out when started with --delete-on-exit)."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=60)
+    log.close()

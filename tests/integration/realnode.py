@@ -37,19 +37,56 @@ def node_cli(state, command, timeout=UP_TIMEOUT):
     return result.stdout + result.stderr
 
 
+_held = []       # this process's lock file while it holds the lock (re-entrant within the process)
+_running = []    # this process's real node (the session fixture's), which a test with a node of its own pauses
+
+
+@contextlib.contextmanager
+def host_lock():
+    """The host's one real node slot: another pytest process's node must be down first."""
+    if _held:
+        yield
+        return
+    with open(LOCK, "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _held.append(lock)
+        try:
+            yield
+        finally:
+            _held.remove(lock)
+
+
+@contextlib.contextmanager
+def node_of_its_own():
+    """For a test that starts a real node itself (the real backend's demo): the lock, and the session fixture's node,
+    when this process runs it, down meanwhile and up again after (its control plane keeps running)."""
+    with host_lock():
+        paused = list(_running)
+        for node in paused:
+            node.down()
+        try:
+            yield
+        finally:
+            for node in paused:
+                node.up()
+
+
 @contextlib.contextmanager
 def real_node(state, *cluster_args):
     """A control plane (all four components, `cluster_args` passed to `up`) and the real node; both stopped after."""
-    with open(LOCK, "w", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)    # another pytest run's node must be down first
+    with host_lock():
+        node = None
         try:
             before = host_snapshot()
             cluster_cli(state, "up", *cluster_args)
             node_cli(state, "up")
             node = RealNode(state, before)
             node.wait_bootstrapped()
+            _running.append(node)
             yield node
         finally:
+            if node in _running:
+                _running.remove(node)
             with contextlib.suppress(Exception):
                 node_cli(state, "down", timeout=DOWN_TIMEOUT)
             cluster_down(state)
@@ -158,3 +195,15 @@ def pod_pids(uid):
 def oom_score_adj(pid):
     with open("/proc/%d/oom_score_adj" % pid, encoding="utf-8") as handle:
         return int(handle.read())
+
+
+def pods_oom_score_adj(uids):
+    """{name: the one oom_score_adj of all its processes} for {name: pod uid}; None while a pod has no process or its
+    processes differ."""
+    found = {}
+    for name, uid in uids.items():
+        values = {oom_score_adj(pid) for pid in pod_pids(uid)}
+        if len(values) != 1:
+            return None
+        found[name] = values.pop()
+    return found

@@ -200,6 +200,9 @@ def test_a_real_oom_in_the_tier_kills_by_priority_with_the_agent_and_by_size_wit
                     print("the agent on the kills:\n  " + "\n  ".join(k["msg"] for k in kills))
                     batch_kill = [k for k in kills if k["pod"] == "%s/%s-batch" % (NAMESPACE, tag)][0]
                     assert batch_kill["inversion"] is False and batch_kill["priority"] == -100
+                    # batch's container died first: its pause process left in the pod cgroup is not a pod to kill first
+                    web_kill = [k for k in kills if k["pod"] == "%s/%s-web" % (NAMESPACE, tag)][0]
+                    assert web_kill["inversion"] is False, kills
                 print("%s: kill order %s; oom_score_adj %s" % (tag, orders[tag], {
                     n: [realnode.oom_score_adj(p) for p in ps if os.path.exists("/proc/%d" % p)] for n, ps in pids.items()}))
                 del uids

@@ -675,17 +675,8 @@ def test_an_agent_restart_with_pods_running_changes_nothing_it_set(real_node, co
              timeout=LOOP, interval=0.1)
     numa_cpus = {str(n["id"]): n["cpus"] for n in facts["numa_nodes"]}
 
-    def adjs():
-        result = {}
-        for name, uid in uids.items():
-            values = {realnode.oom_score_adj(pid) for pid in realnode.pod_pids(uid)}
-            if len(values) != 1:
-                return None
-            result[name] = values.pop()
-        return result
-
     def in_order():
-        found_adjs = adjs()
+        found_adjs = realnode.pods_oom_score_adj(uids)
         return found_adjs if found_adjs and ordered(found_adjs, priorities) else None
     ordered_adjs = wait_for("oom_score_adj in priority order", in_order, timeout=LOOP, interval=0.1)
     print("oom_score_adj before the restart: %s" % ordered_adjs)

@@ -23,8 +23,6 @@ import contextlib
 import fractions
 import pathlib
 import ssl
-import subprocess
-import sys
 import time
 
 import pytest
@@ -34,7 +32,7 @@ from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.webhoo
 from sandbox.kube import cluster as kube_cluster, images
 from tests.integration import realnode
 from tests.integration.ansible_runner import REPO, run_playbook
-from tests.integration.realcluster import wait_for
+from tests.integration.realcluster import start_fakenodes, stop_fakenodes, wait_for
 from tests.integration.test_real_node import container_pids
 from tests.integration.test_real_tide_lease_kubectl import OFFLINE_TOLERATION, POOL_LABEL, ControlPlane, Replica, drop_pool, ensure_crds, pool_body, \
     tide_view
@@ -433,24 +431,6 @@ def tide_pod(name, node, pod_type, command=None, tolerations=(), cpu="10m", memo
                                      "resources": {"requests": {"cpu": cpu, "memory": memory}}}]}}
 
 
-def start_peer(kubeconfig, log_path):
-    """A kubelet-less node kept Ready (Lease + status), deleted when it stops."""
-    log = open(log_path, "wb")  # pylint: disable=consider-using-with
-    argv = [sys.executable, "-m", "sandbox.kube.fakenodes", "--kubeconfig", kubeconfig, "--count", "1", "--prefix", PEER_PREFIX,
-            "--delete-on-exit"]
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO), log  # pylint: disable=consider-using-with
-
-
-def stop_peer(process, log):
-    process.terminate()
-    try:
-        process.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=60)
-    log.close()
-
-
 def peer_ready(core):
     node = read_or_none(core.read_node, PEER)
     ready = node is not None and any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
@@ -476,7 +456,7 @@ def tide_cleanup(plane, replica, peer):
     with contextlib.suppress(kubernetes.client.exceptions.ApiException):      # bound to the peer: no kubelet confirms
         core.delete_namespaced_pod("big-online", TIDE_NAMESPACE, grace_period_seconds=0)
     if peer is not None:
-        stop_peer(*peer)
+        stop_fakenodes(*peer)
     with contextlib.suppress(kubernetes.client.exceptions.ApiException):
         core.delete_node(PEER)
     delete_namespace(core, TIDE_NAMESPACE)
@@ -511,7 +491,7 @@ def test_tide_offline_flip_evicts_the_real_online_pod(real_node, tmp_path):  # p
     try:
         ensure_crds(plane)
         ensure_namespace(core, TIDE_NAMESPACE)
-        peer = start_peer(real_node.kubeconfig, tmp_path / "peer.log")
+        peer = start_fakenodes(real_node.kubeconfig, tmp_path / "peer.log", "--count", 1, "--prefix", PEER_PREFIX, "--delete-on-exit")
         wait_for("the peer node Ready without taints", lambda: peer_ready(core), timeout=TIMEOUT)
         # the peer carries the bigger (requested) load, so kube-node-0 is the online tide node tide releases first
         core.create_namespaced_pod(TIDE_NAMESPACE, tide_pod("big-online", PEER, "online", cpu="4", memory="1Gi", grace=0, image="registry.invalid/none"))

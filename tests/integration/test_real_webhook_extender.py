@@ -30,7 +30,7 @@ from ansible_collections.katalyst.colocation.plugins.module_utils.quantity impor
 from sandbox.kube import cluster as kube_cluster
 from sandbox.kube.fakenodes import conditions, now_seconds
 from tests.integration.ansible_runner import REPO, run_playbook
-from tests.integration.realcluster import cluster_cli, cluster_down, needs_build, wait_for
+from tests.integration.realcluster import cluster_cli, cluster_down, needs_build, start_fakenodes, stop_fakenodes, wait_for
 
 kubernetes = pytest.importorskip("kubernetes")
 
@@ -85,23 +85,8 @@ def stop_service(base, name):
                    cwd=REPO, capture_output=True, check=False, timeout=120)
 
 
-def start_fakenodes(state, kubeconfig, prefix, count, status_seconds):
-    log = open(state / "logs" / ("fakenodes-%s.log" % prefix.rstrip("-")), "wb")  # pylint: disable=consider-using-with
-    argv = [sys.executable, "-m", "sandbox.kube.fakenodes", "--kubeconfig", kubeconfig, "--prefix", prefix, "--count", str(count),
-            "--cpu", RAW["cpu"], "--memory", RAW["memory"], "--status-seconds", str(status_seconds)]
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)  # pylint: disable=consider-using-with
-    return process, log
-
-
-def stop_fakenodes(fakes):
-    for process, log in fakes:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=60)
-        log.close()
+def fake_options(prefix, count, status_seconds):
+    return ["--prefix", prefix, "--count", count, "--cpu", RAW["cpu"], "--memory", RAW["memory"], "--status-seconds", status_seconds]
 
 
 @pytest.fixture(name="env")
@@ -123,8 +108,8 @@ def fixture_env(tmp_path):
         output = cluster_cli(state, "up", "--scheduler-extender-config", str(extender_config))
         assert "scheduler configuration changed: restarting kube-scheduler" in output, output
         timings["scheduler restart"] = time.monotonic() - started - sum(timings.values())
-        fakes.append(start_fakenodes(state, kubeconfig, "oc-node-", 3, 3))    # a status heartbeat every 3 s: several soon
-        fakes.append(start_fakenodes(state, kubeconfig, "numa-node-", 2, 40))
+        fakes.append(start_fakenodes(kubeconfig, state / "logs" / "fakenodes-oc-node.log", *fake_options("oc-node-", 3, 3)))    # a status heartbeat every 3 s: several soon
+        fakes.append(start_fakenodes(kubeconfig, state / "logs" / "fakenodes-numa-node.log", *fake_options("numa-node-", 2, 40)))
         api_client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
         try:
             yield {"state": state, "base": tmp_path, "extra": extra, "ports": ports, "api": api_client,
@@ -133,7 +118,8 @@ def fixture_env(tmp_path):
         finally:
             api_client.close()
     finally:
-        stop_fakenodes(fakes)
+        for fake in fakes:
+            stop_fakenodes(*fake, timeout=60)
         for name in SERVICES:
             stop_service(tmp_path, name)
         cluster_down(state)

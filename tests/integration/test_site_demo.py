@@ -56,14 +56,15 @@ SAMPLE_SUMMARY = {"sandbox-node-1": "tide: not in a pool   overcommit pool katal
 WORKLOAD_RECAP = re.compile(r"^\s+(\S+)\s+ok=\d+\s+changed=(\d+)\s+failed=\d+\s+playbooks/examples/sample_workload\.yml$", re.MULTILINE)
 
 
-def demo_recap(demo):
-    """{host: changed} from a successful demo's PLAY RECAPs (site.yml's and the sample workload's, summed)."""
+def demo_recap(demo, extra_hosts=()):
+    """{host: changed} from a successful demo's PLAY RECAPs (site.yml's and the sample workload's, summed), for the
+    sandbox's hosts and ``extra_hosts``."""
     assert demo.returncode == 0, demo.stdout[-5000:] + demo.stderr[-2000:]
     recap = {}
     for host, _ok, changed, _unreachable, failed in RECAP.findall(demo.stdout):
         assert int(failed) == 0, demo.stdout[-3000:]
         recap[host] = recap.get(host, 0) + int(changed)
-    assert set(recap) == {"sandbox-control", "sandbox-node-1", "sandbox-node-2", "sandbox-node-3"}, demo.stdout[-3000:]
+    assert set(recap) == {"sandbox-control", "sandbox-node-1", "sandbox-node-2", "sandbox-node-3", *extra_hosts}, demo.stdout[-3000:]
     assert WORKLOAD_RECAP.findall(demo.stdout), demo.stdout[-3000:]      # the sample workload ran after site.yml
     return recap
 
@@ -175,15 +176,17 @@ def check_summary(output):
     assert all(numa.isdigit() for numa in numas) and len(set(numas)) == 2, report
 
 
-def check_sample_workload(core, custom, wait):
-    """What the sample workload shows, through the API: its pods run where their nodeSelectors put them, the NUMA pair
-    is bound to two NUMA nodes, the overcommit pool's node is amplified exactly once (x1.5, not x2.25) while the others
-    keep their allocatable, and the TideNodePool gave its two nodes their roles. `wait(check, what)` waits on a
-    condition."""
+def check_sample_workload(core, custom, wait, extra_pods=None):
+    """What the sample workload shows, through the API: its pods (and ``extra_pods``: {name: node}) run where their
+    nodeSelectors put them, the NUMA pair is bound to two NUMA nodes, the overcommit pool's node is amplified exactly
+    once (x1.5, not x2.25) while the others keep their allocatable, and the TideNodePool gave its two nodes their roles.
+    `wait(check, what)` waits on a condition."""
+    wanted = dict(SAMPLE_PODS, **(extra_pods or {}))
+
     def running():
         pods = {pod.metadata.name: pod for pod in core.list_namespaced_pod(SAMPLE).items}
         placed = {name: (pod.status.phase, pod.spec.node_name) for name, pod in pods.items()}
-        return placed == {name: ("Running", node_name) for name, node_name in SAMPLE_PODS.items()}
+        return placed == {name: ("Running", node_name) for name, node_name in wanted.items()}
     wait(running, "the sample workload's pods to run on their nodes")
 
     def numa_bound():

@@ -9,6 +9,11 @@ bound the NUMA pair, the overcommit pool's node got the controller's annotations
 webhook (once), the TideNodePool gave its nodes their roles, and the summary shows all of it per node; kube-scheduler
 binds another pod through the extender. `down` leaves nothing running.
 
+Where this host can run a real kubelet node (tests/integration/realnode.py), `up` starts one, kube-node-0: site.yml
+installs katalyst-agent on it through the inventory `up` wrote, the sample workload's kill-order pods run there as real
+processes, and the summary shows their oom_score_adj as read from /proc, in priority order. That node shares the
+host's one real-node slot with the real-node tests: same xdist group, their node paused meanwhile.
+
 Skipped when the pinned release is not built (`make kube-build`). One test: the demo runs are most of its time."""
 
 import base64
@@ -17,15 +22,20 @@ import re
 import time
 import urllib.request
 
+import pytest
 import yaml
 from kubernetes import client, config
 
 from ansible_collections.katalyst.colocation.plugins.module_utils.crd_manifests import ALL as OUR_CRDS
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.webhook import WEBHOOK_CONFIGURATION_NAME
+from tests.integration import realnode
 from tests.integration.realcluster import DOWN_TIMEOUT, needs_build, wait_for
 from tests.integration.test_site_demo import check_sample_workload, check_summary, demo_recap, free_port, sandbox, workload_changes
 
-pytestmark = needs_build
+pytestmark = [needs_build, pytest.mark.xdist_group("real-node")]
+NO_REAL_NODE = realnode.skip_reason()   # why this host runs no real kubelet node (None: it does)
+REAL_NODE_HOSTS = (realnode.NODE_NAME,) if NO_REAL_NODE is None else ()   # the real node's inventory adds it
+KILL_ORDER_PODS = {"order-batch": realnode.NODE_NAME, "order-web": realnode.NODE_NAME, "order-critical": realnode.NODE_NAME}
 TIMEOUT = 300   # a loaded 2-core machine: the controller's, webhook's and kubelets' next passes may take minutes
 
 
@@ -35,19 +45,23 @@ def real_api(state):
 
 def test_site_on_the_real_control_plane_converges_and_shows_colocation(tmp_path):
     state = tmp_path / "sandbox"
-    try:
-        timings = run_demo_twice(state)
-        api = real_api(state)
-        check_crds(api)
-        check_webhook_registration(api)
-        started = time.monotonic()
-        check_sample_workload(client.CoreV1Api(api), client.CustomObjectsApi(api), lambda check, what: wait_for(what, check, timeout=TIMEOUT))
-        check_scheduling(api, state)
-        timings["checks"] = time.monotonic() - started
-    finally:
-        down = sandbox(state, "down", timeout=DOWN_TIMEOUT)
-    assert down.returncode == 0, down.stdout + down.stderr
-    check_nothing_runs(state)
+    with realnode.node_of_its_own():
+        before = realnode.host_snapshot()
+        try:
+            timings = run_demo_twice(state)
+            api = real_api(state)
+            check_crds(api)
+            check_webhook_registration(api)
+            started = time.monotonic()
+            check_sample_workload(client.CoreV1Api(api), client.CustomObjectsApi(api), lambda check, what: wait_for(what, check, timeout=TIMEOUT),
+                                  extra_pods=KILL_ORDER_PODS if NO_REAL_NODE is None else None)
+            check_scheduling(api, state)
+            timings["checks"] = time.monotonic() - started
+        finally:
+            down = sandbox(state, "down", timeout=DOWN_TIMEOUT)
+        assert down.returncode == 0, down.stdout + down.stderr
+        check_nothing_runs(state)
+        assert realnode.host_snapshot() == before       # the real node's `down` left the host as it found it
     print("real control plane timings: " + ", ".join("%s %.1f s" % item for item in timings.items()))
 
 
@@ -57,6 +71,10 @@ def run_demo_twice(state):
     up = sandbox(state, "up", "--backend", "real")
     assert up.returncode == 0, up.stdout[-5000:] + up.stderr[-2000:]
     assert "nodes Ready on the real control plane" in up.stdout, up.stdout[-3000:]
+    if NO_REAL_NODE is None:
+        assert "real kubelet node kube-node-0 Ready" in up.stdout, up.stdout[-3000:]
+    else:
+        assert "no real kubelet node on this host" in up.stdout, up.stdout[-3000:]
     timings["up"] = time.monotonic() - started
     assert (state / "backend").read_text().strip() == "real"
     kubeconfig = yaml.safe_load((state / "kube" / "admin.kubeconfig").read_text())
@@ -66,21 +84,38 @@ def run_demo_twice(state):
     options = ["-e", "katalyst_sandbox_dir=%s" % state, "-e", "webhook_port=%d" % free_port(),
                "-e", "scheduler_extender_port=%d" % free_port()]
     first = sandbox(state, "demo", *options)
-    recap = demo_recap(first)
+    recap = demo_recap(first, REAL_NODE_HOSTS)
     assert recap["sandbox-control"] > 0 and all(recap[node] > 0 for node in recap) and workload_changes(first) > 0
     assert "katalyst_kubeconfig=%s" % (state / "kube" / "admin.kubeconfig") in first.stdout
     assert "scheduler configuration changed: restarting kube-scheduler" in first.stdout, first.stdout[-3000:]
     # kube-scheduler took the extender before the sample workload's pods were created
     assert first.stdout.index("restarting kube-scheduler") < first.stdout.index("playbooks/examples/sample_workload.yml")
     check_summary(first.stdout)
+    check_real_node_summary(first.stdout)
     timings["first demo"] = time.monotonic() - started - timings["up"]
 
     second = sandbox(state, "demo", *options)
-    assert demo_recap(second) == dict.fromkeys(recap, 0), second.stdout[-5000:]
+    assert demo_recap(second, REAL_NODE_HOSTS) == dict.fromkeys(recap, 0), second.stdout[-5000:]
     assert "everything already runs: nothing to do" in second.stdout    # kube-scheduler kept: its configuration is the same
     check_summary(second.stdout)
+    check_real_node_summary(second.stdout)
     timings["second demo"] = time.monotonic() - started - sum(timings.values())
     return timings
+
+
+def check_real_node_summary(output):
+    """kube-node-0's table in the summary: the kill-order pods' real processes, oom_score_adj read from /proc, the
+    reclaimed pod first and the most protected (and largest) last, each more protected than the one before."""
+    report = output[output.index("=== colocation on each node"):]
+    if NO_REAL_NODE is not None:
+        assert "\n" + realnode.NODE_NAME not in report, report
+        return
+    lines = report.split("\n" + realnode.NODE_NAME, 1)[1].split("\nsandbox-node-", 1)[0].splitlines()
+    rows = [line.split() for line in lines if line.split() and line.split()[0].isdigit()]
+    assert [row[1] for row in rows] == ["order-batch", "order-web", "order-critical"], report
+    assert all(row[-1] == "actual" for row in rows), report
+    adjustments = [int(row[-2]) for row in rows]
+    assert adjustments == sorted(adjustments, reverse=True) and len(set(adjustments)) == 3, report
 
 
 def check_crds(api):

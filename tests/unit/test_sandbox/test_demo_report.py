@@ -94,6 +94,19 @@ def test_unsettled_names_what_the_demo_still_waits_for():
     assert demo_report.unsettled({"nodes": [], "pods": []}) == ["no pods in namespace katalyst-demo"]
 
 
+def test_unsettled_waits_until_real_processes_are_in_priority_order():
+    web, batch = pod("web-1", "shared_cores", "50", memory="2Gi"), pod("batch-1", "reclaimed_cores", "-10")
+    snapshot = {"nodes": [node("n1")], "pods": [web, batch], "cnrs": [], "pools": []}
+
+    def reports(web_adj, batch_adj):
+        processes = {"uid-web-1": oom.Group("katalyst-demo/web-1", 50, {10: {"pages": 100, "oom_score_adj": web_adj}}),
+                     "uid-batch-1": oom.Group("katalyst-demo/batch-1", -10, {11: {"pages": 50, "oom_score_adj": batch_adj}})}
+        return demo_report.build_reports(snapshot, processes, host_pages=1 << 20)
+    # before the agent has written them: web (oom_priority 50) would be killed before batch (-10)
+    assert demo_report.unsettled(snapshot, reports=reports(900, 0)) == ["node n1: its pods' processes are not in priority order yet"]
+    assert demo_report.unsettled(snapshot, reports=reports(0, 1000)) == []
+
+
 def test_the_report_has_a_table_per_node():
     reclaimed = {"resource.katalyst.kubewharf.io/reclaimed_millicpu": "4k", "resource.katalyst.kubewharf.io/reclaimed_memory": "8Gi"}
     cnr = {"metadata": {"name": "n1"}, "status": {"topologyZone": [{"type": "Socket", "name": "0", "children": [

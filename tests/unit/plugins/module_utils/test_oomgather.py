@@ -43,3 +43,20 @@ def test_the_lineage_on_cgroup_v1_names_every_ancestor_and_its_limit(tmp_path):
     fs = tree(tmp_path, {"/kubepods": UNLIMITED, "/kubepods/burstable": str(200 << 20), "/kubepods/burstable/poda": UNLIMITED})
     lineage = oomgather.cgroup_lineage(fs, ROOT + "/kubepods/burstable/poda", ROOT)
     assert [limited for _inode, limited in lineage] == [False, True, False]
+
+
+def test_a_pod_whose_containers_all_died_runs_nothing_of_its_own_though_its_pause_process_lives(tmp_path):
+    pod = tmp_path / "sys/fs/cgroup/memory/kubepods/besteffort/pod1"
+    for name, procs in (("sandbox-id", "7\n"), ("container-id", "")):     # the pause process in the sandbox's cgroup
+        (pod / name).mkdir(parents=True)
+        (pod / name / "cgroup.procs").write_text(procs)
+    (pod / "cgroup.procs").write_text("")
+    fs = SysFS(str(tmp_path))
+    base = "/sys/fs/cgroup/memory/kubepods/besteffort/pod1"
+    assert oomgather.cgroup_pids(fs, base) == [7]
+    assert not oomgather.runs_own_process(fs, [base + "/container-id"], [7])
+    assert not oomgather.runs_own_process(fs, [base + "/gone-container"], [7])      # its cgroup already removed
+    (pod / "container-id" / "cgroup.procs").write_text("8\n")
+    assert oomgather.runs_own_process(fs, [base + "/container-id"], [7, 8])
+    assert oomgather.runs_own_process(fs, [], [7])            # no container ids reported: the pod's processes count
+    assert not oomgather.runs_own_process(fs, [], [])
