@@ -71,6 +71,16 @@ def host_problems():
     return problems
 
 
+def listening(path):
+    """Whether a process accepts connections on the unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 def cgroup_dirs(root=CGROUP_ROOT):
     """Every hierarchy's directory for `root` (v1: one per mounted controller; v2: one)."""
     base = "/sys/fs/cgroup"
@@ -285,6 +295,11 @@ class Node:  # pylint: disable=too-many-instance-attributes
             raise RuntimeError("%s is missing: build the pinned release first (`make kube-build`)" % self.kubelet_bin)
         os.makedirs(self.path("logs"), mode=0o700, exist_ok=True)
         os.makedirs(self.path("run"), mode=0o700, exist_ok=True)
+        others = [os.path.join(RUN_BASE, entry) for entry in os.listdir(RUN_BASE)] if os.path.isdir(RUN_BASE) else []
+        running = [other for other in others if other != self.run_dir and listening(os.path.join(other, "containerd.sock"))]
+        if running:     # its bridge, cgroup root and sysctls are this host's too
+            raise RuntimeError("another real node runs on this host (%s): stop it first (`python -m sandbox.kube.node down` "
+                               "with its --cluster-state)" % running[0])
         os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
         with self.cluster.locked():
             self.cluster.ports = self.control_plane_ports()
@@ -413,13 +428,9 @@ class Node:  # pylint: disable=too-many-instance-attributes
         base = "/run/containerd/s"
         for entry in os.listdir(base) if os.path.isdir(base) else []:
             path = os.path.join(base, entry)
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.connect(path)
-                except ConnectionRefusedError:
+            if not listening(path):
+                with contextlib.suppress(OSError):
                     os.unlink(path)
-                except OSError:
-                    pass
         for path in (base, "/run/containerd/runc/k8s.io", "/run/containerd/runc", "/run/containerd"):
             with contextlib.suppress(OSError):
                 os.rmdir(path)
