@@ -103,7 +103,7 @@ def _new_key(path):
     serialization = crypto.serialization
     key = crypto.ec.generate_private_key(crypto.ec.SECP256R1())
     write_file(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                   serialization.NoEncryption()))
+                                       serialization.NoEncryption()))
     return key
 
 
@@ -150,7 +150,7 @@ def ensure_pki(state, progress):
     ca = issue_certificate(pki, "ca", "katalyst-sandbox-kubernetes-ca")
     api_ip = str(next(ipaddress.ip_network(SERVICE_CIDR).hosts()))
     issue_certificate(pki, "apiserver", "kube-apiserver", ca, server=True, ips=("127.0.0.1", api_ip),
-           dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"))
+                      dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"))
     issue_certificate(pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ca, ["system:masters"], client=True)
     issue_certificate(pki, "admin", "kubernetes-admin", ca, ["system:masters"], client=True)
     # The front proxy (requestheader) CA: the apiserver's identity towards aggregated APIs, and what the daemons'

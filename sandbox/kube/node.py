@@ -216,7 +216,7 @@ class Node:  # pylint: disable=too-many-instance-attributes
         # The Node authorizer and NodeRestriction know a kubelet by this name and group.
         cluster.issue_certificate(pki, "kubelet-client", "system:node:" + self.name, (ca_key, ca_cert), ["system:nodes"], client=True)
         cluster.issue_certificate(pki, "kubelet-serving", "system:node:" + self.name, (ca_key, ca_cert), server=True,
-                       dns=(self.name, "localhost"), ips=(NODE_IP, "127.0.0.1"))
+                                  dns=(self.name, "localhost"), ips=(NODE_IP, "127.0.0.1"))
         with open(os.path.join(ca_pki, "ca.crt"), "rb") as handle:  # the kubeconfig names the CA from the same dir
             cluster.write_file(os.path.join(pki, "ca.crt"), handle.read(), 0o644)
         cluster.write_file(os.path.join(pki, "complete"), "")

@@ -108,7 +108,8 @@ def fixture_env(tmp_path):
         output = cluster_cli(state, "up", "--scheduler-extender-config", str(extender_config))
         assert "scheduler configuration changed: restarting kube-scheduler" in output, output
         timings["scheduler restart"] = time.monotonic() - started - sum(timings.values())
-        fakes.append(start_fakenodes(kubeconfig, state / "logs" / "fakenodes-oc-node.log", *fake_options("oc-node-", 3, 3)))    # a status heartbeat every 3 s: several soon
+        # a status heartbeat every 3 s: several soon
+        fakes.append(start_fakenodes(kubeconfig, state / "logs" / "fakenodes-oc-node.log", *fake_options("oc-node-", 3, 3)))
         fakes.append(start_fakenodes(kubeconfig, state / "logs" / "fakenodes-numa-node.log", *fake_options("numa-node-", 2, 40)))
         api_client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
         try:
