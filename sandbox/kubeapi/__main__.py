@@ -1,4 +1,4 @@
-"""python -m sandbox.kubeapi --port 0 [--port-fallback] --state FILE --kubeconfig OUT [--pidfile F]"""
+"""python -m sandbox.kubeapi --port 0 [--port-fallback] --state FILE --kubeconfig OUT [--pidfile F] [--request-log FILE]"""
 
 import argparse
 import logging
@@ -22,10 +22,13 @@ def main(argv=None):
     parser.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--tls-key", default=None)
     parser.add_argument("--ca-file", default=None, help="CA bundle written into the kubeconfig (with --tls-cert)")
+    parser.add_argument("--request-log", default=None,
+                        help="append one JSON line per request (User-Agent, verb, group, resource, subresource, namespace, name) to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server = KubeAPIServer(state_file=args.state, host=args.host, port=args.port, history_limit=args.history_limit,
-                           tls_cert=args.tls_cert, tls_key=args.tls_key, fallback_to_any_port=args.port_fallback).start()
+                           tls_cert=args.tls_cert, tls_key=args.tls_key, fallback_to_any_port=args.port_fallback,
+                           request_log=args.request_log).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

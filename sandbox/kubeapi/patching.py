@@ -41,6 +41,8 @@ STRATEGIES = {
     "MutatingWebhookConfiguration": {("webhooks",): "name"},
     "ValidatingWebhookConfiguration": {("webhooks",): "name"},
     "CustomResourceDefinition": {("status", "conditions"): "type"},
+    # PolicyRule and Subject lists have no merge key: replaced whole
+    "ClusterRole": {}, "ClusterRoleBinding": {}, "Role": {}, "RoleBinding": {},
 }
 
 

@@ -53,7 +53,8 @@ def builtin_types():
         ResourceType("", "v1", "events", "Event", True, ["ev"]),
         ResourceType("", "v1", "configmaps", "ConfigMap", True, ["cm"]),
         ResourceType("", "v1", "secrets", "Secret", True),
-        ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ["sa"]),
+        ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ["sa"],
+                     extra_subresources=[("token", "TokenRequest", ["create"])]),
         ResourceType("", "v1", "services", "Service", True, ["svc"], status=True),
     ]
     groups = [
@@ -66,6 +67,11 @@ def builtin_types():
         ResourceType("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
                      "ValidatingWebhookConfiguration", False, generation=True),
         ResourceType("apps", "v1", "deployments", "Deployment", True, ["deploy"], status=True, generation=True),
+        # stored and served, never enforced: the emulator has no authorizer (the real backend has RBAC)
+        ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+        ResourceType("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
+        ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
+        ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
     ]
     return core + groups
 

@@ -6,6 +6,7 @@
     server.stop()         # saves the state file when one was given
 
     KubeAPIServer(port=P, fallback_to_any_port=True)   # P, or a free port when P is taken (server.port_taken says so)
+    KubeAPIServer(request_log=FILE)   # one JSON line per request: User-Agent and the authorizer's attributes (requestlog.py)
 """
 
 import errno
@@ -19,8 +20,9 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from sandbox.kube.cluster import pinned_version
-from sandbox.kubeapi import openapiv2_proto, tables
+from sandbox.kubeapi import openapiv2_proto, tables, tokens
 from sandbox.kubeapi.api import APIError, KubeAPI, WriteOptions
+from sandbox.kubeapi.requestlog import RequestLog
 
 LOG = logging.getLogger("sandbox.kubeapi")
 # The release the real backend runs (sandbox/kube/go.mod), whose API the emulator stands in for.
@@ -95,10 +97,13 @@ class Handler(BaseHTTPRequestHandler):
         self._raw = None
         self._warnings = ()
         self._read()
+        if self.server.request_log is not None:
+            self.server.request_log.record(self.headers.get("User-Agent"), method, self.path)
         parsed = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query, keep_blank_values=True).items()}
         try:
-            result = self._route(method, [p for p in parsed.path.split("/") if p], query)
+            # segments are percent-decoded, as the real server does (the typed clients quote names: `a:b` is `a%3Ab`)
+            result = self._route(method, [urllib.parse.unquote(p) for p in parsed.path.split("/") if p], query)
             if result is not None:
                 code, body = result
                 self._send_json(code, body)
@@ -215,7 +220,7 @@ class Handler(BaseHTTPRequestHandler):
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else ""
         dry_run = query.get("dryRun") == "All"
-        if sub and sub != "status" and not (sub == "binding" and rtype.kind == "Pod"):
+        if sub and sub != "status" and (rtype.kind, sub) not in (("Pod", "binding"), ("ServiceAccount", "token")):
             raise APIError(404, "NotFound", "the server could not find the requested resource")
         if sub == "status" and not rtype.status:
             raise APIError(404, "NotFound", "the server could not find the requested resource")
@@ -254,6 +259,8 @@ class Handler(BaseHTTPRequestHandler):
                                         options.get("preconditions"))
         if method == "POST" and sub == "binding":
             return 201, self.api.bind(namespace, name, self._body() or {}, dry_run)
+        if method == "POST" and sub == "token":
+            return 201, tokens.token_request(self.api, namespace, name, self._body())
         raise APIError(405, "MethodNotAllowed", "method %s is not allowed here" % method)
 
     def _warned(self, options, result):
@@ -318,7 +325,7 @@ class KubeAPIServer:
     """The emulator: an HTTP server over a KubeAPI, optionally persisted to ``state_file``."""
 
     def __init__(self, state_file=None, host="127.0.0.1", port=0, history_limit=10000, save_interval=1.0,
-                 bookmark_interval=5.0, tls_cert=None, tls_key=None, fallback_to_any_port=False):
+                 bookmark_interval=5.0, tls_cert=None, tls_key=None, fallback_to_any_port=False, request_log=None):
         self.api = KubeAPI(history_limit=history_limit)
         self.state_file = state_file
         if state_file and os.path.exists(state_file):
@@ -335,6 +342,7 @@ class KubeAPIServer:
         self.httpd.api = self.api
         self.httpd.stopping = threading.Event()
         self.httpd.bookmark_interval = bookmark_interval
+        self.httpd.request_log = RequestLog(request_log) if request_log else None
         self.save_interval = save_interval
         self.threads = []
 

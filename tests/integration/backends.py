@@ -15,6 +15,8 @@ from sandbox.kube import cluster as kube_cluster
 from sandbox.kube import etcdkeys
 
 BACKENDS = ("emulator", "real")
+# The emulators of the `kubeapi` fixture append every request to this file when it is set (sandbox/kubeapi/requestlog.py).
+REQUEST_LOG_VARIABLE = "KATALYST_KUBEAPI_REQUEST_LOG"
 REAL_WITHOUT = ("kube-scheduler",)
 # Node controllers the emulator has no counterpart of: the node lifecycle controller taints and marks Nodes that no
 # kubelet keeps alive, the ttl controller annotates every Node (node.alpha.kubernetes.io/ttl), which shows up in

@@ -4,6 +4,9 @@
 our API emulator, and the real control plane of sandbox/kube (skipped with the reason when it is not built). A test
 that needs what only the emulator has (its store, fault injection) says so with
 `@pytest.mark.emulator_only("why")`; where the two disagree, the real one is right.
+
+With $KATALYST_KUBEAPI_REQUEST_LOG set, every emulator appends each request it receives (User-Agent, verb, group,
+resource, namespace, name) to that file (test_rbac_calls.py reads it to check the daemons' calls against their RBAC).
 """
 
 import os
@@ -14,7 +17,7 @@ kubernetes = pytest.importorskip("kubernetes")
 
 from sandbox.kubeapi.server import KubeAPIServer, write_kubeconfig  # noqa: E402
 from tests.integration import backends, realnode  # noqa: E402
-from tests.integration.backends import BACKENDS, RealBackend, RealControlPlane, real_build_missing  # noqa: E402
+from tests.integration.backends import BACKENDS, REQUEST_LOG_VARIABLE, RealBackend, RealControlPlane, real_build_missing  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -74,7 +77,7 @@ def kubeapi(request, tmp_path):
         yield RealBackend(plane)
         plane.reset()
         return
-    server = KubeAPIServer(bookmark_interval=0.3).start()
+    server = KubeAPIServer(bookmark_interval=0.3, request_log=os.environ.get(REQUEST_LOG_VARIABLE) or None).start()
     server.backend = "emulator"
     server.kubeconfig = str(tmp_path / "kubeconfig")
     write_kubeconfig(server.kubeconfig, server.url)

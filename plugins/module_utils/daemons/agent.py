@@ -367,9 +367,8 @@ class Agent:
         self.daemon.add_loop(service.Loop("numa_binding", cfg["numa_binding_period_seconds"], self.converge_numa_binding))
         if self.api_client is None and cfg["kubeconfig"] and not os.path.exists(cfg["kubeconfig"]):
             LOG.warning("kubeconfig %s does not exist: running the node-local loops only", cfg["kubeconfig"])
-        elif self.api_client is None and cfg["kubeconfig"]:
-            from kubernetes import config as kube_config  # pylint: disable=import-outside-toplevel
-            self.api_client = kube_config.new_client_from_config(config_file=cfg["kubeconfig"])
+        elif self.api_client is not None or cfg["kubeconfig"]:
+            self.api_client = service.kube_api_client(self.daemon.name, cfg["kubeconfig"], like=self.api_client)
         if self.api_client is not None:
             from kubernetes import client  # pylint: disable=import-outside-toplevel
             core = client.CoreV1Api(self.api_client)

@@ -201,14 +201,7 @@ class Controller:
     # -- wiring -------------------------------------------------------------------------------
     def build(self):
         cfg = self.config
-        if self.api_client is None:
-            from kubernetes import config as kube_config  # pylint: disable=import-outside-toplevel
-            if cfg["kubeconfig"]:
-                self.api_client = kube_config.new_client_from_config(config_file=cfg["kubeconfig"])
-            else:
-                kube_config.load_incluster_config()
-                from kubernetes import client  # pylint: disable=import-outside-toplevel
-                self.api_client = client.ApiClient()
+        self.api_client = service.kube_api_client(self.daemon.name, cfg["kubeconfig"], like=self.api_client)
         self.kube = KubeClient(api_client=self.api_client)
         for name in cfg["controllers"]:
             reconciler = RECONCILERS[name](ControllerContext(self, name))

@@ -424,9 +424,8 @@ class ExtenderDaemon:
 
     def start(self, wait_synced=30.0):
         """Start informers (when there is an API client) and the HTTP server; returns the port."""
-        if self.api_client is None and self.config["kubeconfig"]:
-            from kubernetes import config as kube_config  # pylint: disable=import-outside-toplevel
-            self.api_client = kube_config.new_client_from_config(config_file=self.config["kubeconfig"])
+        if self.api_client is not None or self.config["kubeconfig"]:
+            self.api_client = service.kube_api_client(self.daemon.name, self.config["kubeconfig"], like=self.api_client)
         if self.api_client is not None:
             for plugin in self.extender.plugins:
                 if hasattr(plugin, "attach"):

@@ -298,6 +298,8 @@ def test_new_pods_get_requests_from_limits_and_a_qos_class(core, containers, qos
     (client.ApiextensionsApi, client.ApiextensionsV1Api, "apiextensions.k8s.io", {"customresourcedefinitions": (False, ["crd", "crds"])}),
     (client.AdmissionregistrationApi, client.AdmissionregistrationV1Api, "admissionregistration.k8s.io",
      {"mutatingwebhookconfigurations": (False, []), "validatingwebhookconfigurations": (False, [])}),
+    (client.RbacAuthorizationApi, client.RbacAuthorizationV1Api, "rbac.authorization.k8s.io",
+     {"clusterroles": (False, []), "clusterrolebindings": (False, []), "roles": (True, []), "rolebindings": (True, [])}),
 ])
 def test_discovery_of_builtin_groups(kube_client, group_api, resources_api, group, expected):
     if group_api is None:

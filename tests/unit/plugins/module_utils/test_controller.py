@@ -3,6 +3,8 @@
 import json
 import threading
 
+from kubernetes import client
+
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import controller as controller_module
 
 
@@ -21,7 +23,7 @@ def test_a_pass_before_the_caches_sync_waits_for_them_and_then_runs(tmp_path, mo
     monkeypatch.setitem(controller_module.RECONCILERS, "overcommit", CountingReconciler)
     config = tmp_path / "controller.yaml"
     config.write_text(json.dumps({"controllers": ["overcommit"], "leader_election": False, "port": 0}))
-    ctl = controller_module.Controller(str(config), kube_api_client=object()).build()
+    ctl = controller_module.Controller(str(config), kube_api_client=client.ApiClient()).build()
     reconciler = ctl.reconcilers["overcommit"]
     # the first event of an initial list triggers a pass while the other cache is still empty
     worker = threading.Thread(target=ctl.loops["overcommit"].run_once)
@@ -38,7 +40,7 @@ def test_a_held_pass_ends_when_the_daemon_stops(tmp_path, monkeypatch):
     monkeypatch.setitem(controller_module.RECONCILERS, "overcommit", CountingReconciler)
     config = tmp_path / "controller.yaml"
     config.write_text(json.dumps({"controllers": ["overcommit"], "leader_election": False, "port": 0}))
-    ctl = controller_module.Controller(str(config), kube_api_client=object()).build()
+    ctl = controller_module.Controller(str(config), kube_api_client=client.ApiClient()).build()
     worker = threading.Thread(target=ctl.loops["overcommit"].run_once)
     worker.start()
     ctl.daemon.stop()

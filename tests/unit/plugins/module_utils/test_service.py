@@ -78,3 +78,20 @@ def test_reload_failure_keeps_running():
     daemon.on_reload(bad_reload)
     daemon.reload()
     assert calls == [1]
+
+
+def test_each_daemon_talks_with_a_client_of_its_own_that_names_it(tmp_path):
+    from kubernetes import client  # pylint: disable=import-outside-toplevel
+    configuration = client.Configuration()
+    configuration.host = "http://127.0.0.1:1"
+    with client.ApiClient(configuration) as tests_client:
+        own = service.kube_api_client("katalyst-controller", like=tests_client)
+        assert own is not tests_client and own.configuration is configuration
+        assert own.user_agent == "katalyst-controller (katalyst.colocation)" and tests_client.user_agent != own.user_agent
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({"apiVersion": "v1", "kind": "Config", "current-context": "c",
+                                      "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:2"}}],
+                                      "users": [{"name": "u", "user": {"token": "t"}}],
+                                      "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    from_file = service.kube_api_client("katalyst-agent", str(kubeconfig))
+    assert from_file.configuration.host == "http://127.0.0.1:2" and from_file.user_agent == "katalyst-agent (katalyst.colocation)"

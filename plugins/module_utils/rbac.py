@@ -1,0 +1,306 @@
+# Copyright: katalyst.colocation contributors
+# Apache License 2.0 (see LICENSE)
+"""Least privilege: each katalyst daemon its own ServiceAccount, and exactly the API rules its code calls.
+
+``RULES`` is the one table: per daemon, the calls it makes (API group, resources with subresources, verbs) and
+the code path that makes them. It is read off the daemons' API calls (daemons/*.py, kube.py, informer.py,
+leader.py); tests/integration/test_rbac_calls.py records every call each daemon makes in the integration
+scenarios and checks both ways (every call is allowed by a rule, every verb of every rule is called), and
+tests/integration/test_rbac_real.py proves on a real kube-apiserver that the calls are allowed and a write
+outside the rules is refused with 403.
+
+Discovery (``/api``, ``/apis``, ``/version``: the kubernetes client's DynamicClient) needs no rule: every
+authenticated identity has it through the default ``system:discovery`` binding.
+
+The render functions return plain Kubernetes objects; ``plan_rbac`` compares them with what the cluster
+holds and returns the Plan (create, update only what differs, delete what is ours).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+
+from .reconcile import Plan
+
+MANAGED_BY = "katalyst.colocation"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+DEFAULT_NAMESPACE = "katalyst-system"
+DEFAULT_LEASE_NAME = "katalyst-controller"      # daemons/controller.py DEFAULTS["lease_name"]
+# Events about cluster-scoped objects (TideNodePool, NodeOvercommitConfig) go to this namespace (kube.py emit_event).
+EVENTS_NAMESPACE = "default"
+# ClusterRoles and bindings are cluster-wide names: prefixed, so that they never meet katalyst-core's own.
+NAME_PREFIX = "katalyst-colocation:"
+RBAC_API_VERSION = "rbac.authorization.k8s.io/v1"
+
+AGENT = "katalyst-agent"
+CONTROLLER = "katalyst-controller"
+WEBHOOK = "katalyst-webhook"
+EXTENDER = "katalyst-scheduler-extender"
+COMPONENTS = (AGENT, CONTROLLER, WEBHOOK, EXTENDER)
+
+CORE = ""
+CNR = "node.katalyst.kubewharf.io"
+TIDE = "tide.katalyst.kubewharf.io"
+OVERCOMMIT = "overcommit.katalyst.kubewharf.io"
+COORDINATION = "coordination.k8s.io"
+
+# Where a rule applies: everywhere (a ClusterRole and ClusterRoleBinding), or in one namespace (a Role and
+# RoleBinding there); "{lease_namespace}" and "{lease_name}" are filled in when rendering.
+CLUSTER = None
+LEASE_NAMESPACE = "{lease_namespace}"
+LEASE_NAME = "{lease_name}"
+
+Rule = collections.namedtuple("Rule", "group resources verbs why scope resource_names", defaults=(CLUSTER, ()))
+
+
+RULES = {
+    AGENT: (
+        Rule(CORE, ("pods",), ("list", "watch"),
+             "agent.py Agent.build: the informer on this node's pods (field selector spec.nodeName)"),
+        Rule(CORE, ("pods",), ("patch",),
+             "agent_numa.py NumaLoops.numa_binding: the numa_bind_result annotation of a NUMA-bound pod"),
+        Rule(CORE, ("nodes",), ("list", "watch"),
+             "agent.py Agent.build: the informer on its own Node (field selector metadata.name), whose overcommit ratios cap the realtime ratio"),
+        Rule(CORE, ("events",), ("create",),
+             "kube.py KubeClient.emit_event: Warning Events on its pods (agent.py report_problem, agent_numa.py NumaLoops.report)"),
+        Rule(CNR, ("customnoderesources",), ("get", "create", "patch"),
+             "agent_numa.py current_cnr/apply_cnr_change, agent_overcommit.py report: its node's CNR, created when missing, "
+             "realtime ratio annotations merge-patched"),
+        Rule(CNR, ("customnoderesources/status",), ("patch",),
+             "cnr.py plan_cnr_status: reclaimed resources, NUMA zones and topology policy (merge patch of the status subresource)"),
+    ),
+    CONTROLLER: (
+        Rule(CORE, ("nodes",), ("list", "watch"), "controller.py INFORMERS[nodes]: the tide, cnr and overcommit reconcilers"),
+        Rule(CORE, ("nodes",), ("get", "update"),
+             "tide_controller.py write_node_changes (KubeClient.mutate: read, edit, replace); cnr_controller.py: a live GET before a delete"),
+        Rule(CORE, ("nodes",), ("patch",), "overcommit_controller.py: the overcommit annotations (merge patch)"),
+        Rule(CORE, ("pods",), ("list", "watch"), "controller.py INFORMERS[pods]: the tide and overcommit reconcilers"),
+        Rule(TIDE, ("tidenodepools",), ("list", "watch"), "controller.py INFORMERS[tidenodepools]"),
+        Rule(TIDE, ("tidenodepools",), ("get", "update"), "tide_controller.py add_finalizer/remove_finalizer (KubeClient.mutate)"),
+        Rule(TIDE, ("tidenodepools/status",), ("update",), "tide_controller.py write_status (KubeClient.mutate on the status subresource)"),
+        Rule(OVERCOMMIT, ("nodeovercommitconfigs",), ("list", "watch"), "controller.py INFORMERS[nodeovercommitconfigs]"),
+        Rule(OVERCOMMIT, ("nodeovercommitconfigs/status",), ("patch",), "overcommit_controller.py: matchedNodeList and conditions (merge patch)"),
+        Rule(CNR, ("customnoderesources",), ("list", "watch"), "controller.py INFORMERS[customnoderesources]: the cnr and overcommit reconcilers"),
+        Rule(CNR, ("customnoderesources",), ("create", "get", "patch", "delete"),
+             "cnr_controller.py CNRReconciler.apply: a CNR per Node, labels and ownerReference patched, deleted when its Node is gone"),
+        Rule(CORE, ("events",), ("create",),
+             "tide_controller.py flip_event, overcommit_controller.py: Events about TideNodePools and NodeOvercommitConfigs, which are "
+             "cluster-scoped, so their Events are in the default namespace (kube.py emit_event)", EVENTS_NAMESPACE),
+        Rule(COORDINATION, ("leases",), ("create",), "leader.py try_acquire_or_renew: the first replica creates the Lease", LEASE_NAMESPACE),
+        Rule(COORDINATION, ("leases",), ("get", "update"),
+             "leader.py: read, renew, take over and release its own Lease (a replace, never a patch)", LEASE_NAMESPACE, (LEASE_NAME,)),
+    ),
+    # The webhook only answers the API server's AdmissionReviews (webhook.py): it makes no API call at all.
+    WEBHOOK: (),
+    EXTENDER: (
+        Rule(CORE, ("nodes",), ("list", "watch"), "extender.py ClusterCache.start: the node informer"),
+        Rule(CORE, ("pods",), ("list", "watch"), "extender.py ClusterCache.start: the pod informer"),
+        Rule(CNR, ("customnoderesources",), ("list", "watch"), "extender.py ClusterCache.start: the CNR informer"),
+        Rule(CORE, ("events",), ("create",), "extender_numa.py NumaPlugin: Warning Events on pods with malformed NUMA annotations"),
+    ),
+}
+
+
+def check_components(components):
+    """The components asked for, in table order; a ValueError names an unknown one."""
+    wanted = list(COMPONENTS) if components is None else list(components)
+    unknown = [name for name in wanted if name not in RULES]
+    if unknown:
+        raise ValueError("unknown component(s) %s (known: %s)" % (", ".join(unknown), ", ".join(COMPONENTS)))
+    return [name for name in COMPONENTS if name in wanted]
+
+
+def labels(component):
+    return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: component}
+
+
+def role_name(component):
+    """The name of the component's ClusterRole, Role and their bindings."""
+    return NAME_PREFIX + component
+
+
+def _settings(lease_namespace, lease_name):
+    return {"lease_namespace": lease_namespace, "lease_name": lease_name}
+
+
+def rule_scope(rule, lease_namespace):
+    """None for a cluster-wide rule, else the namespace it is granted in."""
+    return rule.scope.format(**_settings(lease_namespace, "")) if rule.scope else None
+
+
+def render_rule(rule, lease_name=DEFAULT_LEASE_NAME):
+    """The rule as a PolicyRule dict, exactly as an API server returns it."""
+    rendered = {"apiGroups": [rule.group], "resources": list(rule.resources), "verbs": list(rule.verbs)}
+    if rule.resource_names:
+        rendered["resourceNames"] = [name.format(**_settings("", lease_name)) for name in rule.resource_names]
+    return rendered
+
+
+def namespace_object(namespace):
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": {LABEL_MANAGED_BY: MANAGED_BY}}}
+
+
+def service_account(component, namespace=DEFAULT_NAMESPACE):
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": component, "namespace": namespace, "labels": labels(component)}}
+
+
+def _subjects(component, namespace):
+    return [{"kind": "ServiceAccount", "name": component, "namespace": namespace}]
+
+
+def cluster_role(component, lease_name=DEFAULT_LEASE_NAME):
+    """The ClusterRole of the cluster-wide rules, or None when the component has none."""
+    rules = [render_rule(rule, lease_name) for rule in RULES[component] if rule.scope is CLUSTER]
+    if not rules:
+        return None
+    return {"apiVersion": RBAC_API_VERSION, "kind": "ClusterRole", "metadata": {"name": role_name(component), "labels": labels(component)},
+            "rules": rules}
+
+
+def cluster_role_binding(component, namespace=DEFAULT_NAMESPACE):
+    return {"apiVersion": RBAC_API_VERSION, "kind": "ClusterRoleBinding", "metadata": {"name": role_name(component), "labels": labels(component)},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name(component)},
+            "subjects": _subjects(component, namespace)}
+
+
+def role_namespaces(component, lease_namespace=DEFAULT_NAMESPACE):
+    """The namespaces where the component has namespaced rules, in table order."""
+    found = []
+    for rule in RULES[component]:
+        scope = rule_scope(rule, lease_namespace)
+        if scope is not None and scope not in found:
+            found.append(scope)
+    return found
+
+
+def role(component, role_namespace, lease_namespace=DEFAULT_NAMESPACE, lease_name=DEFAULT_LEASE_NAME):
+    """The Role of the component's rules in ``role_namespace``, or None when it has none there."""
+    rules = [render_rule(rule, lease_name) for rule in RULES[component] if rule_scope(rule, lease_namespace) == role_namespace]
+    if not rules:
+        return None
+    return {"apiVersion": RBAC_API_VERSION, "kind": "Role",
+            "metadata": {"name": role_name(component), "namespace": role_namespace, "labels": labels(component)}, "rules": rules}
+
+
+def role_binding(component, role_namespace, namespace=DEFAULT_NAMESPACE):
+    return {"apiVersion": RBAC_API_VERSION, "kind": "RoleBinding",
+            "metadata": {"name": role_name(component), "namespace": role_namespace, "labels": labels(component)},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name(component)},
+            "subjects": _subjects(component, namespace)}
+
+
+def component_objects(component, namespace=DEFAULT_NAMESPACE, lease_namespace=None, lease_name=DEFAULT_LEASE_NAME):
+    """The component's objects in creation order: ServiceAccount, ClusterRole + binding, Role + binding per namespace."""
+    lease_namespace = lease_namespace or namespace
+    objects = [service_account(component, namespace)]
+    cluster = cluster_role(component, lease_name)
+    if cluster is not None:
+        objects += [cluster, cluster_role_binding(component, namespace)]
+    for role_namespace in role_namespaces(component, lease_namespace):
+        objects += [role(component, role_namespace, lease_namespace, lease_name), role_binding(component, role_namespace, namespace)]
+    return objects
+
+
+def manifests(components=None, namespace=DEFAULT_NAMESPACE, lease_namespace=None, lease_name=DEFAULT_LEASE_NAME):
+    """Every object of the components (all four when None), in creation order."""
+    return [obj for component in check_components(components) for obj in component_objects(component, namespace, lease_namespace, lease_name)]
+
+
+# -- what a rule allows (RBAC's semantics, for the tests that check the table against the calls) --------------------
+def grants(component, lease_namespace=DEFAULT_NAMESPACE, lease_name=DEFAULT_LEASE_NAME):
+    """[(namespace or None for cluster-wide, table Rule, rendered rule)] of the component."""
+    return [(rule_scope(rule, lease_namespace), rule, render_rule(rule, lease_name)) for rule in RULES[component]]
+
+
+def allows(rendered, scope, verb, group, resource, namespace=None, name=None):
+    """Does a rendered rule granted in ``scope`` (None: through a ClusterRoleBinding) allow this request?
+
+    ``resource`` includes the subresource (``pods/status``); ``name`` is the object's name (None for list, watch and
+    create, which RBAC never matches against ``resourceNames``)."""
+    if scope is not None and namespace != scope:
+        return False
+    if group not in rendered["apiGroups"] or resource not in rendered["resources"] or verb not in rendered["verbs"]:
+        return False
+    names = rendered.get("resourceNames")
+    return not names or name in names
+
+
+def allowing_rule(component, request, lease_namespace=DEFAULT_NAMESPACE, lease_name=DEFAULT_LEASE_NAME):
+    """The table Rule that allows ``request`` (a dict: verb, group, resource, namespace, name), or None."""
+    for scope, rule, rendered in grants(component, lease_namespace, lease_name):
+        if allows(rendered, scope, request["verb"], request["group"], request["resource"], request.get("namespace"), request.get("name")):
+            return rule
+    return None
+
+
+# -- the plan --------------------------------------------------------------------------------------------------------
+def object_key(obj):
+    """``Kind/name`` or ``Kind/namespace/name``: how changes and the diff name an object."""
+    meta = obj["metadata"]
+    return "/".join([obj["kind"]] + ([meta["namespace"]] if meta.get("namespace") else []) + [meta["name"]])
+
+
+SPEC_FIELDS = {"ClusterRole": ("rules",), "Role": ("rules",), "ClusterRoleBinding": ("roleRef", "subjects"),
+               "RoleBinding": ("roleRef", "subjects")}
+
+
+def view(obj):
+    """What the module manages of an object (what ``--diff`` shows): name, namespace, labels and the RBAC fields."""
+    meta = obj.get("metadata") or {}
+    shown = {"metadata": {key: meta[key] for key in ("name", "namespace") if meta.get(key)}}
+    shown["metadata"]["labels"] = dict(meta.get("labels") or {})
+    for field in SPEC_FIELDS.get(obj["kind"], ()):
+        shown[field] = copy.deepcopy(obj.get(field))
+    return shown
+
+
+def _wanted_from(current, desired):
+    """``current`` with our labels added and our RBAC fields set (other labels, annotations and fields kept)."""
+    wanted = copy.deepcopy(current)
+    wanted.setdefault("apiVersion", desired["apiVersion"])
+    wanted.setdefault("kind", desired["kind"])
+    meta = wanted.setdefault("metadata", {})
+    meta["labels"] = dict(meta.get("labels") or {}, **desired["metadata"].get("labels", {}))
+    for field in SPEC_FIELDS.get(desired["kind"], ()):
+        wanted[field] = copy.deepcopy(desired[field])
+    return wanted
+
+
+def plan_rbac(desired, existing, state):
+    """The Plan that brings the cluster to ``desired`` (``state=present``) or removes it (``absent``).
+
+    ``existing`` maps ``object_key`` to the object the cluster holds, or None. Present: create what is missing,
+    replace what differs (a binding whose ``roleRef`` differs is deleted and created again: ``roleRef`` is
+    immutable); a Namespace is only created when missing. Absent: delete, bindings first, only objects labelled as managed by this collection (a warning
+    names the others); a Namespace is never deleted (it may hold more than this collection put there)."""
+    plan = Plan()
+    if state == "absent":
+        for obj in reversed(desired):
+            key = object_key(obj)
+            current = existing.get(key)
+            if current is None or obj["kind"] == "Namespace":
+                continue
+            if ((current.get("metadata") or {}).get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGED_BY:
+                plan.warn("%s is not labelled %s=%s: left in place" % (key, LABEL_MANAGED_BY, MANAGED_BY))
+                continue
+            plan.add("api", key, "delete", view(current), None, "remove %s" % obj["kind"], {"object": current})
+        return plan
+    for obj in desired:
+        key = object_key(obj)
+        current = existing.get(key)
+        if current is None:
+            plan.add("api", key, "create", None, view(obj), "create %s" % obj["kind"], {"object": obj})
+            continue
+        if obj["kind"] == "Namespace":
+            continue        # created when missing, never adopted
+        wanted = _wanted_from(current, obj)
+        if view(wanted) == view(current):
+            continue
+        if "roleRef" in obj and current.get("roleRef") != obj["roleRef"]:
+            plan.add("api", key, "recreate", view(current), view(obj), "roleRef is immutable: delete and create the binding",
+                     {"object": obj, "current": current})
+            continue
+        plan.add("api", key, "replace", view(current), view(wanted), "update %s" % obj["kind"], {"object": wanted})
+    return plan
