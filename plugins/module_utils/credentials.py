@@ -57,6 +57,13 @@ def token_identity(claims):
     return None, None, None
 
 
+def token_node(claims):
+    """``(name, uid)`` of the Node a token is bound to (its ``kubernetes.io.node`` claim: a TokenRequest with a Node
+    ``boundObjectRef``, or a pod-bound token), or None."""
+    node = ((claims or {}).get("kubernetes.io") or {}).get("node") or {}
+    return (node["name"], node.get("uid")) if node.get("name") else None
+
+
 def timestamp(seconds):
     """RFC 3339 (UTC, seconds) of a Unix time."""
     return datetime.datetime.fromtimestamp(int(seconds), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -112,12 +119,13 @@ def describe(server, namespace, service_account, expiry):
 
 
 def decide_refresh(token, now, server, current_server, namespace, service_account, audiences=None, uid=None,
-                   refresh_before_seconds=None):
+                   refresh_before_seconds=None, node=None):
     """Why the token must be replaced (a short reason), or None when it may be kept.
 
     Kept only when it is a JWT for this ServiceAccount (and ``uid``, when the live ServiceAccount's is known: a
     ServiceAccount deleted and created again invalidates its tokens), for these ``audiences`` when given, on the same
-    server, and valid for more than ``refresh_before_seconds`` (default: a third of its lifetime) from ``now``."""
+    server, bound to ``node`` (``(name, uid)`` of a Node; None: bound to no Node), and valid for more than
+    ``refresh_before_seconds`` (default: a third of its lifetime) from ``now``."""
     claims = jwt_claims(token)
     if claims is None:
         return "no token" if not (token or "").strip() else "not a JWT"
@@ -128,6 +136,11 @@ def decide_refresh(token, now, server, current_server, namespace, service_accoun
         return "the ServiceAccount was created again (uid %s, the token's %s)" % (uid, token_uid)
     if current_server != server:
         return "another server (%s)" % current_server
+    bound = token_node(claims)
+    if node is None and bound is not None:
+        return "bound to node %s" % bound[0]
+    if node is not None and (bound is None or bound[0] != node[0] or (node[1] and bound[1] and bound[1] != node[1])):
+        return "not bound to node %s (%s)" % (node[0], "bound to %s" % bound[0] if bound else "unbound")
     token_audiences = claims.get("aud")
     token_audiences = [token_audiences] if isinstance(token_audiences, str) else list(token_audiences or [])
     if audiences and sorted(token_audiences) != sorted(audiences):

@@ -285,8 +285,11 @@ class KubeClient:
         raise KubeError("%s: still conflicting after %d attempts" % (self._what("update", api_version, kind, name, namespace),
                                                                      self.conflict_retries), 409)
 
-    def emit_event(self, involved, reason, message, event_type="Normal", component="katalyst-colocation", now=None):
-        """A core/v1 Event about ``involved`` (an object dict); best effort, never raises."""
+    def emit_event(self, involved, reason, message, event_type="Normal", component="katalyst-colocation", now=None, host=None):
+        """A core/v1 Event about ``involved`` (an object dict); best effort, never raises.
+
+        ``host``: the node the reporter runs on, written to ``source.host`` and ``reportingInstance`` (the agent's node
+        isolation policy admits an agent's Event only when both name the agent's node, docs/rbac.md)."""
         meta = involved.get("metadata") or {}
         stamp = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
         namespace = meta.get("namespace") or "default"
@@ -296,6 +299,8 @@ class KubeClient:
                                     "namespace": meta.get("namespace"), "uid": meta.get("uid")},
                  "reason": reason, "message": message[:1024], "type": event_type, "source": {"component": component},
                  "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1, "reportingComponent": component}
+        if host:
+            event["source"]["host"] = event["reportingInstance"] = host
         try:
             return self.create(event)
         except KubeError:

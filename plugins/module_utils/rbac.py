@@ -12,6 +12,10 @@ outside the rules is refused with 403.
 Discovery (``/api``, ``/apis``, ``/version``: the kubernetes client's DynamicClient) needs no rule: every
 authenticated identity has it through the default ``system:discovery`` binding.
 
+What RBAC cannot express, an agent writing only its own node's objects, is the node isolation
+ValidatingAdmissionPolicy (``node_isolation_objects``, docs/rbac.md "Node isolation"), proven by
+tests/integration/test_node_isolation.py on a real kube-apiserver.
+
 The render functions return plain Kubernetes objects; ``plan_rbac`` compares them with what the cluster
 holds and returns the Plan (create, update only what differs, delete what is ours).
 """
@@ -208,6 +212,76 @@ def manifests(components=None, namespace=DEFAULT_NAMESPACE, lease_namespace=None
     return [obj for component in check_components(components) for obj in component_objects(component, namespace, lease_namespace, lease_name)]
 
 
+# -- node isolation: what RBAC cannot express ------------------------------------------------------------------------
+ADMISSION_API_VERSION = "admissionregistration.k8s.io/v1"
+# A ValidatingAdmissionPolicy's name is a DNS subdomain: no ``:``.
+NODE_ISOLATION = "katalyst-colocation-agent-node-isolation"
+# What the API server adds to the user info of a token bound to a Node (TokenRequest boundObjectRef kind Node).
+NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
+NODE_NAME_EXPRESSION = ("has(request.userInfo.extra) && '{key}' in request.userInfo.extra && size(request.userInfo.extra['{key}']) == 1"
+                        " ? request.userInfo.extra['{key}'][0] : ''").format(key=NODE_NAME_EXTRA)
+# (expression, message, messageExpression): every one must hold for a request of the agent to be admitted.
+NODE_ISOLATION_VALIDATIONS = (
+    ("variables.nodeName != ''",
+     "the katalyst-agent must use a node-bound token (TokenRequest boundObjectRef to its Node: service_account_kubeconfig bound_node)",
+     None),
+    ("request.resource.resource != 'customnoderesources' || object.metadata.name == variables.nodeName",
+     "the katalyst-agent may write only its own node's CustomNodeResource",
+     "'the katalyst-agent of node ' + variables.nodeName + ' may not write the CustomNodeResource ' + object.metadata.name"),
+    ("request.resource.resource != 'pods' || (has(object.spec.nodeName) && object.spec.nodeName == variables.nodeName)",
+     "the katalyst-agent may patch only pods bound to its node",
+     "'the katalyst-agent of node ' + variables.nodeName + ' may not patch a pod that is not bound to it'"),
+    ("request.resource.resource != 'events' || (has(object.reportingInstance) && object.reportingInstance == variables.nodeName"
+     " && has(object.source) && has(object.source.host) && object.source.host == variables.nodeName)",
+     "the katalyst-agent's Events must name its node in source.host and reportingInstance",
+     "'the katalyst-agent of node ' + variables.nodeName + ' may create only Events whose source.host and reportingInstance name it'"),
+)
+
+
+def agent_user(namespace=DEFAULT_NAMESPACE):
+    return "system:serviceaccount:%s:%s" % (namespace, AGENT)
+
+
+def _admission_rule(group, resources, operations):
+    """A NamedRuleWithOperations as the API server returns it (``scope`` defaulted)."""
+    return {"apiGroups": [group], "apiVersions": ["*"], "operations": list(operations), "resources": list(resources), "scope": "*"}
+
+
+def node_isolation_policy(namespace=DEFAULT_NAMESPACE):
+    """The ValidatingAdmissionPolicy that ties the agent's writes to the node its token is bound to (docs/rbac.md).
+
+    It matches the agent's writes of the table (CNR and its status, pod patches, Event creation) and only requests of
+    the agent's ServiceAccount (matchConditions); written with the API server's defaults so that a read-back compares equal."""
+    validations = []
+    for expression, message, message_expression in NODE_ISOLATION_VALIDATIONS:
+        validation = {"expression": expression, "message": message, "reason": "Forbidden"}
+        if message_expression:
+            validation["messageExpression"] = message_expression
+        validations.append(validation)
+    return {"apiVersion": ADMISSION_API_VERSION, "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": NODE_ISOLATION, "labels": labels(AGENT)},
+            "spec": {"failurePolicy": "Fail",
+                     "matchConstraints": {"matchPolicy": "Equivalent", "namespaceSelector": {}, "objectSelector": {},
+                                          "resourceRules": [
+                                              _admission_rule(CNR, ("customnoderesources", "customnoderesources/status"), ("CREATE", "UPDATE")),
+                                              _admission_rule(CORE, ("pods",), ("UPDATE",)),
+                                              _admission_rule(CORE, ("events",), ("CREATE",))]},
+                     "matchConditions": [{"name": "katalyst-agent", "expression": "request.userInfo.username == '%s'" % agent_user(namespace)}],
+                     "variables": [{"name": "nodeName", "expression": NODE_NAME_EXPRESSION}],
+                     "validations": validations}}
+
+
+def node_isolation_binding():
+    return {"apiVersion": ADMISSION_API_VERSION, "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": NODE_ISOLATION, "labels": labels(AGENT)},
+            "spec": {"policyName": NODE_ISOLATION, "validationActions": ["Deny"]}}
+
+
+def node_isolation_objects(namespace=DEFAULT_NAMESPACE):
+    """The policy and its binding, in creation order."""
+    return [node_isolation_policy(namespace), node_isolation_binding()]
+
+
 # -- what a rule allows (RBAC's semantics, for the tests that check the table against the calls) --------------------
 def grants(component, lease_namespace=DEFAULT_NAMESPACE, lease_name=DEFAULT_LEASE_NAME):
     """[(namespace or None for cluster-wide, table Rule, rendered rule)] of the component."""
@@ -243,11 +317,12 @@ def object_key(obj):
 
 
 SPEC_FIELDS = {"ClusterRole": ("rules",), "Role": ("rules",), "ClusterRoleBinding": ("roleRef", "subjects"),
-               "RoleBinding": ("roleRef", "subjects")}
+               "RoleBinding": ("roleRef", "subjects"), "ValidatingAdmissionPolicy": ("spec",), "ValidatingAdmissionPolicyBinding": ("spec",)}
 
 
 def view(obj):
-    """What the module manages of an object (what ``--diff`` shows): name, namespace, labels and the RBAC fields."""
+    """What the module manages of an object (what ``--diff`` shows): name, namespace, labels and the RBAC fields (the
+    ``spec`` of an admission policy or binding)."""
     meta = obj.get("metadata") or {}
     shown = {"metadata": {key: meta[key] for key in ("name", "namespace") if meta.get(key)}}
     shown["metadata"]["labels"] = dict(meta.get("labels") or {})

@@ -20,6 +20,12 @@ description:
     Changes an object only when its labels, rules, C(roleRef) or subjects differ; other labels and annotations are kept.
     A binding whose C(roleRef) differs is deleted and created again (C(roleRef) is immutable).
   - The webhook makes no API call (the API server calls it), so it gets a ServiceAccount and no role.
+  - With O(node_isolation), a C(ValidatingAdmissionPolicy) and its binding (both named
+    C(katalyst-colocation-agent-node-isolation)) tie the agent to its node, which RBAC cannot express. A request of the
+    C(katalyst-agent) ServiceAccount must come with a node-bound token (M(katalyst.colocation.service_account_kubeconfig)
+    O(katalyst.colocation.service_account_kubeconfig#module:bound_node)), and may write only that node's
+    CustomNodeResource (and its status), patch only pods bound to that node, and create only Events whose C(source.host)
+    and C(reportingInstance) name that node. See C(docs/rbac.md), section Node isolation.
   - This module only manages identities and permissions; it creates no credential for them.
 options:
   state:
@@ -59,6 +65,16 @@ options:
       - The name of the controller's Lease (its C(lease_name) setting); it may read and update only this Lease.
     type: str
     default: katalyst-controller
+  node_isolation:
+    description:
+      - Manage the agent's node isolation policy (a C(ValidatingAdmissionPolicy) and its C(ValidatingAdmissionPolicyBinding))
+        with the agent's objects (only when C(katalyst-agent) is in O(components)); V(absent) removes them too.
+      - When the cluster does not serve C(admissionregistration.k8s.io/v1) C(validatingadmissionpolicies) (before
+        Kubernetes 1.30), the module warns and skips them; RBAC alone then lets any agent write any node's objects.
+      - Once the policy is in place, the agent's requests are refused unless its token is bound to its Node.
+      - V(false) leaves existing policy objects as they are.
+    type: bool
+    default: true
 extends_documentation_fragment:
   - katalyst.colocation.auth
 attributes:
@@ -67,7 +83,8 @@ attributes:
     description: Reports what it would create, update or delete, and writes nothing.
   diff_mode:
     support: full
-    description: Shows each object's name, labels and RBAC fields (rules, roleRef, subjects) before and after.
+    description: Shows each object's name, labels and RBAC fields (rules, roleRef, subjects; the spec of the admission policy
+      and its binding) before and after.
   platform:
     support: full
     description: Runs against the Kubernetes API.
@@ -154,11 +171,25 @@ def describe(obj, action):
     return described
 
 
-def desired_objects(params):
+def desired_objects(params, kube=None):
+    """The objects to manage, in creation order, and warnings. With ``kube``, the node isolation policy is included only
+    when the cluster serves ValidatingAdmissionPolicy."""
     objects = rbac.manifests(params["components"], params["namespace"], params["lease_namespace"], params["lease_name"])
     if params["create_namespace"]:
         objects.insert(0, rbac.namespace_object(params["namespace"]))
-    return objects
+    warnings = []
+    if params["node_isolation"] and rbac.AGENT in rbac.check_components(params["components"]):
+        try:
+            if kube is not None:
+                kube.resource(rbac.ADMISSION_API_VERSION, "ValidatingAdmissionPolicy")
+            objects += rbac.node_isolation_objects(params["namespace"])
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            if params["state"] == "present":
+                warnings.append("the cluster does not serve %s ValidatingAdmissionPolicy: node isolation skipped, any agent may "
+                                "write any node's CustomNodeResource, pods and Events (docs/rbac.md)" % rbac.ADMISSION_API_VERSION)
+    return objects, warnings
 
 
 def main():
@@ -170,14 +201,15 @@ def main():
         create_namespace={"type": "bool", "default": True},
         lease_namespace={"type": "str"},
         lease_name={"type": "str", "default": rbac.DEFAULT_LEASE_NAME},
+        node_isolation={"type": "bool", "default": True},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not HAS_KUBERNETES:
         module.fail_json(msg="the kubernetes Python package is required on the host running this module (pip install kubernetes)")
     params = module.params
     try:
-        desired = desired_objects(params)
         kube = KubeClient(auth_params(params))
+        desired, warnings = desired_objects(params, kube)
         existing = {}
         for obj in desired:
             meta = obj["metadata"]
@@ -186,7 +218,7 @@ def main():
         plan.apply(lambda change: apply_change(kube, change), dry_run=module.check_mode)
     except (KubeError, PlanError, ValueError) as exc:
         module.fail_json(msg=str(exc))
-    for warning in plan.warnings:
+    for warning in warnings + plan.warnings:
         module.warn(warning)
     actions = {change.target: change.action for change in plan}
     result = {"changed": plan.changed, "changes": plan.as_list(),

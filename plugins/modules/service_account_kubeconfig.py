@@ -67,6 +67,17 @@ options:
       - Request a new token when the current one expires within this many seconds. Omitted means when less than a third
         of the token's lifetime is left.
     type: int
+  bound_node:
+    description:
+      - Bind the token to this Node (TokenRequest C(boundObjectRef) of kind C(Node), with the Node's uid). The API server
+        then authenticates it with the node's name in the user's extra C(authentication.kubernetes.io/node-name), which
+        the agent's node isolation policy (M(katalyst.colocation.rbac) O(katalyst.colocation.rbac#module:node_isolation))
+        requires, and the token stops working when the Node object is deleted. Needs Kubernetes 1.32 or later (feature
+        C(ServiceAccountTokenNodeBinding)).
+      - Give each node's agent its own token, bound to its node. A token bound to another node (or a Node deleted and
+        created again), or to none, is replaced; without O(bound_node), a node-bound token is replaced by an unbound one.
+      - The Node must exist.
+    type: str
   server:
     description:
       - API server URL to write into the kubeconfig, when the daemon reaches the API server at another address than this
@@ -91,7 +102,7 @@ attributes:
     platforms: kubernetes, posix
 notes:
   - The module's own credentials must be allowed to C(get) the ServiceAccount and C(create) its C(serviceaccounts/token)
-    subresource (the cluster admin is).
+    subresource, and C(get) the Node of O(bound_node) (the cluster admin is).
   - Existing directories are not changed; the module warns when the directory of a file it writes can be read by other
     users than its owner.
 author:
@@ -103,6 +114,12 @@ EXAMPLES = r"""
   katalyst.colocation.service_account_kubeconfig:
     kubeconfig: /etc/kubernetes/admin.conf
     service_account: katalyst-agent
+    dest: /etc/katalyst/credentials/agent.kubeconfig
+
+- name: The agent's credential on node worker-1, bound to its Node (what the node isolation policy requires)
+  katalyst.colocation.service_account_kubeconfig:
+    service_account: katalyst-agent
+    bound_node: worker-1
     dest: /etc/katalyst/credentials/agent.kubeconfig
 
 - name: A one-hour token for another audience, written where a timer refreshes it
@@ -138,6 +155,11 @@ namespace:
   returned: always
   type: str
   sample: katalyst-system
+bound_node:
+  description: The Node the token is bound to; null when it is bound to none.
+  returned: always
+  type: str
+  sample: worker-1
 user:
   description: The user name the API server sees.
   returned: always
@@ -261,15 +283,18 @@ def describe_token(server, token, path):
         return {}
     claims = credentials.jwt_claims(token) or {}
     namespace, name, _uid = credentials.token_identity(claims)
-    return dict(credentials.describe(server, namespace, name, claims.get("exp")), path=path)
+    return dict(credentials.describe(server, namespace, name, claims.get("exp")), path=path, node=(credentials.token_node(claims) or [None])[0])
 
 
-def request_token(module, kube, name, namespace):
-    """A new token of the ServiceAccount (TokenRequest API): (token, expiry as a Unix time)."""
+def request_token(module, kube, name, namespace, node=None):
+    """A new token of the ServiceAccount (TokenRequest API), bound to ``node`` ((name, uid) of a Node) when given:
+    (token, expiry as a Unix time)."""
     from kubernetes import client  # pylint: disable=import-outside-toplevel
     spec = {"expirationSeconds": module.params["expiration_seconds"]}
     if module.params["audiences"]:
         spec["audiences"] = module.params["audiences"]
+    if node is not None:
+        spec["boundObjectRef"] = {"kind": "Node", "apiVersion": "v1", "name": node[0], "uid": node[1]}
     try:
         answer = client.CoreV1Api(kube.api_client).create_namespaced_service_account_token(name, namespace, {"spec": spec})
     except ApiException as exc:
@@ -292,6 +317,7 @@ def main():
         audiences={"type": "list", "elements": "str"},
         expiration_seconds={"type": "int", "default": 86400},
         refresh_before_seconds={"type": "int"},
+        bound_node={"type": "str"},
         server={"type": "str"},
         server_ca_cert={"type": "path"},
     )
@@ -310,24 +336,30 @@ def main():
         kube = KubeClient(auth_params(params))
         server, ca_data, insecure = connection_target(module, kube)
         account = kube.get("v1", "ServiceAccount", name, namespace)
+        node_object = kube.get("v1", "Node", params["bound_node"]) if params["bound_node"] else None
     except KubeError as exc:
         module.fail_json(msg=str(exc))
     if account is None:
         module.fail_json(msg="ServiceAccount %s/%s does not exist (katalyst.colocation.rbac creates the daemons' ones)" % (namespace, name))
+    node = None
+    if params["bound_node"]:
+        if node_object is None:
+            module.fail_json(msg="Node %s does not exist (bound_node)" % params["bound_node"])
+        node = (params["bound_node"], node_object["metadata"].get("uid"))
 
     text, mode, current_server, current_token_path, token = current_credential(dest)
     if token:
         module.no_log_values.add(token)
     now = time.time()
     reason = credentials.decide_refresh(token, now, server, current_server, namespace, name, params["audiences"],
-                                        (account.get("metadata") or {}).get("uid"), params["refresh_before_seconds"])
+                                        (account.get("metadata") or {}).get("uid"), params["refresh_before_seconds"], node)
     before = describe_token(current_server, token, current_token_path)
     if reason is None:
         expiry = int(credentials.jwt_claims(token)["exp"])
     elif module.check_mode:
         token, expiry = None, int(now) + params["expiration_seconds"]
     else:
-        token, expiry = request_token(module, kube, name, namespace)
+        token, expiry = request_token(module, kube, name, namespace, node)
     wanted_text = credentials.dump_kubeconfig(credentials.render_kubeconfig(server, token_path, namespace, name, ca_data, insecure))
     token_text, token_mode = read_text(token_path)
     writes = []
@@ -346,9 +378,9 @@ def main():
         if os.path.isdir(directory) and stat.S_IMODE(os.stat(directory).st_mode) & 0o077:
             module.warn("%s can be read by other users than its owner: keep credentials in a 0700 directory" % directory)
 
-    described = dict(credentials.describe(server, namespace, name, expiry), path=token_path)
+    described = dict(credentials.describe(server, namespace, name, expiry), path=token_path, node=params["bound_node"])
     result = {"changed": bool(writes), "path": dest, "token_file": token_path, "service_account": name, "namespace": namespace,
-              "user": described["user"], "server": server, "expiration_timestamp": described["expires"],
+              "user": described["user"], "server": server, "bound_node": params["bound_node"], "expiration_timestamp": described["expires"],
               "refreshed": reason is not None, "reason": reason}
     if module._diff:
         result["diff"] = {"before": before, "after": described if writes else before,

@@ -30,6 +30,24 @@ def _rfc3339(seconds):
     return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _bound_node(api, ref):
+    """The ``kubernetes.io.node`` claim of a token bound to a Node (``boundObjectRef`` kind Node), or None when unbound.
+
+    Only Node binding is served (what the agent's credential uses); the Node must exist and, when given, have that uid."""
+    if not ref:
+        return None
+    if ref.get("kind") != "Node" or ref.get("apiVersion") != "v1":
+        raise APIError(400, "BadRequest", "spec.boundObjectRef: the emulator binds tokens to a v1 Node only")
+    nodes = api.registry.get("", "v1", "nodes")
+    node = api.store.get(nodes.storage_key, None, ref.get("name"))
+    if node is None:
+        raise not_found(nodes, ref.get("name"))
+    uid = node["metadata"].get("uid")
+    if ref.get("uid") and ref["uid"] != uid:
+        raise APIError(409, "Conflict", "the UID in the bound object reference (%s) does not match the UID in record (%s)" % (ref["uid"], uid))
+    return {"name": ref["name"], "uid": uid}
+
+
 def token_request(api, namespace, name, body, now=None):
     """The TokenRequest answered for ServiceAccount ``namespace/name`` (404 when it does not exist, 422 on a bad spec)."""
     accounts = api.registry.get("", "v1", "serviceaccounts")
@@ -45,11 +63,14 @@ def token_request(api, namespace, name, body, now=None):
         raise invalid(accounts, name, ["spec.expirationSeconds: Invalid value: %d: may not specify a duration less than 10 minutes" % seconds])
     if seconds > MAX_EXPIRATION_SECONDS:
         raise invalid(accounts, name, ["spec.expirationSeconds: Invalid value: %d: may not specify a duration larger than 2^32 seconds" % seconds])
+    bound = _bound_node(api, spec.get("boundObjectRef"))
     audiences = list(spec.get("audiences") or [ISSUER])
     issued = int(now if now is not None else time.time())
     claims = {"aud": audiences, "exp": issued + seconds, "iat": issued, "nbf": issued, "iss": ISSUER, "jti": str(uuid.uuid4()),
               "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": account["metadata"].get("uid")}},
               "sub": "system:serviceaccount:%s:%s" % (namespace, name)}
+    if bound is not None:
+        claims["kubernetes.io"]["node"] = bound
     token = ".".join((_segment({"alg": "RS256", "kid": "katalyst-sandbox"}), _segment(claims), _segment(os.urandom(64))))
     spec.update(audiences=audiences, expirationSeconds=seconds, boundObjectRef=spec.get("boundObjectRef"))
     return {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",

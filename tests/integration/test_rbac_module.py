@@ -35,6 +35,15 @@ def present(kube_client):
     return found
 
 
+def isolation_policy(kube_client):
+    """The agent's node isolation policy and binding that exist now (a real API server serves them, the emulator not)."""
+    admission = client.AdmissionregistrationV1Api(kube_client)
+    return {kind + "/" + item.metadata.name
+            for kind, listing in (("ValidatingAdmissionPolicy", admission.list_validating_admission_policy),
+                                  ("ValidatingAdmissionPolicyBinding", admission.list_validating_admission_policy_binding))
+            for item in listing().items if item.metadata.name == rbac.NODE_ISOLATION}
+
+
 def namespaces(kube_client):
     return {n.metadata.name for n in client.CoreV1Api(kube_client).list_namespace().items}
 
@@ -43,10 +52,13 @@ def test_check_diff_idempotence_drift_and_removal(kubeapi, kube_client, tmp_path
     kc = {"kc": kubeapi.kubeconfig}
     expected = {rbac.object_key(obj) for obj in rbac.manifests()}
     assert len(expected) == 14
+    # the agent's node isolation policy where the API server serves ValidatingAdmissionPolicy (the emulator does not)
+    isolation = {rbac.object_key(obj) for obj in rbac.node_isolation_objects()} if kubeapi.backend == "real" else set()
     rc, tasks, out = run_playbook(PLAY, tmp_path, ["--check", "--diff"], kc)
     assert rc == 0 and tasks["rbac"]["changed"] is True, out
+    assert any("node isolation skipped" in w for w in tasks["rbac"].get("warnings", [])) is (kubeapi.backend != "real"), out
     diff = tasks["rbac"]["diff"]
-    assert diff["before"] == {} and set(diff["after"]) == {"api:" + key for key in expected} | {"api:Namespace/katalyst-system"}
+    assert diff["before"] == {} and set(diff["after"]) == {"api:" + key for key in expected | isolation} | {"api:Namespace/katalyst-system"}
     assert diff["after"]["api:ClusterRole/katalyst-colocation:katalyst-agent"]["rules"][0] == {
         "apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}
     assert present(kube_client) == set() and "katalyst-system" not in namespaces(kube_client)      # check mode wrote nothing
@@ -54,6 +66,7 @@ def test_check_diff_idempotence_drift_and_removal(kubeapi, kube_client, tmp_path
     rc, tasks, out = run_playbook(PLAY, tmp_path, [], kc)
     assert rc == 0 and tasks["rbac"]["changed"] is True, out
     assert present(kube_client) == expected and "katalyst-system" in namespaces(kube_client)
+    assert kubeapi.backend != "real" or isolation_policy(kube_client) == isolation
     assert {(a["component"], a["namespace"], a["name"]) for a in tasks["rbac"]["service_accounts"]} == {
         (c, "katalyst-system", c) for c in rbac.COMPONENTS}
     rc, tasks, out = run_playbook(PLAY, tmp_path, ["--diff"], kc)
@@ -78,6 +91,7 @@ def test_check_diff_idempotence_drift_and_removal(kubeapi, kube_client, tmp_path
     rc, tasks, out = run_playbook(PLAY, tmp_path, [], dict(kc, st="absent"))
     assert rc == 0 and tasks["rbac"]["changed"] is True, out
     assert present(kube_client) == set() and "katalyst-system" in namespaces(kube_client)       # the namespace is kept
+    assert kubeapi.backend != "real" or isolation_policy(kube_client) == set()
     rc, tasks, out = run_playbook(PLAY, tmp_path, [], dict(kc, st="absent"))
     assert rc == 0 and tasks["rbac"]["changed"] is False, out
 

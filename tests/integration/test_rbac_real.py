@@ -32,6 +32,8 @@ PLAY = """
     - name: rbac
       katalyst.colocation.rbac:
         kubeconfig: "{{ kc }}"
+        # RBAC alone, with unbound tokens; test_node_isolation.py proves the agent's policy with node-bound ones
+        node_isolation: false
 """
 NAMESPACE = rbac.DEFAULT_NAMESPACE
 NAMESPACED = {"pods", "events", "leases"}       # the namespaced resources of the table (nodes and our CRDs are cluster-scoped)

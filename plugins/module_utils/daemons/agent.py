@@ -224,7 +224,8 @@ class Agent:
         self.reported_problems[key] = problem
         LOG.warning("pod %s/%s: %s", pod["metadata"].get("namespace"), pod["metadata"]["name"], problem, extra={"loop": "oom_priority"})
         if self.kube is not None:
-            self.kube.emit_event(dict(pod, apiVersion="v1", kind="Pod"), "InvalidOOMPriority", problem, "Warning", "katalyst-agent")
+            self.kube.emit_event(dict(pod, apiVersion="v1", kind="Pod"), "InvalidOOMPriority", problem, "Warning", "katalyst-agent",
+                                 host=self.config["node_name"])
 
     def converge_oom_priority(self):
         """oom_score_adj of every pod process so the kernel kills strictly by OOM priority (+ the BPF priority map)."""

@@ -518,7 +518,7 @@ class NumaLoops:
         self.reported[key] = message
         LOG.warning("pod %s: %s", placement.pod_key(pod), message, extra={"loop": "numa_binding"})
         if kube is not None:
-            kube.emit_event(dict(pod, apiVersion="v1", kind="Pod"), reason, message, "Warning", "katalyst-agent")
+            kube.emit_event(dict(pod, apiVersion="v1", kind="Pod"), reason, message, "Warning", "katalyst-agent", host=self.node_name)
 
     def numa_binding(self, fs, pods, kube, config):
         """Pin every running dedicated_cores + numa_binding pod to its NUMA node; returns the applied Changes."""

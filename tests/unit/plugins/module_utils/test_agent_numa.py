@@ -178,7 +178,8 @@ class FakeKube:
     def __init__(self):
         self.events, self.patches = [], []
 
-    def emit_event(self, involved, reason, message, event_type="Normal", component=""):
+    def emit_event(self, involved, reason, message, event_type="Normal", component="", host=None):
+        assert host == "n1", host           # the agent names its node (the node isolation policy checks it)
         self.events.append((involved["metadata"]["name"], reason, message, event_type, component))
 
     def patch(self, api_version, kind, name, body, namespace=None, **_kwargs):

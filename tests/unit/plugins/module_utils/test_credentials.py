@@ -156,3 +156,20 @@ def test_a_kubeconfig_without_a_token_file_is_left_alone(tmp_path):
     configuration = client.Configuration()
     assert credentials.follow_token_file(configuration, str(kubeconfig)) is None
     assert configuration.refresh_api_key_hook is None
+
+
+def test_a_node_bound_token_is_kept_only_for_its_node():
+    def bound(name="node-a", uid="n1"):
+        claims = credentials.jwt_claims(sa_token())
+        claims["kubernetes.io"]["node"] = {"name": name, "uid": uid}
+        return jwt(claims)
+    token = bound()
+    assert credentials.token_node(credentials.jwt_claims(token)) == ("node-a", "n1")
+    assert credentials.token_node(credentials.jwt_claims(sa_token())) is None
+    assert decide(token, node=("node-a", "n1")) is None and decide(token, node=("node-a", None)) is None
+    assert decide(token, node=("node-b", "n2")) == "not bound to node node-b (bound to node-a)"
+    assert decide(sa_token(), node=("node-a", "n1")) == "not bound to node node-a (unbound)"
+    # the Node deleted and created again (a new uid): the old binding is void
+    assert decide(token, node=("node-a", "n9")) == "not bound to node node-a (bound to node-a)"
+    # no node wanted: a node-bound token is replaced by an unbound one
+    assert decide(token) == "bound to node node-a"

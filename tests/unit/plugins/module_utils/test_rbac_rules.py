@@ -189,3 +189,42 @@ def test_the_docs_list_exactly_the_rules():
         section = next(text for text in sections if text.startswith(component + "\n"))
         rows = [line.strip("| ").split(" | ")[:4] for line in section.split("\n## ")[0].splitlines() if line.startswith("| `")]
         assert rows == [doc_cells(rule) for rule in rbac.RULES[component]], component
+
+
+def test_the_node_isolation_policy_matches_the_agent_only_and_its_writes():
+    policy, binding = rbac.node_isolation_objects("ops")
+    assert [rbac.object_key(obj) for obj in (policy, binding)] == [
+        "ValidatingAdmissionPolicy/katalyst-colocation-agent-node-isolation",
+        "ValidatingAdmissionPolicyBinding/katalyst-colocation-agent-node-isolation"]
+    assert policy["metadata"]["labels"] == rbac.labels(rbac.AGENT) == binding["metadata"]["labels"]
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail" and "paramKind" not in spec
+    assert spec["matchConditions"] == [{"name": "katalyst-agent", "expression": "request.userInfo.username == 'system:serviceaccount:ops:katalyst-agent'"}]
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    # exactly the agent's writes of the RBAC table, with the operations they are admitted as (a patch is an UPDATE)
+    writes = {(rule.group, resource) for rule in rbac.RULES[rbac.AGENT] for resource in rule.resources
+              if set(rule.verbs) & {"create", "patch", "update"}}
+    matched = {(group, resource) for rule in spec["matchConstraints"]["resourceRules"] for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert matched == writes
+    # the node name comes from the node-bound token's user extra; without it, every validation but the first holds
+    # vacuously only for resources it does not cover, and the first refuses
+    assert spec["variables"] == [{"name": "nodeName", "expression": rbac.NODE_NAME_EXPRESSION}]
+    assert "request.userInfo.extra['authentication.kubernetes.io/node-name'][0]" in rbac.NODE_NAME_EXPRESSION
+    expressions = [v["expression"] for v in spec["validations"]]
+    assert expressions[0] == "variables.nodeName != ''"
+    for resource, field in (("customnoderesources", "object.metadata.name"), ("pods", "object.spec.nodeName"),
+                            ("events", "object.reportingInstance"), ("events", "object.source.host")):
+        assert any(("request.resource.resource != '%s'" % resource) in e and ("%s == variables.nodeName" % field) in e for e in expressions), field
+    assert all(v["reason"] == "Forbidden" and v["message"] for v in spec["validations"])
+
+
+def test_the_node_isolation_policy_as_served_is_left_alone_and_a_weakened_one_put_back():
+    desired = rbac.node_isolation_objects()
+    existing = {rbac.object_key(obj): dict(as_served(obj), status={"observedGeneration": 1, "typeChecking": {}}) for obj in desired}
+    assert not rbac.plan_rbac(desired, existing, "present")
+    weakened = copy.deepcopy(existing)
+    weakened[rbac.object_key(desired[0])]["spec"]["validations"] = [{"expression": "true"}]
+    plan = rbac.plan_rbac(desired, weakened, "present")
+    assert [(change.target, change.action) for change in plan] == [(rbac.object_key(desired[0]), "replace")]
+    assert plan.as_list()[0]["after"]["spec"] == desired[0]["spec"]
+    assert [change.action for change in rbac.plan_rbac(desired, existing, "absent")] == ["delete", "delete"]

@@ -84,3 +84,13 @@ def test_unknown_component_fails(cluster, capsys):
     kubeconfig, api_client = cluster
     result = run(capsys, kubeconfig, components=["katalyst-bogus"])
     assert result["failed"] is True and "katalyst-bogus" in result["msg"] and stored(api_client) == set()
+
+
+def test_node_isolation_is_skipped_with_a_warning_where_the_cluster_does_not_serve_admission_policies(cluster, capsys):
+    """The emulator, like a cluster before 1.30, serves no admissionregistration.k8s.io/v1 validatingadmissionpolicies.
+    (Ansible's warnings are process-global, so only their presence is checked here.)"""
+    kubeconfig, api_client = cluster
+    result = run(capsys, kubeconfig, components=[rbac.AGENT])
+    assert result["changed"] is True and stored(api_client) == {rbac.object_key(obj) for obj in rbac.manifests([rbac.AGENT])}
+    assert any("node isolation skipped" in str(warning) for warning in result["warnings"]), result["warnings"]
+    assert "ValidatingAdmissionPolicy" not in {o["kind"] for o in result["objects"]}
