@@ -9,8 +9,8 @@ private key on the host and no signer or approver, and every cluster (1.22+) iss
 needs a signer that issues client certificates for identities other than nodes (``kubernetes.io/kube-apiserver-client``
 is not approved by anything by default) and an approver, and cannot be revoked before it expires.
 
-Plain functions over dicts and strings: ``decide_refresh`` takes ``now`` and the file contents it is given.
-``follow_token_file`` is what the daemons' client uses to re-read the token file on change.
+Plain functions over dicts and strings: ``decide_refresh`` takes ``now`` and the file contents it is given. The
+daemons' client re-reads the token file on change with ``daemons.service.follow_token_file``.
 """
 
 from __future__ import annotations
@@ -158,37 +158,3 @@ def decide_refresh(token, now, server, current_server, namespace, service_accoun
     if left <= refresh_before_seconds:
         return "expires in %ds (refresh when %ds or less are left)" % (left, refresh_before_seconds)
     return None
-
-
-def follow_token_file(configuration, kubeconfig_path):
-    """Make a ``kubernetes.client.Configuration`` loaded from ``kubeconfig_path`` re-read the user's ``tokenFile`` when
-    the file changes (a new inode, mtime or size: the writer replaces it atomically), before each request.
-
-    The kubernetes client reads ``tokenFile`` once, and its own refresh hook puts that first token back before every
-    request, so it is replaced here. Returns the token file's path, or None (and changes nothing) when the kubeconfig's
-    user has no ``tokenFile``."""
-    import yaml  # pylint: disable=import-outside-toplevel
-    with open(kubeconfig_path) as handle:
-        token_path = token_file_of(yaml.safe_load(handle), kubeconfig_path)
-    if token_path is None:
-        return None
-    key = "BearerToken" if "BearerToken" in configuration.api_key else "authorization"
-    seen = {"signature": None}
-
-    def refresh(config):
-        try:
-            stat = os.stat(token_path)
-        except OSError:
-            return                      # gone for a moment: keep the last token, the API server says when it is stale
-        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if signature == seen["signature"]:
-            return
-        with open(token_path) as handle:
-            token = handle.read().strip()
-        if token:
-            config.api_key[key] = "Bearer %s" % token
-            seen["signature"] = signature
-
-    configuration.refresh_api_key_hook = refresh
-    refresh(configuration)
-    return token_path

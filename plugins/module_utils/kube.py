@@ -93,6 +93,13 @@ def resolve_auth(params, environ=None):
     return auth
 
 
+def require_kubernetes(module):
+    """Fail an Ansible module with one clear message when the kubernetes Python package is missing on its host."""
+    if not HAS_KUBERNETES:
+        module.fail_json(msg="the kubernetes Python package is required on the host running this module (pip install kubernetes): %s"
+                         % KUBERNETES_IMPORT_ERROR)
+
+
 def build_api_client(auth):
     """A ``kubernetes.client.ApiClient`` from resolved auth settings."""
     if not HAS_KUBERNETES:

@@ -94,7 +94,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests
 from ansible_collections.katalyst.colocation.plugins.module_utils.auth_spec import auth_argument_spec, auth_params
-from ansible_collections.katalyst.colocation.plugins.module_utils.kube import HAS_KUBERNETES, KubeClient, KubeError
+from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient, KubeError, require_kubernetes
 from ansible_collections.katalyst.colocation.plugins.module_utils.reconcile import Plan, PlanError
 
 CRD_API = "apiextensions.k8s.io/v1"
@@ -145,8 +145,7 @@ def main():
         force={"type": "bool", "default": False},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_KUBERNETES:
-        module.fail_json(msg="the kubernetes Python package is required on the host running this module (pip install kubernetes)")
+    require_kubernetes(module)
     params = module.params
     try:
         desired = crd_manifests.crds(params["names"])

@@ -113,7 +113,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.katalyst.colocation.plugins.module_utils import cnr as cnr_engine
 from ansible_collections.katalyst.colocation.plugins.module_utils import placement
 from ansible_collections.katalyst.colocation.plugins.module_utils.auth_spec import auth_argument_spec, auth_params
-from ansible_collections.katalyst.colocation.plugins.module_utils.kube import HAS_KUBERNETES, KubeClient, KubeError
+from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient, KubeError, require_kubernetes
 from ansible_collections.katalyst.colocation.plugins.module_utils.quantity import BINARY_SI, DECIMAL_SI, new_milli_quantity, new_quantity
 
 ZONE_RESOURCES = ("cpu", "memory")
@@ -172,8 +172,7 @@ def main():
         resource_policy={"type": "str", "choices": ["dynamic", "native"], "default": "dynamic"},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_KUBERNETES:
-        module.fail_json(msg="the kubernetes Python package is required on the host running this module (pip install kubernetes)")
+    require_kubernetes(module)
     params = module.params
     try:
         kube = KubeClient(auth_params(params))

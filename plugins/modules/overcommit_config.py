@@ -122,7 +122,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.katalyst.colocation.plugins.module_utils import overcommit
 from ansible_collections.katalyst.colocation.plugins.module_utils.auth_spec import auth_argument_spec, auth_params
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.overcommit_controller import CNR_API_VERSION, CNR_KIND, OvercommitReconciler
-from ansible_collections.katalyst.colocation.plugins.module_utils.kube import HAS_KUBERNETES, KubeClient, KubeError
+from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient, KubeError, require_kubernetes
 
 # The node annotations the diff shows, by short name.
 SHOWN = {}
@@ -205,8 +205,7 @@ def main():
         converge={"type": "bool", "default": True},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, required_if=[("state", "present", ["selector_value"])])
-    if not HAS_KUBERNETES:
-        module.fail_json(msg="the kubernetes Python package is required on the host running this module (pip install kubernetes)")
+    require_kubernetes(module)
     params = module.params
     name = params["name"]
     now = datetime.datetime.now(datetime.timezone.utc)

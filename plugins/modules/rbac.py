@@ -136,7 +136,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import rbac
 from ansible_collections.katalyst.colocation.plugins.module_utils.auth_spec import auth_argument_spec, auth_params
-from ansible_collections.katalyst.colocation.plugins.module_utils.kube import HAS_KUBERNETES, KubeClient, KubeError
+from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient, KubeError, require_kubernetes
 from ansible_collections.katalyst.colocation.plugins.module_utils.reconcile import PlanError
 
 # What a create keeps of an object read from the cluster (restoring a deleted one when a later change fails).
@@ -204,8 +204,7 @@ def main():
         node_isolation={"type": "bool", "default": True},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_KUBERNETES:
-        module.fail_json(msg="the kubernetes Python package is required on the host running this module (pip install kubernetes)")
+    require_kubernetes(module)
     params = module.params
     try:
         kube = KubeClient(auth_params(params))

@@ -197,7 +197,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import credentials, rbac
 from ansible_collections.katalyst.colocation.plugins.module_utils.auth_spec import auth_argument_spec, auth_params
-from ansible_collections.katalyst.colocation.plugins.module_utils.kube import HAS_KUBERNETES, ApiException, KubeClient, KubeError
+from ansible_collections.katalyst.colocation.plugins.module_utils.kube import ApiException, KubeClient, KubeError, require_kubernetes
 
 try:
     import yaml
@@ -322,8 +322,9 @@ def main():
         server_ca_cert={"type": "path"},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if not HAS_KUBERNETES or yaml is None:
-        module.fail_json(msg="the kubernetes Python package is required on the host running this module (pip install kubernetes)")
+    require_kubernetes(module)
+    if yaml is None:
+        module.fail_json(msg="the yaml Python package (PyYAML) is required on the host running this module")
     params = module.params
     name, namespace = params["service_account"], params["namespace"]
     if params["expiration_seconds"] < 600:

@@ -209,7 +209,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.katalyst.colocation.plugins.module_utils import tide
 from ansible_collections.katalyst.colocation.plugins.module_utils.auth_spec import auth_argument_spec, auth_params
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import tide_controller
-from ansible_collections.katalyst.colocation.plugins.module_utils.kube import HAS_KUBERNETES, KubeClient, KubeError
+from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient, KubeError, require_kubernetes
 
 LABEL_OPTION = {"key": {"type": "str", "required": True, "no_log": False}, "value": {"type": "str", "required": True}}
 TAINT_OPTION = {"key": {"type": "str", "required": True, "no_log": False}, "value": {"type": "str", "required": True},
@@ -269,8 +269,7 @@ def main():
         flip={"type": "bool", "default": False},
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, required_if=[("state", "present", ["reserve"])])
-    if not HAS_KUBERNETES:
-        module.fail_json(msg="the kubernetes Python package is required on the host running this module (pip install kubernetes)")
+    require_kubernetes(module)
     params = module.params
     name = params["name"]
     now = datetime.datetime.now(datetime.timezone.utc)

@@ -155,11 +155,11 @@ class Node:  # pylint: disable=too-many-instance-attributes
             ]}, indent=1) + "\n"
 
     def kubelet_config(self):
-        pki = self.cluster.pki
+        pki, ports = self.cluster.pki, self.ports()
         return yaml.safe_dump({
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            "address": NODE_IP, "port": self.ports()["kubelet"], "healthzBindAddress": "127.0.0.1",
-            "healthzPort": self.ports()["kubelet_healthz"], "readOnlyPort": 0,
+            "address": NODE_IP, "port": ports["kubelet"], "healthzBindAddress": "127.0.0.1",
+            "healthzPort": ports["kubelet_healthz"], "readOnlyPort": 0,
             "tlsCertFile": os.path.join(self.state, "pki", "kubelet-serving.crt"),
             "tlsPrivateKeyFile": os.path.join(self.state, "pki", "kubelet-serving.key"),
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},

@@ -92,7 +92,9 @@ def test_tcp_memory_from_each_containers_own_limit(agent, kube_client):
         {"name": "a", "containerID": "containerd://aaa", "ready": True, "restartCount": 0, "image": "x", "imageID": ""},
         {"name": "b", "containerID": "containerd://bbb", "ready": True, "restartCount": 0, "image": "x", "imageID": ""}]}})
     base = agent["sysroot"] + "/sys/fs/cgroup/memory/kubepods/burstable/pod%s/" % uid
-    wait_until(lambda: os.path.exists(base + "bbb/memory.kmem.tcp.limit_in_bytes"), what="TCP limits")
+    # a sysroot file exists from its creation on: wait for both contents, not for the name (a loaded machine saw "")
+    wait_until(lambda: all(os.path.exists(base + c + "/memory.kmem.tcp.limit_in_bytes") and read("", base + c + "/memory.kmem.tcp.limit_in_bytes")
+                           for c in ("aaa", "bbb")), what="TCP limits")
     assert read("", base + "aaa/memory.kmem.tcp.limit_in_bytes") == str(3 << 30)     # its own 3Gi, not the pod's 8Gi
     assert read("", base + "bbb/memory.kmem.tcp.limit_in_bytes") == str(5 << 30)
 

@@ -235,6 +235,8 @@ class Agent:
         facts = self.node_facts()
         memory_root = "/sys/fs/cgroup" if facts["cgroup"]["mode"] == "v2" else "/sys/fs/cgroup/memory"
         groups, views, pod_dirs = [], [], []
+        # whether a pod still runs a container of its own matters only to the OOM observer: read only when it runs
+        observing = self.pinned(bpf.EVENTS_MAP) is not None
         for pod in self.active_pods():
             annotations = pod["metadata"].get("annotations") or {}
             priority, problem = qos.pod_oom_priority(annotations)
@@ -251,7 +253,7 @@ class Agent:
             except ValueError:
                 qos_level = "shared_cores"
             container_dirs = [memory_root + self.cgroup_prefix() + path
-                              for path in podcgroups.container_cgroup_paths(pod, self.config["cgroup_driver"]).values()]
+                              for path in podcgroups.container_cgroup_paths(pod, self.config["cgroup_driver"]).values()] if observing else []
             views.append(oomobserver.PodView(
                 name, qos_level, priority, oomgather.cgroup_tree_ids(fs, cgroup_dir) if exists else set(), set(group.processes),
                 oomgather.cgroup_lineage(fs, cgroup_dir, memory_root) if exists else [],

@@ -16,7 +16,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..credentials import follow_token_file
+from ..credentials import token_file_of
 
 try:
     import yaml
@@ -72,6 +72,39 @@ def load_config(path, defaults):
 def user_agent(component):
     """The User-Agent a daemon sends: its name first, as client-go's components do (``kube-scheduler/v1.x ...``)."""
     return "%s (katalyst.colocation)" % component
+
+
+def follow_token_file(configuration, kubeconfig_path):
+    """Make a ``kubernetes.client.Configuration`` loaded from ``kubeconfig_path`` re-read the user's ``tokenFile`` when
+    the file changes (a new inode, mtime or size: the writer replaces it atomically), before each request.
+
+    The kubernetes client reads ``tokenFile`` once, and its own refresh hook puts that first token back before every
+    request, so it is replaced here. Returns the token file's path, or None (and changes nothing) when the kubeconfig's
+    user has no ``tokenFile``."""
+    with open(kubeconfig_path) as handle:
+        token_path = token_file_of(yaml.safe_load(handle), kubeconfig_path)
+    if token_path is None:
+        return None
+    key = "BearerToken" if "BearerToken" in configuration.api_key else "authorization"
+    seen = {"signature": None}
+
+    def refresh(config):
+        try:
+            stat = os.stat(token_path)
+        except OSError:
+            return                      # gone for a moment: keep the last token, the API server says when it is stale
+        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if signature == seen["signature"]:
+            return
+        with open(token_path) as handle:
+            token = handle.read().strip()
+        if token:
+            config.api_key[key] = "Bearer %s" % token
+            seen["signature"] = signature
+
+    configuration.refresh_api_key_hook = refresh
+    refresh(configuration)
+    return token_path
 
 
 def kube_api_client(component, kubeconfig="", like=None):

@@ -154,7 +154,7 @@ def test_a_kubeconfig_without_a_token_file_is_left_alone(tmp_path):
                                       "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:1"}}],
                                       "users": [{"name": "u", "user": {"token": "static"}}]}))
     configuration = client.Configuration()
-    assert credentials.follow_token_file(configuration, str(kubeconfig)) is None
+    assert service.follow_token_file(configuration, str(kubeconfig)) is None
     assert configuration.refresh_api_key_hook is None
 
 
