@@ -9,23 +9,30 @@ private key on the host and no signer or approver, and every cluster (1.22+) iss
 needs a signer that issues client certificates for identities other than nodes (``kubernetes.io/kube-apiserver-client``
 is not approved by anything by default) and an approver, and cannot be revoked before it expires.
 
-Plain functions over dicts and strings: ``decide_refresh`` takes ``now`` and the file contents it is given. The
-daemons' client re-reads the token file on change with ``daemons.service.follow_token_file``.
+Plain functions over dicts and strings (``decide_refresh`` takes ``now`` and the file contents it is given), and the
+one private file writer the issuing module and the renewing daemon share (``write_private``). The
+daemons' client re-reads the token file on change with ``daemons.service.follow_token_file``; a daemon renews its own
+token with ``plan_token_renewal`` and sends the later one of the same credential (``choose_token``,
+daemons/token_renewal.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import datetime
 import json
 import os
+import tempfile
 
 SERVICE_ACCOUNT_USER = "system:serviceaccount:%s:%s"
 KUBECONFIG_NAME = "katalyst"
 # With no refresh_before_seconds, a token is refreshed when less than this share of its lifetime is left (as the
 # kubelet does for projected tokens: at 80% of the lifetime; a third leaves a timer two more chances on a 24 h token).
 REFRESH_WHEN_LEFT = 1.0 / 3.0
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
 
 
 def jwt_claims(token):
@@ -158,3 +165,110 @@ def decide_refresh(token, now, server, current_server, namespace, service_accoun
     if left <= refresh_before_seconds:
         return "expires in %ds (refresh when %ds or less are left)" % (left, refresh_before_seconds)
     return None
+
+
+# -- a daemon renews its own token (daemons/token_renewal.py) --------------------------------------------------------
+# The API server refuses a TokenRequest for less than 10 minutes.
+MIN_EXPIRATION_SECONDS = 600
+TokenRenewal = collections.namedtuple("TokenRenewal", "namespace service_account reason body")
+
+
+def _audiences(claims):
+    audiences = (claims or {}).get("aud")
+    return sorted([audiences] if isinstance(audiences, str) else list(audiences or []))
+
+
+def _expiry(claims):
+    try:
+        return int(claims["exp"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def choose_token(issued, renewed, now):
+    """The token a daemon sends: ``renewed`` (the daemon's own renewal, ``renewed_token_file``) when it is a valid token
+    of the same credential as ``issued`` (the kubeconfig's ``tokenFile``, which the playbook writes) and expires later;
+    else ``issued``.
+
+    The same credential: a JWT of the same ServiceAccount (namespace, name and, when both tokens carry it, uid: a
+    ServiceAccount created again invalidates the old renewals), for the same audiences and bound to the same Node. A
+    fresh token the playbook issues for a re-created ServiceAccount or another node therefore wins over an older
+    renewal at once. Valid: not expired at ``now``."""
+    issued_claims, renewed_claims = jwt_claims(issued), jwt_claims(renewed)
+    if issued_claims is None or renewed_claims is None:
+        return issued
+    issued_identity, renewed_identity = token_identity(issued_claims), token_identity(renewed_claims)
+    if issued_identity[1] is None or issued_identity[:2] != renewed_identity[:2]:
+        return issued
+    if issued_identity[2] and renewed_identity[2] and issued_identity[2] != renewed_identity[2]:
+        return issued
+    issued_node, renewed_node = token_node(issued_claims), token_node(renewed_claims)
+    if (issued_node or (None,))[0] != (renewed_node or (None,))[0] or _audiences(issued_claims) != _audiences(renewed_claims):
+        return issued
+    renewed_expiry, issued_expiry = _expiry(renewed_claims), _expiry(issued_claims)
+    if renewed_expiry is None or renewed_expiry <= now or (issued_expiry is not None and renewed_expiry <= issued_expiry):
+        return issued
+    return renewed
+
+
+def plan_token_renewal(token, now, renew_before_seconds=None):
+    """The TokenRequest that renews ``token``, a ServiceAccount token the daemon is using, or None while it may be kept
+    (more than ``renew_before_seconds`` left, default a third of its lifetime: ``decide_refresh``) or when it is not a
+    ServiceAccount JWT (nothing to renew it as).
+
+    The new token is the same credential: same ServiceAccount, same audiences, the same lifetime (``exp - iat``, at least
+    600 s) and, for a node-bound token, bound to the same Node (name and uid): what the node isolation policy lets the
+    agent ask for. A ``TokenRenewal`` (namespace, service account, reason, TokenRequest body); never the token."""
+    claims = jwt_claims(token)
+    namespace, name, uid = token_identity(claims)
+    if name is None or _expiry(claims) is None:
+        return None         # not a ServiceAccount token, or one that never expires (a legacy Secret token)
+    node = token_node(claims)
+    audiences = _audiences(claims)
+    reason = decide_refresh(token, now, "", "", namespace, name, audiences, uid, renew_before_seconds, node)
+    if reason is None:
+        return None
+    try:
+        lifetime = int(claims["exp"]) - int(claims["iat"])
+    except (KeyError, TypeError, ValueError):
+        lifetime = 0
+    spec = {"expirationSeconds": max(MIN_EXPIRATION_SECONDS, lifetime)}
+    if audiences:
+        spec["audiences"] = audiences
+    if node is not None:
+        spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Node", "name": node[0]}
+        if node[1]:
+            spec["boundObjectRef"]["uid"] = node[1]
+    return TokenRenewal(namespace, name, reason, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec})
+
+
+def make_private_dirs(path):
+    """Create the missing directories above ``path`` with mode 0700 (whatever the umask); returns those created."""
+    missing = []
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        os.mkdir(directory, PRIVATE_DIR)
+        os.chmod(directory, PRIVATE_DIR)
+    return missing
+
+
+def write_private(path, text):
+    """Replace ``path`` atomically with ``text``: a temporary file in the same directory, mode 0600 from the first byte,
+    renamed over it; missing directories are created 0700. Used by the module that issues a token and the daemon that
+    renews its own."""
+    make_private_dirs(path)
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".%s." % os.path.basename(path))
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, PRIVATE_FILE)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise

@@ -51,12 +51,21 @@ OVERCOMMIT = "overcommit.katalyst.kubewharf.io"
 COORDINATION = "coordination.k8s.io"
 
 # Where a rule applies: everywhere (a ClusterRole and ClusterRoleBinding), or in one namespace (a Role and
-# RoleBinding there); "{lease_namespace}" and "{lease_name}" are filled in when rendering.
+# RoleBinding there); "{lease_namespace}", "{lease_name}" and "{namespace}" (the daemons' own, where their
+# ServiceAccounts are) are filled in when rendering.
 CLUSTER = None
 LEASE_NAMESPACE = "{lease_namespace}"
 LEASE_NAME = "{lease_name}"
+DAEMONS_NAMESPACE = "{namespace}"
 
 Rule = collections.namedtuple("Rule", "group resources verbs why scope resource_names", defaults=(CLUSTER, ()))
+
+
+def own_token_rule(component):
+    """A daemon renews its own ServiceAccount token (TokenRequest), and nobody else's (daemons/token_renewal.py)."""
+    return Rule(CORE, ("serviceaccounts/token",), ("create",),
+                "token_renewal.py TokenRenewer.run_once: a new token of its own ServiceAccount before the current one expires "
+                "(the agent's bound to its Node: the node isolation policy)", DAEMONS_NAMESPACE, (component,))
 
 
 RULES = {
@@ -74,6 +83,7 @@ RULES = {
              "realtime ratio annotations merge-patched"),
         Rule(CNR, ("customnoderesources/status",), ("patch",),
              "cnr.py plan_cnr_status: reclaimed resources, NUMA zones and topology policy (merge patch of the status subresource)"),
+        own_token_rule(AGENT),
     ),
     CONTROLLER: (
         Rule(CORE, ("nodes",), ("list", "watch"), "controller.py INFORMERS[nodes]: the tide, cnr and overcommit reconcilers"),
@@ -95,6 +105,7 @@ RULES = {
         Rule(COORDINATION, ("leases",), ("create",), "leader.py try_acquire_or_renew: the first replica creates the Lease", LEASE_NAMESPACE),
         Rule(COORDINATION, ("leases",), ("get", "update"),
              "leader.py: read, renew, take over and release its own Lease (a replace, never a patch)", LEASE_NAMESPACE, (LEASE_NAME,)),
+        own_token_rule(CONTROLLER),
     ),
     # The webhook only answers the API server's AdmissionReviews (webhook.py): it makes no API call at all.
     WEBHOOK: (),
@@ -103,6 +114,7 @@ RULES = {
         Rule(CORE, ("pods",), ("list", "watch"), "extender.py ClusterCache.start: the pod informer"),
         Rule(CNR, ("customnoderesources",), ("list", "watch"), "extender.py ClusterCache.start: the CNR informer"),
         Rule(CORE, ("events",), ("create",), "extender_numa.py NumaPlugin: Warning Events on pods with malformed NUMA annotations"),
+        own_token_rule(EXTENDER),
     ),
 }
 
@@ -125,13 +137,13 @@ def role_name(component):
     return NAME_PREFIX + component
 
 
-def _settings(lease_namespace, lease_name):
-    return {"lease_namespace": lease_namespace, "lease_name": lease_name}
+def _settings(lease_namespace, lease_name, namespace=DEFAULT_NAMESPACE):
+    return {"lease_namespace": lease_namespace, "lease_name": lease_name, "namespace": namespace}
 
 
-def rule_scope(rule, lease_namespace):
+def rule_scope(rule, lease_namespace, namespace=DEFAULT_NAMESPACE):
     """None for a cluster-wide rule, else the namespace it is granted in."""
-    return rule.scope.format(**_settings(lease_namespace, "")) if rule.scope else None
+    return rule.scope.format(**_settings(lease_namespace, "", namespace)) if rule.scope else None
 
 
 def render_rule(rule, lease_name=DEFAULT_LEASE_NAME):
@@ -169,19 +181,19 @@ def cluster_role_binding(component, namespace=DEFAULT_NAMESPACE):
             "subjects": _subjects(component, namespace)}
 
 
-def role_namespaces(component, lease_namespace=DEFAULT_NAMESPACE):
+def role_namespaces(component, lease_namespace=DEFAULT_NAMESPACE, namespace=DEFAULT_NAMESPACE):
     """The namespaces where the component has namespaced rules, in table order."""
     found = []
     for rule in RULES[component]:
-        scope = rule_scope(rule, lease_namespace)
+        scope = rule_scope(rule, lease_namespace, namespace)
         if scope is not None and scope not in found:
             found.append(scope)
     return found
 
 
-def role(component, role_namespace, lease_namespace=DEFAULT_NAMESPACE, lease_name=DEFAULT_LEASE_NAME):
+def role(component, role_namespace, lease_namespace=DEFAULT_NAMESPACE, lease_name=DEFAULT_LEASE_NAME, namespace=DEFAULT_NAMESPACE):
     """The Role of the component's rules in ``role_namespace``, or None when it has none there."""
-    rules = [render_rule(rule, lease_name) for rule in RULES[component] if rule_scope(rule, lease_namespace) == role_namespace]
+    rules = [render_rule(rule, lease_name) for rule in RULES[component] if rule_scope(rule, lease_namespace, namespace) == role_namespace]
     if not rules:
         return None
     return {"apiVersion": RBAC_API_VERSION, "kind": "Role",
@@ -202,8 +214,8 @@ def component_objects(component, namespace=DEFAULT_NAMESPACE, lease_namespace=No
     cluster = cluster_role(component, lease_name)
     if cluster is not None:
         objects += [cluster, cluster_role_binding(component, namespace)]
-    for role_namespace in role_namespaces(component, lease_namespace):
-        objects += [role(component, role_namespace, lease_namespace, lease_name), role_binding(component, role_namespace, namespace)]
+    for role_namespace in role_namespaces(component, lease_namespace, namespace):
+        objects += [role(component, role_namespace, lease_namespace, lease_name, namespace), role_binding(component, role_namespace, namespace)]
     return objects
 
 
@@ -235,6 +247,13 @@ NODE_ISOLATION_VALIDATIONS = (
      " && has(object.source) && has(object.source.host) && object.source.host == variables.nodeName)",
      "the katalyst-agent's Events must name its node in source.host and reportingInstance",
      "'the katalyst-agent of node ' + variables.nodeName + ' may create only Events whose source.host and reportingInstance name it'"),
+    # its token renewal (token_renewal.py): the object is the TokenRequest; a token bound to another node, or to none,
+    # would let a compromised agent act as another node (or outside the policy's node binding). An unbound request's
+    # boundObjectRef reaches the policy as an empty object: every field is tested with has() (no evaluation error, a 403)
+    ("request.resource.resource != 'serviceaccounts' || (has(object.spec.boundObjectRef) && has(object.spec.boundObjectRef.kind)"
+     " && object.spec.boundObjectRef.kind == 'Node' && has(object.spec.boundObjectRef.name) && object.spec.boundObjectRef.name == variables.nodeName)",
+     "the katalyst-agent may request only tokens bound to its own Node",
+     "'the katalyst-agent of node ' + variables.nodeName + ' may request only tokens bound to its own Node'"),
 )
 
 
@@ -250,7 +269,7 @@ def _admission_rule(group, resources, operations):
 def node_isolation_policy(namespace=DEFAULT_NAMESPACE):
     """The ValidatingAdmissionPolicy that ties the agent's writes to the node its token is bound to (docs/rbac.md).
 
-    It matches the agent's writes of the table (CNR and its status, pod patches, Event creation) and only requests of
+    It matches the agent's writes of the table (CNR and its status, pod patches, Event creation, TokenRequests) and only requests of
     the agent's ServiceAccount (matchConditions); written with the API server's defaults so that a read-back compares equal."""
     validations = []
     for expression, message, message_expression in NODE_ISOLATION_VALIDATIONS:
@@ -265,7 +284,8 @@ def node_isolation_policy(namespace=DEFAULT_NAMESPACE):
                                           "resourceRules": [
                                               _admission_rule(CNR, ("customnoderesources", "customnoderesources/status"), ("CREATE", "UPDATE")),
                                               _admission_rule(CORE, ("pods",), ("UPDATE",)),
-                                              _admission_rule(CORE, ("events",), ("CREATE",))]},
+                                              _admission_rule(CORE, ("events",), ("CREATE",)),
+                                              _admission_rule(CORE, ("serviceaccounts/token",), ("CREATE",))]},
                      "matchConditions": [{"name": "katalyst-agent", "expression": "request.userInfo.username == '%s'" % agent_user(namespace)}],
                      "variables": [{"name": "nodeName", "expression": NODE_NAME_EXPRESSION}],
                      "validations": validations}}
@@ -283,16 +303,17 @@ def node_isolation_objects(namespace=DEFAULT_NAMESPACE):
 
 
 # -- what a rule allows (RBAC's semantics, for the tests that check the table against the calls) --------------------
-def grants(component, lease_namespace=DEFAULT_NAMESPACE, lease_name=DEFAULT_LEASE_NAME):
-    """[(namespace or None for cluster-wide, table Rule, rendered rule)] of the component."""
-    return [(rule_scope(rule, lease_namespace), rule, render_rule(rule, lease_name)) for rule in RULES[component]]
+def grants(component, lease_namespace=DEFAULT_NAMESPACE, lease_name=DEFAULT_LEASE_NAME, namespace=DEFAULT_NAMESPACE):
+    """[(namespace or None for cluster-wide, table Rule, rendered rule)] of the component (its ServiceAccount in ``namespace``)."""
+    return [(rule_scope(rule, lease_namespace, namespace), rule, render_rule(rule, lease_name)) for rule in RULES[component]]
 
 
 def allows(rendered, scope, verb, group, resource, namespace=None, name=None):
     """Does a rendered rule granted in ``scope`` (None: through a ClusterRoleBinding) allow this request?
 
     ``resource`` includes the subresource (``pods/status``); ``name`` is the object's name (None for list, watch and
-    create, which RBAC never matches against ``resourceNames``)."""
+    create of an object, which RBAC never matches against ``resourceNames``; the create of a subresource, such as
+    ``serviceaccounts/token``, names its object)."""
     if scope is not None and namespace != scope:
         return False
     if group not in rendered["apiGroups"] or resource not in rendered["resources"] or verb not in rendered["verbs"]:
@@ -301,9 +322,9 @@ def allows(rendered, scope, verb, group, resource, namespace=None, name=None):
     return not names or name in names
 
 
-def allowing_rule(component, request, lease_namespace=DEFAULT_NAMESPACE, lease_name=DEFAULT_LEASE_NAME):
+def allowing_rule(component, request, lease_namespace=DEFAULT_NAMESPACE, lease_name=DEFAULT_LEASE_NAME, namespace=DEFAULT_NAMESPACE):
     """The table Rule that allows ``request`` (a dict: verb, group, resource, namespace, name), or None."""
-    for scope, rule, rendered in grants(component, lease_namespace, lease_name):
+    for scope, rule, rendered in grants(component, lease_namespace, lease_name, namespace):
         if allows(rendered, scope, request["verb"], request["group"], request["resource"], request.get("namespace"), request.get("name")):
             return rule
     return None

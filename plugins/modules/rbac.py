@@ -24,8 +24,12 @@ description:
     C(katalyst-colocation-agent-node-isolation)) tie the agent to its node, which RBAC cannot express. A request of the
     C(katalyst-agent) ServiceAccount must come with a node-bound token (M(katalyst.colocation.service_account_kubeconfig)
     O(katalyst.colocation.service_account_kubeconfig#module:bound_node)), and may write only that node's
-    CustomNodeResource (and its status), patch only pods bound to that node, and create only Events whose C(source.host)
-    and C(reportingInstance) name that node. See C(docs/rbac.md), section Node isolation.
+    CustomNodeResource (and its status), patch only pods bound to that node, create only Events whose C(source.host)
+    and C(reportingInstance) name that node, and request (renew) only tokens bound to that node. See C(docs/rbac.md),
+    section Node isolation.
+  - Each daemon with an API client may create a token of its own ServiceAccount only (C(serviceaccounts/token) with
+    C(resourceNames), in a Role in O(namespace)), to renew its own token before it expires (C(docs/credentials.md),
+    section Renewal).
   - This module only manages identities and permissions; it creates no credential for them.
 options:
   state:

@@ -51,6 +51,13 @@ options:
       - Path of the token file the kubeconfig reads (C(tokenFile), written as an absolute path). Defaults to O(dest) with
         C(.token) appended.
     type: path
+  kubeconfig_token_file:
+    description:
+      - The path the kubeconfig names as C(tokenFile), when the daemon reads the token at another path than
+        O(token_file). A systemd service that gets the token with C(LoadCredential=) reads it under
+        C(/run/credentials/<unit>/), and a credential issued here for another host (a node's agent) names the path it
+        is copied to there. Defaults to O(token_file).
+    type: path
   audiences:
     description:
       - Audiences of the token. Omitted means the API server's default audience (what the API server itself accepts).
@@ -190,7 +197,6 @@ reason:
 
 import os
 import stat
-import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -204,9 +210,6 @@ try:
 except ImportError:  # pragma: no cover - a dependency of the kubernetes package
     yaml = None
 
-PRIVATE_FILE = 0o600
-PRIVATE_DIR = 0o700
-
 
 def read_text(path):
     """The file's text and permission bits, or (None, None) when it does not exist."""
@@ -215,35 +218,6 @@ def read_text(path):
             return handle.read(), stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
     except FileNotFoundError:
         return None, None
-
-
-def make_private_dirs(path):
-    """Create the missing directories above ``path`` with mode 0700; returns those created."""
-    missing = []
-    parent = os.path.dirname(path)
-    while parent and not os.path.isdir(parent):
-        missing.append(parent)
-        parent = os.path.dirname(parent)
-    for directory in reversed(missing):
-        os.mkdir(directory, PRIVATE_DIR)
-        os.chmod(directory, PRIVATE_DIR)      # whatever the umask
-    return missing
-
-
-def write_private(path, text):
-    """Replace ``path`` atomically with ``text``, mode 0600 from the first byte on."""
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".%s." % os.path.basename(path))
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, PRIVATE_FILE)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def connection_target(module, kube):
@@ -264,17 +238,17 @@ def connection_target(module, kube):
     return server, ca_data, insecure
 
 
-def current_credential(dest):
-    """What ``dest`` holds: (kubeconfig text, its mode, server, token file path, token or None)."""
+def current_credential(dest, token_path):
+    """What ``dest`` and ``token_path`` hold: (kubeconfig text, its mode, server, token or None). The token is read
+    from ``token_path``, not from the kubeconfig's ``tokenFile``, which may name the path a copy is read at."""
     text, mode = read_text(dest)
     try:
         kubeconfig = yaml.safe_load(text) if text else None
     except yaml.YAMLError:
         kubeconfig = None
     cluster = credentials.kubeconfig_user(kubeconfig)[0]
-    token_path = credentials.token_file_of(kubeconfig, dest) if kubeconfig else None
-    token = read_text(token_path)[0] if token_path else None
-    return text, mode, (cluster.get("server") or "").rstrip("/") or None, token_path, (token or "").strip() or None
+    token = read_text(token_path)[0]
+    return text, mode, (cluster.get("server") or "").rstrip("/") or None, (token or "").strip() or None
 
 
 def describe_token(server, token, path):
@@ -314,6 +288,7 @@ def main():
         namespace={"type": "str", "default": rbac.DEFAULT_NAMESPACE},
         dest={"type": "path", "required": True},
         token_file={"type": "path", "no_log": False},
+        kubeconfig_token_file={"type": "path", "no_log": False},
         audiences={"type": "list", "elements": "str"},
         expiration_seconds={"type": "int", "default": 86400},
         refresh_before_seconds={"type": "int"},
@@ -333,6 +308,9 @@ def main():
     token_path = os.path.abspath(params["token_file"] or dest + ".token")
     if token_path == dest:
         module.fail_json(msg="token_file must not be dest")
+    named_token_path = params["kubeconfig_token_file"] or token_path
+    if not os.path.isabs(named_token_path):
+        module.fail_json(msg="kubeconfig_token_file must be an absolute path (the kubeconfig may be read from a copy elsewhere)")
     try:
         kube = KubeClient(auth_params(params))
         server, ca_data, insecure = connection_target(module, kube)
@@ -340,39 +318,41 @@ def main():
         node_object = kube.get("v1", "Node", params["bound_node"]) if params["bound_node"] else None
     except KubeError as exc:
         module.fail_json(msg=str(exc))
-    if account is None:
+    if account is None and not module.check_mode:
         module.fail_json(msg="ServiceAccount %s/%s does not exist (katalyst.colocation.rbac creates the daemons' ones)" % (namespace, name))
+    if account is None:
+        # a check run of a whole playbook: the rbac task before this one would have created it
+        module.warn("ServiceAccount %s/%s does not exist yet: a token would be requested once it does" % (namespace, name))
     node = None
     if params["bound_node"]:
         if node_object is None:
             module.fail_json(msg="Node %s does not exist (bound_node)" % params["bound_node"])
         node = (params["bound_node"], node_object["metadata"].get("uid"))
 
-    text, mode, current_server, current_token_path, token = current_credential(dest)
+    text, mode, current_server, token = current_credential(dest, token_path)
     if token:
         module.no_log_values.add(token)
     now = time.time()
     reason = credentials.decide_refresh(token, now, server, current_server, namespace, name, params["audiences"],
-                                        (account.get("metadata") or {}).get("uid"), params["refresh_before_seconds"], node)
-    before = describe_token(current_server, token, current_token_path)
+                                        ((account or {}).get("metadata") or {}).get("uid"), params["refresh_before_seconds"], node)
+    before = describe_token(current_server, token, token_path)
     if reason is None:
         expiry = int(credentials.jwt_claims(token)["exp"])
     elif module.check_mode:
         token, expiry = None, int(now) + params["expiration_seconds"]
     else:
         token, expiry = request_token(module, kube, name, namespace, node)
-    wanted_text = credentials.dump_kubeconfig(credentials.render_kubeconfig(server, token_path, namespace, name, ca_data, insecure))
+    wanted_text = credentials.dump_kubeconfig(credentials.render_kubeconfig(server, named_token_path, namespace, name, ca_data, insecure))
     token_text, token_mode = read_text(token_path)
     writes = []
-    if reason is not None or token_text is None or token_text.strip() != token or token_mode != PRIVATE_FILE:
+    if reason is not None or token_text is None or token_text.strip() != token or token_mode != credentials.PRIVATE_FILE:
         writes.append((token_path, token))
-    if text != wanted_text or mode != PRIVATE_FILE:
+    if text != wanted_text or mode != credentials.PRIVATE_FILE:
         writes.append((dest, wanted_text))
     if writes and not module.check_mode:
         try:
             for path, content in writes:
-                make_private_dirs(path)
-                write_private(path, content)
+                credentials.write_private(path, content)
         except OSError as exc:
             module.fail_json(msg="cannot write %s: %s" % (exc.filename or dest, exc.strerror or exc))
     for directory in sorted({os.path.dirname(dest), os.path.dirname(token_path)}):

@@ -154,7 +154,8 @@ def agent_vars(node, workdir, **overrides):
     """The agent role's variables for the real node: the real kernel (sysroot /), the kubelet's cgroup root, files under
     `workdir`, and the sandbox's service stand-in (this host has no systemd)."""
     workdir = str(workdir)
-    values = {"katalyst_sandbox_dir": os.path.join(workdir, "services"), "katalyst_kubeconfig": node.kubeconfig,
+    # the node's admin kubeconfig as the agent's own credential: these tests are about the node, not about RBAC
+    values = {"katalyst_sandbox_dir": os.path.join(workdir, "services"), "agent_kubeconfig_src": node.kubeconfig,
               "katalyst_node_name": node.name, "agent_service_manager": "sandbox", "agent_python_mode": "current",
               "agent_sysroot": "/", "agent_install_dir": os.path.join(workdir, "opt"), "agent_config_dir": os.path.join(workdir, "etc"),
               "agent_state_dir": os.path.join(workdir, "state"), "agent_metrics_port": 0,

@@ -1,17 +1,22 @@
 """Node isolation on the real control plane: katalyst.colocation.rbac applies the agent's ValidatingAdmissionPolicy,
 katalyst.colocation.service_account_kubeconfig writes the agent's token bound to node A, and with that token the agent
 may write node A's CNR (and its status), patch pods on node A and create Events naming node A, and is refused (403, by
-the policy) for node B's CNR, a pod on node B, an Event naming node B; an unbound agent token is refused too.
+the policy) for node B's CNR, a pod on node B, an Event naming node B; an unbound agent token is refused too. Its token
+renewal may ask for a token bound to node A only (not to node B, to no node or to another object).
 
 The emulator has no admission policies (it does not serve admissionregistration.k8s.io/v1 validatingadmissionpolicies):
 there the module warns and skips the policy, and the node-bound token's claims are checked.
 """
+
+import time
 
 import pytest
 from kubernetes import client, config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import credentials, rbac
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import service
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.token_renewal import TokenRenewer
 from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient
 from tests.integration.ansible_runner import run_playbook
 from tests.integration.backends import install_crds
@@ -192,6 +197,39 @@ def test_an_agent_writes_only_its_own_nodes_objects(kubeapi, kube_client, cluste
     admission = client.AdmissionregistrationV1Api(kube_client)
     assert rbac.NODE_ISOLATION not in [p.metadata.name for p in admission.list_validating_admission_policy().items]
     assert rbac.NODE_ISOLATION not in [b.metadata.name for b in admission.list_validating_admission_policy_binding().items]
+
+
+def test_an_agent_renews_only_a_token_bound_to_its_own_node(kubeapi, kube_client, cluster, tmp_path):
+    """Its token renewal (daemons/token_renewal.py) with its node-bound token: a token bound to its Node is issued; one
+    bound to node B, to no node, or to another kind of object is refused by the policy."""
+    if kubeapi.backend != "real":
+        pytest.skip("the emulator has no admission policies: node isolation is enforced by a real kube-apiserver only")
+    core = cluster[0]
+    converge(kubeapi, tmp_path, node="node-a")
+    node_a, node_b = (core.read_node(name).metadata.uid for name in ("node-a", "node-b"))
+
+    def token_request(**ref):
+        return {"spec": dict({"expirationSeconds": 600}, **({"boundObjectRef": dict(ref, apiVersion="v1")} if ref else {}))}
+    with kube_config.new_client_from_config(config_file=str(tmp_path / "creds" / "agent.kubeconfig")) as api_client:
+        agent_core = client.CoreV1Api(api_client)
+        to_node_b = (agent_core.create_namespaced_service_account_token, rbac.AGENT, NAMESPACE, token_request(kind="Node", name="node-b", uid=node_b))
+        wait_until(lambda: denied(*to_node_b), timeout=60, what="the node isolation policy to be enforced")
+        message = denied_by_policy(*to_node_b)
+        assert "of node node-a may request only tokens bound to its own Node" in message, message
+        denied_by_policy(agent_core.create_namespaced_service_account_token, rbac.AGENT, NAMESPACE, token_request())
+        secret = core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "not-a-node"}})
+        denied_by_policy(agent_core.create_namespaced_service_account_token, rbac.AGENT, NAMESPACE,
+                         token_request(kind="Secret", name="not-a-node", uid=secret.metadata.uid))
+        # its own node: what the daemon's renewal asks for (the same binding as its current token)
+        assert credentials.plan_token_renewal(service.bearer_token(api_client.configuration), time.time()) is None     # not due (24 h) ...
+        token_file = tmp_path / "renewed" / "token"
+        assert TokenRenewer(api_client, str(token_file), renew_before_seconds=10 ** 9).run_once() is not None     # ... unless forced
+        renewed = credentials.jwt_claims(token_file.read_text())
+        assert credentials.token_node(renewed) == ("node-a", node_a), renewed
+        # RBAC: not another ServiceAccount's token, even bound to its node
+        with pytest.raises(ApiException) as raised:
+            agent_core.create_namespaced_service_account_token(rbac.CONTROLLER, NAMESPACE, token_request(kind="Node", name="node-a", uid=node_a))
+        assert raised.value.status == 403 and rbac.NODE_ISOLATION not in raised.value.body, raised.value.body
 
 
 def test_the_node_binding_contract_of_token_request(kubeapi, kube_client):

@@ -2,10 +2,10 @@
 applies it, each daemon gets a token of its own ServiceAccount (TokenRequest), and with that token
 (a) every verb of every rule of its table is allowed (SelfSubjectAccessReview), and the daemons' own code paths work:
     the controller's leader election on its Lease, the agent's CNR create + status patch and its Events, the extender's
-    informers;
+    informers, each daemon renewing its own token;
 (b) a call outside its rules is refused with 403: the agent deleting a pod or its CNR, the webhook patching a Node, every
     daemon writing a Lease in another namespace, the controller touching another Lease or creating Events outside
-    `default`, any daemon updating or patching an Event.
+    `default`, any daemon updating or patching an Event, any daemon requesting a token of another ServiceAccount.
 The emulator has no authorizer (every call is allowed there), so these run on the real backend only; the emulator side
 of the same table is test_rbac_calls.py (every call the daemons make in their scenarios is in the table).
 """
@@ -16,10 +16,11 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import cnr, rbac
+from ansible_collections.katalyst.colocation.plugins.module_utils import cnr, credentials, rbac
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.agent_numa import apply_cnr_change
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.extender import ClusterCache
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.leader import LeaderElector
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.token_renewal import TokenRenewer
 from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient
 from tests.integration.ansible_runner import run_playbook
 from tests.integration.backends import install_crds
@@ -33,10 +34,11 @@ PLAY = """
       katalyst.colocation.rbac:
         kubeconfig: "{{ kc }}"
         # RBAC alone, with unbound tokens; test_node_isolation.py proves the agent's policy with node-bound ones
-        node_isolation: false
+        node_isolation: "{{ isolation | default(false) }}"
+        lease_namespace: "{{ lease_namespace | default(omit) }}"
 """
 NAMESPACE = rbac.DEFAULT_NAMESPACE
-NAMESPACED = {"pods", "events", "leases"}       # the namespaced resources of the table (nodes and our CRDs are cluster-scoped)
+NAMESPACED = {"pods", "events", "leases", "serviceaccounts"}     # the namespaced resources of the table (nodes and our CRDs are cluster-scoped)
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +108,9 @@ def test_every_rule_of_the_table_is_allowed_and_discovery_too(daemons):
                 # a cluster-wide grant of a namespaced resource holds in any namespace: ask for one nobody uses
                 namespace = scope or ("anywhere" if namespaced else None)
                 for verb in rule.verbs:
-                    name = None if verb in ("create", "list", "watch") else (rendered.get("resourceNames") or ["some-object"])[0]
+                    # a create names no object, but the create of a subresource (serviceaccounts/token) names its object
+                    creates_object = verb == "create" and "/" not in resource
+                    name = None if creates_object or verb in ("list", "watch") else (rendered.get("resourceNames") or ["some-object"])[0]
                     assert access(api_client, verb, rule.group, resource, namespace, name), (component, verb, resource, namespace, name)
                     checked += 1
         review = client.AuthorizationV1Api(api_client).create_self_subject_access_review(
@@ -115,7 +119,7 @@ def test_every_rule_of_the_table_is_allowed_and_discovery_too(daemons):
     assert checked == sum(len(rule.verbs) * len(rule.resources) for rules in rbac.RULES.values() for rule in rules)
 
 
-def test_the_daemons_code_paths_work_with_their_tokens(daemons, kube_client):
+def test_the_daemons_code_paths_work_with_their_tokens(daemons, kube_client, tmp_path):
     admin = client.CoreV1Api(kube_client)
     admin.create_node({"metadata": {"name": "n1"}})
     pod = admin.create_namespaced_pod("default", {"metadata": {"name": "web"}, "spec": {"containers": [{"name": "c", "image": "x"}]}})
@@ -147,6 +151,12 @@ def test_the_daemons_code_paths_work_with_their_tokens(daemons, kube_client):
         stop.set()
         for informer in cache.informers:
             informer.stop()
+    # every daemon with a client renews its own token (token_renewal.py; the agent's node binding: test_node_isolation.py)
+    for component in (rbac.AGENT, rbac.CONTROLLER, rbac.EXTENDER):
+        renewed_file = tmp_path / component / "token"
+        assert TokenRenewer(daemons[component], str(renewed_file), renew_before_seconds=600).run_once() is not None
+        claims = credentials.jwt_claims(renewed_file.read_text())
+        assert credentials.token_identity(claims)[:2] == (NAMESPACE, component), claims
 
 
 def test_calls_outside_the_rules_are_refused(daemons, kube_client):
@@ -184,3 +194,8 @@ def test_calls_outside_the_rules_are_refused(daemons, kube_client):
     # and nothing reads Secrets
     for component in rbac.COMPONENTS:
         forbidden(core[component].list_namespaced_secret, NAMESPACE)
+    # tokens: each daemon may request one for its own ServiceAccount only (the webhook none at all)
+    for component in rbac.COMPONENTS:
+        for other in rbac.COMPONENTS:
+            if other != component or component == rbac.WEBHOOK:
+                forbidden(core[component].create_namespaced_service_account_token, other, NAMESPACE, {"spec": {"expirationSeconds": 600}})

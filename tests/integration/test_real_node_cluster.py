@@ -279,7 +279,7 @@ OVERCOMMIT_ANNOTATIONS = tuple(key for keys in (overcommit.RATIO_KEY, overcommit
 def control_vars(base, kubeconfig, port):
     """The controller (tide + overcommit) and the webhook on this host under the sandbox's service stand-in, as
     test_real_webhook_extender runs site.yml's cluster plays; the webhook registered at https://127.0.0.1:PORT/node."""
-    extra = {"katalyst_kubeconfig": kubeconfig, "katalyst_sandbox_dir": str(base / "services"), "tide_metrics_port": 0,
+    extra = {"katalyst_kubeconfig": kubeconfig, "tide_kubeconfig_src": kubeconfig, "katalyst_sandbox_dir": str(base / "services"), "tide_metrics_port": 0,
              "webhook_listen_address": "127.0.0.1", "webhook_service_host": "127.0.0.1", "webhook_port": port,
              # a slow answer on a loaded machine must not make the apiserver fail open (failurePolicy Ignore)
              "webhook_timeout_seconds": 30}

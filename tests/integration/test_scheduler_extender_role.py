@@ -107,7 +107,7 @@ def test_role_runs_the_extender_that_the_sandbox_scheduler_calls(kubeapi, kube_c
         rc, tasks, out = run_playbook(PLAY, tmp_path, [], extra, env=env)
         assert rc == 0, out[-3000:]
         assert tasks[SERVICE_TASK]["changed"] is True
-        assert oct((tmp_path / "etc" / "scheduler-extender-kubeconfig").stat().st_mode & 0o777) == "0o600"
+        assert oct((tmp_path / "etc" / "credentials" / "scheduler-extender.kubeconfig").stat().st_mode & 0o777) == "0o600"
         snippet = yaml.safe_load((tmp_path / "etc" / "kube-scheduler-extender.yaml").read_text())
         assert snippet["apiVersion"] == "kubescheduler.config.k8s.io/v1" and snippet["kind"] == "KubeSchedulerConfiguration"
         assert snippet["extenders"] == [{"urlPrefix": "http://127.0.0.1:%d" % port, "filterVerb": "filter", "prioritizeVerb": "prioritize",
@@ -196,7 +196,9 @@ def test_unit_verifies_and_is_hardened(tmp_path):
     assert rc == 0, out[-3000:]
     unit = tmp_path / "katalyst-scheduler-extender.service"
     text = unit.read_text()
-    assert "LoadCredential=kubeconfig:/etc/katalyst/scheduler-extender-kubeconfig" in text
+    assert "LoadCredential=kubeconfig:/etc/katalyst/credentials/scheduler-extender.kubeconfig" in text
+    assert "LoadCredential=token:/etc/katalyst/credentials/scheduler-extender.token" in text
+    assert "StateDirectory=katalyst-scheduler-extender" in text and "StateDirectoryMode=0700" in text
     assert "LoadCredential=tls.key:/etc/katalyst/pki/webhook.key" in text
     report = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True, check=False)
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", report.stdout + report.stderr)

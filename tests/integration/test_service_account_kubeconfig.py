@@ -31,6 +31,7 @@ PLAY = """
         service_account: "{{ account | default('%s') }}"
         namespace: %s
         dest: "{{ dest }}"
+        kubeconfig_token_file: "{{ named_token_file | default(omit) }}"
         expiration_seconds: "{{ expiration_seconds | default(omit) }}"
         refresh_before_seconds: "{{ refresh_before_seconds | default(omit) }}"
 """ % (ACCOUNT, NAMESPACE)
@@ -128,6 +129,31 @@ def test_refusals_name_the_problem_and_write_nothing(kubeapi, account, tmp_path)
         rc, tasks, out = run_playbook(PLAY, tmp_path, [], dict(extra, kc=kubeapi.kubeconfig, dest=str(dest)))
         assert rc != 0 and message in tasks["credential"]["msg"], out
         assert not dest.parent.exists()
+
+
+def test_the_kubeconfig_names_where_the_daemon_reads_the_token(kubeapi, account, tmp_path):
+    """kubeconfig_token_file: the token is written to token_file, the kubeconfig names the path the daemon reads it at
+    (systemd's LoadCredential= copy, or a node the files are copied to); idempotence still looks at token_file."""
+    dest = tmp_path / "credentials" / "controller.kubeconfig"
+    named = "/run/credentials/katalyst-controller.service/token"
+    result, _out = converge(kubeapi, tmp_path, dest, named_token_file=named)
+    kubeconfig = json.loads(read(dest))
+    assert credentials.kubeconfig_user(kubeconfig)[1] == {"tokenFile": named}
+    assert credentials.token_identity(credentials.jwt_claims(read(str(dest) + ".token")))[:2] == (NAMESPACE, ACCOUNT)
+    again, _out = converge(kubeapi, tmp_path, dest, named_token_file=named)
+    assert result["changed"] is True and again["changed"] is False, again
+    rc, tasks, out = run_playbook(PLAY, tmp_path, [], {"kc": kubeapi.kubeconfig, "dest": str(dest), "named_token_file": "relative/token"})
+    assert rc != 0 and "kubeconfig_token_file must be an absolute path" in tasks["credential"]["msg"], out
+
+
+def test_check_mode_before_the_account_exists(kubeapi, account, tmp_path):
+    """A --check run of a whole playbook: the rbac task before would create the ServiceAccount, so the credential is
+    reported as to be issued (with a warning), not refused."""
+    dest = tmp_path / "credentials" / "agent.kubeconfig"
+    rc, tasks, out = run_playbook(PLAY, tmp_path, ["--check"], {"kc": kubeapi.kubeconfig, "dest": str(dest), "account": "katalyst-later"})
+    assert rc == 0 and tasks["credential"]["changed"] is True and tasks["credential"]["refreshed"] is True, out
+    assert "does not exist yet" in " ".join(tasks["credential"].get("warnings", [])), tasks["credential"]
+    assert not dest.parent.exists()
 
 
 def test_a_token_close_to_expiry_is_refreshed(kubeapi, account, tmp_path):

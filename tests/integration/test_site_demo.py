@@ -6,19 +6,24 @@ kubelets where their nodeSelectors put them, the agent bound the NUMA pair to tw
 node has its allocatable amplified by the webhook exactly once, the TideNodePool gave its nodes their roles, and the
 demo's summary shows each node with its tide role, allocatable and pods; a pod is bound by the sandbox scheduler
 configured with the role's extender. Before those checks the sandbox goes down and up again and the demo runs once
-more: it restarts the daemons and changes nothing else (the sample workload reports changed=0)."""
+more: it restarts the daemons and changes nothing else (the sample workload reports changed=0).
+The first run (with --diff) also shows the RBAC objects, and leaves each daemon its own ServiceAccount token (the
+agents' bound to their nodes), 0600 under 0700 directories, with no token in the output and no admin credential on
+the nodes."""
 
 import os
 import re
 import socket
+import stat
 import subprocess
 import sys
 import time
 
 import pytest
+import yaml
 from kubernetes import client, config
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import overcommit, qos, tide
+from ansible_collections.katalyst.colocation.plugins.module_utils import credentials, overcommit, qos, tide
 from ansible_collections.katalyst.colocation.plugins.module_utils.quantity import parse_quantity
 from tests.integration.ansible_runner import REPO
 from tests.integration.waiting import wait_until
@@ -104,11 +109,14 @@ def test_site_on_the_sandbox_shows_colocation(sandbox_state):
     # the demo's own ports are fixed; this sandbox may run beside it
     demo_options = ["-e", "katalyst_sandbox_dir=%s" % sandbox_state, "-e", "webhook_port=%d" % free_port(),
                     "-e", "scheduler_extender_port=%d" % free_port()]
-    first = sandbox(sandbox_state, "demo", *demo_options)
+    first = sandbox(sandbox_state, "demo", *(demo_options + ["--diff"]))
     recap = demo_recap(first)
     timings["site.yml + sample workload"] = time.monotonic() - started - timings["up"]
     assert recap["sandbox-control"] > 0 and workload_changes(first) > 0
     check_summary(first.stdout)
+    # --diff showed the RBAC objects it created
+    assert "katalyst-colocation:katalyst-controller" in first.stdout   # (the emulator serves no ValidatingAdmissionPolicy)
+    check_credentials(sandbox_state, first.stdout + first.stderr)
 
     # down and up again: the emulator comes back on its port, so the demo finds every file as it wrote it and only
     # starts the daemons `down` stopped (the checks below then run against the restarted sandbox)
@@ -145,6 +153,37 @@ def test_site_on_the_sandbox_shows_colocation(sandbox_state):
     assert "urlPrefix" in scheduler_config
     timings["total"] = time.monotonic() - started
     print("end-to-end timings: " + ", ".join("%s %.1f s" % item for item in timings.items()))
+
+
+def check_credentials(state, output):
+    """Each daemon talks as its own ServiceAccount (never the admin kubeconfig), each node's agent with a token bound to
+    that node; kubeconfigs and tokens are 0600 under 0700 directories; no token shows in the playbook's output, and the
+    admin credential is in no file under the nodes."""
+    admin_token = credentials.kubeconfig_user(yaml.safe_load((state / "kubeconfig").read_text()))[1]["token"]
+    daemons = {"controller": "katalyst-controller", "scheduler-extender": "katalyst-scheduler-extender"}
+    control = state / "control" / "sandbox-control" / "etc" / "katalyst" / "credentials"
+    files = {daemons[name]: control / ("%s.token" % name) for name in daemons}
+    files.update({"katalyst-agent@" + node: state / "nodes" / node / "sysroot" / "etc" / "katalyst" / "credentials" / "agent.token"
+                  for node in ("sandbox-node-1", "sandbox-node-2", "sandbox-node-3")})
+    for who, path in files.items():
+        token = path.read_text().strip()
+        claims = credentials.jwt_claims(token)
+        account, _at, node = who.partition("@")
+        assert credentials.token_identity(claims)[:2] == ("katalyst-system", account), (who, claims)
+        assert (credentials.token_node(claims) or (None,))[0] == (node or None), (who, claims)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700, path
+        kubeconfig = path.with_suffix(".kubeconfig")
+        assert stat.S_IMODE(kubeconfig.stat().st_mode) == 0o600, kubeconfig
+        assert credentials.kubeconfig_user(yaml.safe_load(kubeconfig.read_text()))[1] == {"tokenFile": str(path)}, kubeconfig
+        assert token not in output and token[-32:] not in output, "the token of %s is in the output" % who
+    installed = [path for node in (state / "nodes").iterdir() for top in ("etc/katalyst", "var/lib/katalyst")
+                 for path in (node / "sysroot" / top).rglob("*") if path.is_file()]
+    kubeconfigs = [path for path in installed if path.suffix == ".kubeconfig"]
+    assert [path.name for path in kubeconfigs] == ["agent.kubeconfig"] * 3, installed
+    for path in installed:
+        # (the emulator's admin token is a short word: look for it as a kubeconfig's token)
+        text = path.read_text()
+        assert '"token": "%s"' % admin_token not in text and "token: %s" % admin_token not in text, "the admin credential is in %s" % path
 
 
 def check_summary(output):

@@ -73,7 +73,7 @@ def test_role_runs_the_controller_which_converges_a_pool_and_is_idempotent(kubea
         assert tasks[SERVICE_TASK]["changed"] is True
         config = (tmp_path / "etc" / "controller.yaml").read_text()
         assert "controllers: [\"tide\"]" in config and "period_seconds" in config
-        assert oct((tmp_path / "etc" / "controller-kubeconfig").stat().st_mode & 0o777) == "0o600"
+        assert oct((tmp_path / "etc" / "credentials" / "controller.kubeconfig").stat().st_mode & 0o777) == "0o600"
 
         def converged():
             pool = client.CustomObjectsApi(kube_client).get_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, "p")
@@ -101,7 +101,10 @@ def test_unit_verifies_and_is_hardened(tmp_path):
     assert rc == 0, out[-3000:]                                         # the template's validate ran systemd-analyze verify
     unit = tmp_path / "katalyst-controller.service"
     text = unit.read_text()
-    assert "DynamicUser=yes" in text and "LoadCredential=kubeconfig:/etc/katalyst/controller-kubeconfig" in text
+    assert "DynamicUser=yes" in text and "LoadCredential=kubeconfig:/etc/katalyst/credentials/controller.kubeconfig" in text
+    # its own ServiceAccount token (the default credential), and a private place for the token it renews itself
+    assert "LoadCredential=token:/etc/katalyst/credentials/controller.token" in text
+    assert "StateDirectory=katalyst-controller" in text and "StateDirectoryMode=0700" in text
     assert "ExecStart=/usr/bin/python3 -m katalyst_colocation.daemons.controller --config /etc/katalyst/controller.yaml" in text
     report = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True, check=False)
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", report.stdout + report.stderr)

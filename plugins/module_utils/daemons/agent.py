@@ -23,6 +23,7 @@ import time
 from . import service
 from .agent_numa import NumaLoops
 from .agent_overcommit import DEFAULTS as REALTIME_OVERCOMMIT_DEFAULTS, RealtimeOvercommit
+from .token_renewal import DEFAULTS as TOKEN_RENEWAL_DEFAULTS, daemon_api_client
 from .informer import Informer
 from .. import bpf, cgroups, nodeinfo, oom, oomgather, oomobserver, overcommit, podcgroups, qos, tcpmem
 from ..kube import KubeClient
@@ -87,6 +88,7 @@ DEFAULTS = {
 
 
 DEFAULTS.update(REALTIME_OVERCOMMIT_DEFAULTS)
+DEFAULTS.update(TOKEN_RENEWAL_DEFAULTS)
 
 
 class Agent:
@@ -371,7 +373,7 @@ class Agent:
         if self.api_client is None and cfg["kubeconfig"] and not os.path.exists(cfg["kubeconfig"]):
             LOG.warning("kubeconfig %s does not exist: running the node-local loops only", cfg["kubeconfig"])
         elif self.api_client is not None or cfg["kubeconfig"]:
-            self.api_client = service.kube_api_client(self.daemon.name, cfg["kubeconfig"], like=self.api_client)
+            self.api_client = daemon_api_client(self.daemon, cfg, like=self.api_client)
         if self.api_client is not None:
             from kubernetes import client  # pylint: disable=import-outside-toplevel
             core = client.CoreV1Api(self.api_client)

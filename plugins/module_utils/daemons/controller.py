@@ -41,6 +41,7 @@ import threading
 import uuid
 
 from . import service
+from .token_renewal import DEFAULTS as TOKEN_RENEWAL_DEFAULTS, daemon_api_client
 from .informer import Informer
 from .leader import LeaderElector
 from ..kube import KubeClient
@@ -115,6 +116,7 @@ DEFAULTS = {
     "renew_deadline_seconds": 10,
     "retry_period_seconds": 2,
 }
+DEFAULTS.update(TOKEN_RENEWAL_DEFAULTS)
 
 
 def defaults():
@@ -201,7 +203,7 @@ class Controller:
     # -- wiring -------------------------------------------------------------------------------
     def build(self):
         cfg = self.config
-        self.api_client = service.kube_api_client(self.daemon.name, cfg["kubeconfig"], like=self.api_client)
+        self.api_client = daemon_api_client(self.daemon, cfg, like=self.api_client)
         self.kube = KubeClient(api_client=self.api_client)
         for name in cfg["controllers"]:
             reconciler = RECONCILERS[name](ControllerContext(self, name))

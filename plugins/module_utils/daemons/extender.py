@@ -30,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from . import service
 from .extender_numa import NumaPlugin
 from .informer import Informer, object_key
+from .token_renewal import DEFAULTS as TOKEN_RENEWAL_DEFAULTS, daemon_api_client
 from .. import overcommit, placement
 
 try:
@@ -59,6 +60,7 @@ DEFAULTS = {
     # Error from a filter plugin; "fail_node" only marks that node as failed
     "error_policy": "error",
 }
+DEFAULTS.update(TOKEN_RENEWAL_DEFAULTS)
 
 
 # -- a small JSON-over-HTTP(S) server with /healthz and /metrics (also used by the webhook) ----------
@@ -425,7 +427,7 @@ class ExtenderDaemon:
     def start(self, wait_synced=30.0):
         """Start informers (when there is an API client) and the HTTP server; returns the port."""
         if self.api_client is not None or self.config["kubeconfig"]:
-            self.api_client = service.kube_api_client(self.daemon.name, self.config["kubeconfig"], like=self.api_client)
+            self.api_client = daemon_api_client(self.daemon, self.config, like=self.api_client)
         if self.api_client is not None:
             for plugin in self.extender.plugins:
                 if hasattr(plugin, "attach"):

@@ -16,7 +16,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..credentials import token_file_of
+from ..credentials import choose_token, token_file_of
 
 try:
     import yaml
@@ -74,9 +74,30 @@ def user_agent(component):
     return "%s (katalyst.colocation)" % component
 
 
-def follow_token_file(configuration, kubeconfig_path):
+def _file_signature(path):
+    """(inode, mtime, size) of a file, None when it is missing: a writer replaces the file atomically."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+def _read_token(path):
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def follow_token_file(configuration, kubeconfig_path, renewed_token_file="", clock=time.time):
     """Make a ``kubernetes.client.Configuration`` loaded from ``kubeconfig_path`` re-read the user's ``tokenFile`` when
     the file changes (a new inode, mtime or size: the writer replaces it atomically), before each request.
+
+    With ``renewed_token_file`` (where the daemon writes the token it renews itself, daemons/token_renewal.py), both
+    files are followed and the client sends ``credentials.choose_token`` of the two: the renewed token while it is the
+    same ServiceAccount's and expires later, else the kubeconfig's.
 
     The kubernetes client reads ``tokenFile`` once, and its own refresh hook puts that first token back before every
     request, so it is replaced here. Returns the token file's path, or None (and changes nothing) when the kubeconfig's
@@ -86,40 +107,45 @@ def follow_token_file(configuration, kubeconfig_path):
     if token_path is None:
         return None
     key = "BearerToken" if "BearerToken" in configuration.api_key else "authorization"
-    seen = {"signature": None}
+    paths = [token_path] + ([renewed_token_file] if renewed_token_file else [])
+    seen = {"signatures": None}
 
     def refresh(config):
-        try:
-            stat = os.stat(token_path)
-        except OSError:
+        signatures = tuple(_file_signature(path) for path in paths)
+        if signatures[0] is None or signatures == seen["signatures"]:
             return                      # gone for a moment: keep the last token, the API server says when it is stale
-        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if signature == seen["signature"]:
-            return
-        with open(token_path) as handle:
-            token = handle.read().strip()
-        if token:
-            config.api_key[key] = "Bearer %s" % token
-            seen["signature"] = signature
+        tokens = [_read_token(path) if signature else "" for path, signature in zip(paths, signatures)]
+        if tokens[0]:
+            config.api_key[key] = "Bearer %s" % (choose_token(tokens[0], tokens[1], clock()) if len(tokens) > 1 else tokens[0])
+            seen["signatures"] = signatures
 
     configuration.refresh_api_key_hook = refresh
     refresh(configuration)
     return token_path
 
 
-def kube_api_client(component, kubeconfig="", like=None):
+def bearer_token(configuration):
+    """The token a ``kubernetes.client.Configuration`` sends now (after its refresh hook), "" when none."""
+    if configuration.refresh_api_key_hook is not None:
+        configuration.refresh_api_key_hook(configuration)
+    value = configuration.api_key.get("BearerToken") or configuration.api_key.get("authorization") or ""
+    return value[len("Bearer "):] if value.startswith("Bearer ") else value
+
+
+def kube_api_client(component, kubeconfig="", like=None, renewed_token_file=""):
     """The daemon's own ``kubernetes.client.ApiClient``, whose User-Agent names the daemon, so that the API server's
     audit log (and the emulator's request log, which the RBAC tests read) tell the daemons apart.
 
     On the configuration of ``like`` when given (tests run a daemon in-process on their cluster: it still talks as
-    itself), else from ``kubeconfig``, else from the in-cluster service account."""
+    itself), else from ``kubeconfig`` (following its ``tokenFile`` and ``renewed_token_file``: ``follow_token_file``), else
+    from the in-cluster service account."""
     from kubernetes import client, config as kube_config  # pylint: disable=import-outside-toplevel
     if like is not None:
         api_client = client.ApiClient(like.configuration)
     elif kubeconfig:
         api_client = kube_config.new_client_from_config(config_file=kubeconfig)
         # a `tokenFile:` user: a token refreshed on disk is used from the next request on, without a restart
-        follow_token_file(api_client.configuration, kubeconfig)
+        follow_token_file(api_client.configuration, kubeconfig, renewed_token_file)
     else:
         configuration = client.Configuration()
         kube_config.load_incluster_config(client_configuration=configuration)

@@ -30,13 +30,16 @@ def test_every_object_is_labelled_with_its_component_and_named_after_it():
     assert [rbac.object_key(obj) for obj in objects] == [
         "ServiceAccount/katalyst-system/katalyst-agent",
         "ClusterRole/katalyst-colocation:katalyst-agent", "ClusterRoleBinding/katalyst-colocation:katalyst-agent",
+        "Role/katalyst-system/katalyst-colocation:katalyst-agent", "RoleBinding/katalyst-system/katalyst-colocation:katalyst-agent",
         "ServiceAccount/katalyst-system/katalyst-controller",
         "ClusterRole/katalyst-colocation:katalyst-controller", "ClusterRoleBinding/katalyst-colocation:katalyst-controller",
         "Role/default/katalyst-colocation:katalyst-controller", "RoleBinding/default/katalyst-colocation:katalyst-controller",
         "Role/katalyst-system/katalyst-colocation:katalyst-controller", "RoleBinding/katalyst-system/katalyst-colocation:katalyst-controller",
         "ServiceAccount/katalyst-system/katalyst-webhook",
         "ServiceAccount/katalyst-system/katalyst-scheduler-extender",
-        "ClusterRole/katalyst-colocation:katalyst-scheduler-extender", "ClusterRoleBinding/katalyst-colocation:katalyst-scheduler-extender"]
+        "ClusterRole/katalyst-colocation:katalyst-scheduler-extender", "ClusterRoleBinding/katalyst-colocation:katalyst-scheduler-extender",
+        "Role/katalyst-system/katalyst-colocation:katalyst-scheduler-extender",
+        "RoleBinding/katalyst-system/katalyst-colocation:katalyst-scheduler-extender"]
     for obj in objects:
         component = obj["metadata"]["labels"]["app.kubernetes.io/component"]
         assert obj["metadata"]["labels"] == dict(LABELS, **{"app.kubernetes.io/component": component})
@@ -52,15 +55,23 @@ def test_namespace_and_lease_settings():
                             "ClusterRoleBinding/katalyst-colocation:katalyst-controller",
                             "Role/default/katalyst-colocation:katalyst-controller", "RoleBinding/default/katalyst-colocation:katalyst-controller",
                             "Role/kube-system/katalyst-colocation:katalyst-controller",
-                            "RoleBinding/kube-system/katalyst-colocation:katalyst-controller"}
+                            "RoleBinding/kube-system/katalyst-colocation:katalyst-controller",
+                            "Role/colo/katalyst-colocation:katalyst-controller", "RoleBinding/colo/katalyst-colocation:katalyst-controller"}
     assert objects["Role/kube-system/katalyst-colocation:katalyst-controller"]["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "update"], "resourceNames": ["tide-leader"]}]
     assert objects["RoleBinding/kube-system/katalyst-colocation:katalyst-controller"]["subjects"][0]["namespace"] == "colo"
+    # its own token renewal: in the daemons' namespace, for its own ServiceAccount only
+    assert objects["Role/colo/katalyst-colocation:katalyst-controller"]["rules"] == [
+        {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"], "resourceNames": ["katalyst-controller"]}]
     # the Lease in `default`, where the controller's Events go too: one Role with both
     merged = by_key(rbac.manifests([rbac.CONTROLLER], lease_namespace="default"))
     assert [r["resources"] for r in merged["Role/default/katalyst-colocation:katalyst-controller"]["rules"]] == [["events"], ["leases"], ["leases"]]
-    assert "Role/katalyst-system/katalyst-colocation:katalyst-controller" not in merged
+    assert [r["resources"] for r in merged["Role/katalyst-system/katalyst-colocation:katalyst-controller"]["rules"]] == [["serviceaccounts/token"]]
+    # the Lease in the daemons' namespace (the default): one Role with the Lease and the token rules
+    together = by_key(rbac.manifests([rbac.CONTROLLER]))
+    assert [r["resources"] for r in together["Role/katalyst-system/katalyst-colocation:katalyst-controller"]["rules"]] == [
+        ["leases"], ["leases"], ["serviceaccounts/token"]]
 
 
 def test_least_privilege_shape_of_the_table():
@@ -73,10 +84,17 @@ def test_least_privilege_shape_of_the_table():
                 assert rule.verbs == ("create",), rule                          # Events: create only
             if "leases" in rule.resources:
                 assert rule.scope == rbac.LEASE_NAMESPACE, rule                 # Leases: only in the lease namespace
+            if rule.resources == ("serviceaccounts/token",):
+                assert rule == rbac.own_token_rule(component), rule             # tokens: of its own ServiceAccount only
+                continue
             assert not {"secrets", "serviceaccounts", "configmaps"} & {r.split("/")[0] for r in rule.resources}
     assert rbac.RULES[rbac.WEBHOOK] == ()
     assert [o["kind"] for o in rbac.component_objects(rbac.WEBHOOK)] == ["ServiceAccount"]
     assert rbac.cluster_role(rbac.WEBHOOK) is None and rbac.role(rbac.WEBHOOK, "katalyst-system") is None
+    # every daemon with an API client renews its own token, in the daemons' namespace
+    for component in (rbac.AGENT, rbac.CONTROLLER, rbac.EXTENDER):
+        rule = rbac.own_token_rule(component)
+        assert rule in rbac.RULES[component] and rule.scope == rbac.DAEMONS_NAMESPACE and rule.resource_names == (component,)
 
 
 def test_unknown_component_is_refused():
@@ -92,6 +110,11 @@ def test_unknown_component_is_refused():
     ({"verb": "update", "group": "node.katalyst.kubewharf.io", "resource": "customnoderesources/status", "name": "n1"}, False),
     ({"verb": "create", "group": "", "resource": "events", "namespace": "kube-system"}, True),
     ({"verb": "patch", "group": "", "resource": "events", "namespace": "kube-system", "name": "e1"}, False),
+    ({"verb": "create", "group": "", "resource": "serviceaccounts/token", "namespace": "katalyst-system", "name": "katalyst-agent"}, True),
+    ({"verb": "create", "group": "", "resource": "serviceaccounts/token", "namespace": "katalyst-system", "name": "katalyst-controller"}, False),
+    ({"verb": "create", "group": "", "resource": "serviceaccounts/token", "namespace": "default", "name": "katalyst-agent"}, False),
+    ({"verb": "create", "group": "", "resource": "serviceaccounts/token", "namespace": "katalyst-system"}, False),
+    ({"verb": "get", "group": "", "resource": "serviceaccounts", "namespace": "katalyst-system", "name": "katalyst-agent"}, False),
 ])
 def test_agent_grants(request_, allowed):
     assert (rbac.allowing_rule(rbac.AGENT, request_) is not None) is allowed
@@ -166,7 +189,9 @@ def test_absent_deletes_only_ours_bindings_first_never_the_namespace():
     existing = {rbac.object_key(obj): as_served(obj) for obj in desired}
     existing["ServiceAccount/katalyst-system/katalyst-webhook"]["metadata"]["labels"] = {"team": "ops"}
     plan = rbac.plan_rbac(desired, existing, "absent")
-    assert [(c.target, c.action) for c in plan] == [("ClusterRoleBinding/katalyst-colocation:katalyst-agent", "delete"),
+    assert [(c.target, c.action) for c in plan] == [("RoleBinding/katalyst-system/katalyst-colocation:katalyst-agent", "delete"),
+                                                    ("Role/katalyst-system/katalyst-colocation:katalyst-agent", "delete"),
+                                                    ("ClusterRoleBinding/katalyst-colocation:katalyst-agent", "delete"),
                                                     ("ClusterRole/katalyst-colocation:katalyst-agent", "delete"),
                                                     ("ServiceAccount/katalyst-system/katalyst-agent", "delete")]
     assert plan.warnings == ["ServiceAccount/katalyst-system/katalyst-webhook is not labelled app.kubernetes.io/managed-by=katalyst.colocation: "
@@ -178,7 +203,8 @@ def test_absent_deletes_only_ours_bindings_first_never_the_namespace():
 def doc_cells(rule):
     """The first four cells of the rule's row in docs/rbac.md: group, resources, verbs, where it is granted."""
     names = " (only `%s`)" % ", ".join(name.replace(rbac.LEASE_NAME, "<lease_name>") for name in rule.resource_names) if rule.resource_names else ""
-    scope = {rbac.CLUSTER: "cluster-wide", rbac.LEASE_NAMESPACE: "the lease namespace"}.get(rule.scope, "namespace `%s`" % rule.scope)
+    scope = {rbac.CLUSTER: "cluster-wide", rbac.LEASE_NAMESPACE: "the lease namespace",
+             rbac.DAEMONS_NAMESPACE: "the daemons' namespace"}.get(rule.scope, "namespace `%s`" % rule.scope)
     return ["`%s`" % (rule.group or "core"), "`%s`%s" % (", ".join(rule.resources), names), ", ".join(rule.verbs), scope]
 
 
