@@ -258,3 +258,30 @@ def check_sample_workload(core, custom, wait, extra_pods=None):
     labels = core.read_node("sandbox-node-3").metadata.labels
     assert (labels[tide.LABEL_NODE_POOL], labels[tide.LABEL_TIDE], labels[tide.LABEL_NODE_TYPE]) == (SAMPLE, "true", "online")
     assert tide.LABEL_NODE_POOL not in core.read_node("sandbox-node-1").metadata.labels
+
+
+def test_check_diff_on_a_fresh_sandbox_previews_rbac_and_credentials_and_changes_nothing(sandbox_state):
+    """`site.yml --check --diff` before anything is installed: it runs through (a ServiceAccount the rbac task would
+    create is reported, not an error), shows the RBAC objects and the credentials it would issue, and creates nothing
+    in the cluster or on the hosts."""
+    up = sandbox(sandbox_state, "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    environ = dict(os.environ, ANSIBLE_COLLECTIONS_PATH="%s/.build/collections:%s/.build/deps" % (REPO, REPO),
+                   ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"))
+    command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", os.path.join(REPO, "inventories", "sandbox", "hosts.yml"),
+               os.path.join(REPO, "playbooks", "site.yml"), "--check", "--diff", "-e", "katalyst_sandbox_dir=%s" % sandbox_state,
+               "-e", "katalyst_node_serial=100%"]
+    preview = subprocess.run(command, cwd=REPO, env=environ, capture_output=True, text=True, timeout=900, check=False)
+    output = preview.stdout + preview.stderr
+    assert preview.returncode == 0, output[-5000:]
+    for daemon in ("katalyst-agent", "katalyst-controller", "katalyst-webhook", "katalyst-scheduler-extender"):
+        assert '"api:ServiceAccount/katalyst-system/%s"' % daemon in output, daemon
+        # (the webhook makes no API call: no role)
+        assert ('"api:ClusterRole/katalyst-colocation:%s"' % daemon in output) == (daemon != "katalyst-webhook"), daemon
+    assert "ServiceAccount katalyst-system/katalyst-controller does not exist yet" in output
+    assert output.count("TASK [katalyst.colocation.agent : Issue the agent's credential") == 1 and "bound to its node" in output
+    api = config.new_client_from_config(config_file=str(sandbox_state / "kubeconfig"))
+    assert "katalyst-system" not in [item.metadata.name for item in client.CoreV1Api(api).list_namespace().items]
+    assert client.RbacAuthorizationV1Api(api).list_cluster_role(label_selector="app.kubernetes.io/managed-by=katalyst.colocation").items == []
+    assert not (sandbox_state / "control").exists()
+    assert not list((sandbox_state / "nodes").glob("*/sysroot/etc/katalyst"))
