@@ -66,7 +66,7 @@ lint: setup
 # `make kube-build` has built it; BACKEND=emulator|real|both).
 BACKEND ?= both
 pytest: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --backend $(BACKEND) tests/unit tests/integration
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --backend $(BACKEND) tests/unit tests/integration tests/reliability
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit

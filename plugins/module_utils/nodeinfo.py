@@ -21,7 +21,7 @@ def parse_cpu_list(text):
         part = part.strip()
         if not part:
             continue
-        match = re.match(r"^(\d+)(?:-(\d+))?$", part)
+        match = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)    # ASCII digits only, as the kernel
         if not match:
             raise ValueError("invalid CPU list %r" % text)
         low, high = int(match.group(1)), int(match.group(2) or match.group(1))

@@ -695,7 +695,7 @@ def _cached_microtopology(key, text):
 def _parse_microtopology_text(key, text):
     try:
         value = json.loads(text)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:    # RecursionError: nesting deeper than the decoder's stack
         raise AffinityError("%s is not valid JSON: %s" % (key, exc))
     fields = _lower_keys(value)
     if fields is None:

@@ -31,7 +31,8 @@ OOM_PRIORITY_RANGES = {         # [low, high) per QoS level; higher survives lon
 }
 INVALID_LEVEL_OOM_PRIORITY = -100
 
-_ATOI = re.compile(r"^[+-]?[0-9]+$")   # Go strconv.Atoi: optional sign, decimal digits only
+_ATOI = re.compile(r"[+-]?[0-9]+")   # Go strconv.Atoi: optional sign, decimal digits only (fullmatch: no trailing newline)
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 class QoSError(ValueError):
@@ -66,8 +67,8 @@ def parse_enhancement(annotations, key):
         return {}, []
     try:
         decoded = json.loads(raw)
-    except ValueError as exc:
-        return {}, ["%s is not valid JSON (%s): %r" % (key, exc, raw)]
+    except (ValueError, RecursionError) as exc:    # RecursionError: nesting deeper than the decoder's stack
+        return {}, ["%s is not valid JSON (%s): %r" % (key, exc, raw[:200])]
     if not isinstance(decoded, dict):
         return {}, ["%s must be a JSON object of strings, got %s" % (key, type(decoded).__name__)]
     values, problems = {}, []
@@ -90,10 +91,11 @@ def cpu_enhancement(annotations):
 
 
 def parse_go_int(text):
-    """Go ``strconv.Atoi``: optional sign and decimal digits; anything else is None."""
-    if not isinstance(text, str) or not _ATOI.match(text):
+    """Go ``strconv.Atoi``: optional sign and decimal digits within int64; anything else is None."""
+    if not isinstance(text, str) or not _ATOI.fullmatch(text) or len(text.lstrip("+-0")) > 19:
         return None
-    return int(text)
+    value = int(text)
+    return value if _INT64[0] <= value <= _INT64[1] else None
 
 
 def align_oom_priority(qos_level, user_priority=None):
@@ -151,6 +153,8 @@ def parse_numa_bind_result(text):
     parts = [part.strip() for part in text.split(",")]
     if not all(part.isdigit() and part.isascii() for part in parts):
         raise QoSError("%s=%r is not a NUMA id or a comma-separated list of NUMA ids" % (NUMA_BIND_RESULT_KEY, text))
+    if any(len(part.lstrip("0")) > 18 for part in parts):    # beyond int64 for Go; beyond int()'s digit limit for huge ones
+        raise QoSError("%s=%r names a NUMA id out of range" % (NUMA_BIND_RESULT_KEY, text[:200]))
     numas = sorted(int(part) for part in parts)
     if len(set(numas)) != len(numas):
         raise QoSError("%s=%r names a NUMA id twice" % (NUMA_BIND_RESULT_KEY, text))
