@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 
 CAP_SYS_RESOURCE = 24
+# Above any kernel's NR_CPUS (8192 on x86_64 at most): a list naming more is junk, and expanding "0-99999999999" would
+# take the process's memory and minutes.
+MAX_CPU_ID = 1 << 16
 CGROUP2_MAGIC_FS = "cgroup2"
 
 
@@ -27,6 +30,8 @@ def parse_cpu_list(text):
         low, high = int(match.group(1)), int(match.group(2) or match.group(1))
         if high < low:
             raise ValueError("invalid CPU range %r in %r" % (part, text))
+        if high >= MAX_CPU_ID:
+            raise ValueError("invalid CPU list %r: CPU ids go up to %d" % (text[:200], MAX_CPU_ID - 1))
         cpus.update(range(low, high + 1))
     return sorted(cpus)
 

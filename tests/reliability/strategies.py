@@ -31,7 +31,8 @@ ENHANCEMENT_VALUES = st.one_of(NUMBER_TEXTS, st.sampled_from(["true", "false", "
 ENHANCEMENTS = annotation_texts(json_object(ENHANCEMENT_KEYS, ENHANCEMENT_VALUES))
 
 CPU_LISTS = st.one_of(
-    st.sampled_from(["3-1", "a", "1,,2", ",", "-", "1-", "-1", "1-2-3", " 1", "1 ,2", "0,0", "\u0663", "1e3", "0x1", "1\n", ""]),
+    st.sampled_from(["3-1", "a", "1,,2", ",", "-", "1-", "-1", "1-2-3", " 1", "1 ,2", "0,0", "\u0663", "1e3", "0x1", "1\n", "",
+                     "0-99999999999", "65536", "65535"]),
     st.lists(st.one_of(st.integers(-5, 300).map(str), st.tuples(st.integers(0, 300), st.integers(0, 300)).map("%d-%d".__mod__),
                        st.text(alphabet="0123456789-, a", max_size=4)), max_size=5).map(",".join),
     st.text(max_size=20))

@@ -23,6 +23,10 @@ def test_parsers():
     assert nodeinfo.format_cpu_list([11, 0, 1, 2, 3, 8, 10]) == "0-3,8,10-11"
     with pytest.raises(ValueError):
         nodeinfo.parse_cpu_list("3-1")
+    # a range beyond any kernel's CPUs is refused at once, not expanded (it would take minutes and gigabytes)
+    with pytest.raises(ValueError, match="CPU ids go up to 65535"):
+        nodeinfo.parse_cpu_list("0-99999999999")
+    assert nodeinfo.parse_cpu_list("65534-65535") == [65534, 65535]
     assert nodeinfo.parse_node_meminfo("Node 1 MemTotal:  100 kB\nNode 1 MemFree: 10 kB") == {"MemTotal": 102400, "MemFree": 10240}
     assert nodeinfo.cap_eff_allows("CapEff:\t0000000001000000", 24)
     assert not nodeinfo.cap_eff_allows("CapEff:\t000001fffeffffff", 24)   # this host: everything but CAP_SYS_RESOURCE
