@@ -9,8 +9,8 @@ private key on the host and no signer or approver, and every cluster (1.22+) iss
 needs a signer that issues client certificates for identities other than nodes (``kubernetes.io/kube-apiserver-client``
 is not approved by anything by default) and an approver, and cannot be revoked before it expires.
 
-Plain functions over dicts and strings (``decide_refresh`` takes ``now`` and the file contents it is given), and the
-one private file writer the issuing module and the renewing daemon share (``write_private``). The
+Plain functions over dicts and strings: ``decide_refresh`` takes ``now`` and the file contents it is given (the files
+are written by ``privatefiles.write_private``). The
 daemons' client re-reads the token file on change with ``daemons.service.follow_token_file``; a daemon renews its own
 token with ``plan_token_renewal`` and sends the later one of the same credential (``choose_token``,
 daemons/token_renewal.py).
@@ -24,15 +24,12 @@ import collections
 import datetime
 import json
 import os
-import tempfile
 
 SERVICE_ACCOUNT_USER = "system:serviceaccount:%s:%s"
 KUBECONFIG_NAME = "katalyst"
 # With no refresh_before_seconds, a token is refreshed when less than this share of its lifetime is left (as the
 # kubelet does for projected tokens: at 80% of the lifetime; a third leaves a timer two more chances on a 24 h token).
 REFRESH_WHEN_LEFT = 1.0 / 3.0
-PRIVATE_FILE = 0o600
-PRIVATE_DIR = 0o700
 
 
 def jwt_claims(token):
@@ -148,13 +145,11 @@ def decide_refresh(token, now, server, current_server, namespace, service_accoun
         return "bound to node %s" % bound[0]
     if node is not None and (bound is None or bound[0] != node[0] or (node[1] and bound[1] and bound[1] != node[1])):
         return "not bound to node %s (%s)" % (node[0], "bound to %s" % bound[0] if bound else "unbound")
-    token_audiences = claims.get("aud")
-    token_audiences = [token_audiences] if isinstance(token_audiences, str) else list(token_audiences or [])
-    if audiences and sorted(token_audiences) != sorted(audiences):
+    token_audiences = _audiences(claims)
+    if audiences and token_audiences != sorted(audiences):
         return "other audiences (%s)" % ", ".join(token_audiences)
-    try:
-        expiry = int(claims["exp"])
-    except (KeyError, TypeError, ValueError):
+    expiry = _expiry(claims)
+    if expiry is None:
         return "no exp claim"
     if refresh_before_seconds is None:
         try:
@@ -232,43 +227,17 @@ def plan_token_renewal(token, now, renew_before_seconds=None):
         lifetime = int(claims["exp"]) - int(claims["iat"])
     except (KeyError, TypeError, ValueError):
         lifetime = 0
-    spec = {"expirationSeconds": max(MIN_EXPIRATION_SECONDS, lifetime)}
+    return TokenRenewal(namespace, name, reason, token_request(max(MIN_EXPIRATION_SECONDS, lifetime), audiences, node))
+
+
+def token_request(expiration_seconds, audiences=None, node=None):
+    """The TokenRequest body: a token for ``expiration_seconds``, for ``audiences`` (none: the API server's own) and,
+    with ``node`` ((name, uid) of a Node), bound to that Node."""
+    spec = {"expirationSeconds": expiration_seconds}
     if audiences:
-        spec["audiences"] = audiences
+        spec["audiences"] = list(audiences)
     if node is not None:
         spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Node", "name": node[0]}
         if node[1]:
             spec["boundObjectRef"]["uid"] = node[1]
-    return TokenRenewal(namespace, name, reason, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec})
-
-
-def make_private_dirs(path):
-    """Create the missing directories above ``path`` with mode 0700 (whatever the umask); returns those created."""
-    missing = []
-    parent = os.path.dirname(os.path.abspath(path))
-    while parent and not os.path.isdir(parent):
-        missing.append(parent)
-        parent = os.path.dirname(parent)
-    for directory in reversed(missing):
-        os.mkdir(directory, PRIVATE_DIR)
-        os.chmod(directory, PRIVATE_DIR)
-    return missing
-
-
-def write_private(path, text):
-    """Replace ``path`` atomically with ``text``: a temporary file in the same directory, mode 0600 from the first byte,
-    renamed over it; missing directories are created 0700. Used by the module that issues a token and the daemon that
-    renews its own."""
-    make_private_dirs(path)
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".%s." % os.path.basename(path))
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, PRIVATE_FILE)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}

@@ -201,7 +201,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import credentials, rbac
+from ansible_collections.katalyst.colocation.plugins.module_utils import credentials, privatefiles, rbac
 from ansible_collections.katalyst.colocation.plugins.module_utils.auth_spec import auth_argument_spec, auth_params
 from ansible_collections.katalyst.colocation.plugins.module_utils.kube import ApiException, KubeClient, KubeError, require_kubernetes
 
@@ -264,13 +264,9 @@ def request_token(module, kube, name, namespace, node=None):
     """A new token of the ServiceAccount (TokenRequest API), bound to ``node`` ((name, uid) of a Node) when given:
     (token, expiry as a Unix time)."""
     from kubernetes import client  # pylint: disable=import-outside-toplevel
-    spec = {"expirationSeconds": module.params["expiration_seconds"]}
-    if module.params["audiences"]:
-        spec["audiences"] = module.params["audiences"]
-    if node is not None:
-        spec["boundObjectRef"] = {"kind": "Node", "apiVersion": "v1", "name": node[0], "uid": node[1]}
+    body = credentials.token_request(module.params["expiration_seconds"], module.params["audiences"], node)
     try:
-        answer = client.CoreV1Api(kube.api_client).create_namespaced_service_account_token(name, namespace, {"spec": spec})
+        answer = client.CoreV1Api(kube.api_client).create_namespaced_service_account_token(name, namespace, body)
     except ApiException as exc:
         module.fail_json(msg="TokenRequest for ServiceAccount %s/%s: %s (HTTP %s)" % (namespace, name, exc.reason, exc.status))
     token = answer.status.token
@@ -302,7 +298,7 @@ def main():
         module.fail_json(msg="the yaml Python package (PyYAML) is required on the host running this module")
     params = module.params
     name, namespace = params["service_account"], params["namespace"]
-    if params["expiration_seconds"] < 600:
+    if params["expiration_seconds"] < credentials.MIN_EXPIRATION_SECONDS:
         module.fail_json(msg="expiration_seconds must be at least 600 (the API server refuses shorter tokens)")
     dest = os.path.abspath(params["dest"])
     token_path = os.path.abspath(params["token_file"] or dest + ".token")
@@ -345,14 +341,14 @@ def main():
     wanted_text = credentials.dump_kubeconfig(credentials.render_kubeconfig(server, named_token_path, namespace, name, ca_data, insecure))
     token_text, token_mode = read_text(token_path)
     writes = []
-    if reason is not None or token_text is None or token_text.strip() != token or token_mode != credentials.PRIVATE_FILE:
+    if reason is not None or token_text is None or token_text.strip() != token or token_mode != privatefiles.PRIVATE_FILE:
         writes.append((token_path, token))
-    if text != wanted_text or mode != credentials.PRIVATE_FILE:
+    if text != wanted_text or mode != privatefiles.PRIVATE_FILE:
         writes.append((dest, wanted_text))
     if writes and not module.check_mode:
         try:
             for path, content in writes:
-                credentials.write_private(path, content)
+                privatefiles.write_private(path, content)
         except OSError as exc:
             module.fail_json(msg="cannot write %s: %s" % (exc.filename or dest, exc.strerror or exc))
     for directory in sorted({os.path.dirname(dest), os.path.dirname(token_path)}):

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 
-from .. import credentials
+from .. import credentials, privatefiles
 from . import service
 
 LOG = logging.getLogger("katalyst.token_renewal")
@@ -94,7 +94,7 @@ class TokenRenewer:
             self._count("error")
             raise RuntimeError("the TokenRequest for %s answered no token of that ServiceAccount" % account)
         try:
-            credentials.write_private(self.renewed_token_file, renewed + "\n")
+            privatefiles.write_private(self.renewed_token_file, renewed + "\n")
         except OSError as exc:
             self._count("error")
             raise RuntimeError("writing the renewed token of %s to %s failed: %s" % (account, self.renewed_token_file, exc.strerror)) from None
