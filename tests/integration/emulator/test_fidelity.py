@@ -87,6 +87,9 @@ def test_discovery_lists_builtins_and_crds_once_established(kube_client):
     wait_until(lambda: {c.type: c.status for c in ext.read_custom_resource_definition("tidenodepools.%s" % GROUP).status.conditions or []}
                == {"NamesAccepted": "True", "Established": "True"}, what="the CRD to be Established")
     wait_until(lambda: GROUP in [g.name for g in client.ApisApi(kube_client).get_api_versions().groups], what="the group in discovery")
+    # the real apiserver lists the group in /apis a moment before /apis/<group>/<version> serves it (404 until then)
+    wait_until(lambda: client.CustomObjectsApi(kube_client).get_api_resources(GROUP, "v1alpha1").resources,
+               what="the group version's resource list", ignore=(ApiException,))
     resources = client.CustomObjectsApi(kube_client).get_api_resources(GROUP, "v1alpha1").resources
     names = {r.name: r for r in resources}
     assert names["tidenodepools"].short_names == ["tnp"] and "tidenodepools/status" in names
