@@ -17,6 +17,14 @@ from hypothesis import HealthCheck, settings
 from sandbox.kubeapi.server import KubeAPIServer, write_kubeconfig
 
 EXAMPLES = int(os.environ.get("KATALYST_RELIABILITY_EXAMPLES", "100"))
+# The chaos figures (kills, failovers, faults) run at full size from tests/benchmarks/reliability.py and reduced in CI.
+FULL_SIZE = os.environ.get("KATALYST_RELIABILITY_SIZE", "ci") == "full"
+
+
+def sized(full, ci):
+    """How many rounds a chaos figure runs: ``full`` from the reliability script, ``ci`` in the test suite."""
+    return full if FULL_SIZE else ci
+
 REPORT_VARIABLE = "KATALYST_RELIABILITY_REPORT"
 
 settings.register_profile("reliability", max_examples=EXAMPLES, derandomize=True, deadline=None, database=None, print_blob=True,
