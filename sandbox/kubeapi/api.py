@@ -421,7 +421,7 @@ class KubeAPI:
                    "userInfo": {"username": "system:admin", "groups": ["system:masters"]}}
         try:
             if mutating:
-                obj = admission.run_mutating_webhooks(mutating, dict(request, object=self._present(rtype, json_copy(obj))))
+                obj = admission.run_mutating_webhooks(mutating, dict(request, object=self._present(rtype, json_copy(obj))), self.store)
             if rtype.crd:
                 obj, errors = schema.validate_and_default(self.store.get(CRD_KEY, "", rtype.crd), rtype.version, obj)
                 if errors:

@@ -60,6 +60,7 @@ def builtin_types():
     groups = [
         ResourceType("events.k8s.io", "v1", "events", "Event", True, ["ev"]),
         ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
+        ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
         ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
                      ["crd", "crds"], status=True, generation=True),
         ResourceType("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",

@@ -50,8 +50,8 @@ def role_vars(tmp_path, kubeconfig, port):
             "webhook_kubeconfig": kubeconfig, "katalyst_sandbox_dir": str(tmp_path / "sandbox")}
 
 
-def stop_service(tmp_path):
-    subprocess.run([sys.executable, "-m", "sandbox", "service", "--state-dir", str(tmp_path / "sandbox"), "stop", "katalyst-webhook-localhost"],
+def stop_service(tmp_path, name="katalyst-webhook-localhost"):
+    subprocess.run([sys.executable, "-m", "sandbox", "service", "--state-dir", str(tmp_path / "sandbox"), "stop", name],
                    cwd=REPO, capture_output=True, check=False, timeout=60)
 
 
@@ -154,3 +154,75 @@ def test_unit_verifies_and_is_hardened(tmp_path):
     assert match, report.stdout + report.stderr
     print("systemd-analyze security exposure: %s" % match.group(1))
     assert float(match.group(1)) <= 2.0, report.stdout
+
+
+TWO_HOSTS_PLAY = """
+- hosts: control
+  gather_facts: false
+  roles:
+    - role: katalyst.colocation.webhook
+"""
+SERVICE_OBJECTS_TASK = "katalyst.colocation.webhook : Register the webhook's Service and EndpointSlices"
+
+
+@pytest.mark.emulator_only("the sandbox's real control plane runs no kube-proxy and no --enable-aggregator-routing: "
+                           "it cannot reach a Service's endpoints (the URL mode is what runs there)")
+def test_role_routes_the_webhook_to_every_control_host(kubeapi, kube_client, tmp_path):
+    """Two control hosts (127.0.0.1 and 127.0.0.2, same port): one selectorless Service, an EndpointSlice listing both,
+    certificates naming the Service; with one host's webhook stopped the other still amplifies every heartbeat."""
+    core = client.CoreV1Api(kube_client)
+    admission = client.AdmissionregistrationV1Api(kube_client)
+    core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": "n1", "annotations": {PREFIX + "cpu_overcommit_ratio": "2", PREFIX + "memory_overcommit_ratio": "1.5"}}})
+    (tmp_path / "sandbox").mkdir()
+    port = free_port()
+    hosts = {}
+    for name, address in (("control-a", "127.0.0.1"), ("control-b", "127.0.0.2")):
+        hosts[name] = {"ansible_host": address, "webhook_listen_address": address, "webhook_install_dir": str(tmp_path / name / "opt"),
+                       "webhook_config_dir": str(tmp_path / name / "etc"), "webhook_pki_dir": str(tmp_path / name / "etc" / "pki")}
+    inventory = tmp_path / "control.json"
+    inventory.write_text(json.dumps({"all": {"children": {"control": {"hosts": hosts, "vars": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}}))
+    extra = {"webhook_service_manager": "sandbox", "webhook_python_mode": "current", "webhook_port": port,
+             "webhook_kubeconfig": kubeapi.kubeconfig, "katalyst_sandbox_dir": str(tmp_path / "sandbox")}
+    env = {"PYTHONPATH": REPO}
+    try:
+        rc, tasks, out = run_playbook(TWO_HOSTS_PLAY, tmp_path, ["-i", str(inventory), "--check", "--diff"], extra, env=env)
+        assert rc == 0, out[-3000:]
+        assert admission.list_mutating_webhook_configuration().items == [] and core.list_namespaced_service("katalyst-system").items == []
+
+        rc, tasks, out = run_playbook(TWO_HOSTS_PLAY, tmp_path, ["-i", str(inventory)], extra, env=env)
+        assert rc == 0, out[-3000:]
+        assert tasks[SERVICE_OBJECTS_TASK]["changed"] is True and tasks[REGISTER_TASK]["changed"] is True
+        hook = admission.read_mutating_webhook_configuration(WEBHOOK_CONFIGURATION_NAME).webhooks[0]
+        assert hook.client_config.url is None
+        assert (hook.client_config.service.namespace, hook.client_config.service.name, hook.client_config.service.port,
+                hook.client_config.service.path) == ("katalyst-system", "katalyst-webhook", 443, "/node")
+        service = core.read_namespaced_service("katalyst-webhook", "katalyst-system")
+        assert service.spec.selector is None and service.spec.ports[0].target_port == port
+        slices = client.CustomObjectsApi(kube_client).list_namespaced_custom_object("discovery.k8s.io", "v1", "katalyst-system", "endpointslices")
+        assert [(item["addressType"], [endpoint["addresses"][0] for endpoint in item["endpoints"]], item["ports"][0]["port"])
+                for item in slices["items"]] == [("IPv4", ["127.0.0.1", "127.0.0.2"], port)]
+        for name in hosts:
+            pki = tmp_path / name / "etc" / "pki"
+            text = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(pki / "webhook.crt")],
+                                  capture_output=True, text=True, check=True).stdout
+            assert "DNS:katalyst-webhook.katalyst-system.svc," in text and "DNS:katalyst-webhook.katalyst-system.svc.cluster.local" in text
+            ca = tmp_path / "control-a" / "etc" / "pki" / "ca.crt"            # one CA, on the first host
+            assert subprocess.run(["openssl", "verify", "-CAfile", str(ca), str(pki / "webhook.crt")], capture_output=True, check=False).returncode == 0
+        assert heartbeat(core, "n1").status.allocatable == {"cpu": "15", "memory": "23040Mi", "pods": "110"}
+
+        rc, tasks, out = run_playbook(TWO_HOSTS_PLAY, tmp_path, ["-i", str(inventory)], extra, env=env)
+        assert rc == 0, out[-3000:]
+        assert '"changed": true' not in out, [name for name, result in tasks.items() if result.get("changed")]
+
+        # either control host's webhook down: the other amplifies every heartbeat
+        for name in hosts:
+            stop_service(tmp_path, "katalyst-webhook-" + name)
+            for _heartbeat in range(4):
+                assert heartbeat(core, "n1").status.allocatable["cpu"] == "15"
+            rc, tasks, out = run_playbook(TWO_HOSTS_PLAY, tmp_path, ["-i", str(inventory)], extra, env=env)
+            assert rc == 0, out[-3000:]
+    finally:
+        for name in hosts:
+            stop_service(tmp_path, "katalyst-webhook-" + name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import ipaddress
 import json
 import logging
 import sys
@@ -51,16 +52,56 @@ WEBHOOK_NAME = "node-mutation.katalyst.kubewharf.io"
 WEBHOOK_CONFIGURATION_NAME = "katalyst-node-mutating-webhook-configuration"
 
 
-def webhook_configuration(url, ca_bundle_pem, timeout_seconds=30):
-    """The MutatingWebhookConfiguration to register (katalyst's chart, with v1 and v1beta1 reviews)."""
+def webhook_configuration(url, ca_bundle_pem, timeout_seconds=30, service=None):
+    """The MutatingWebhookConfiguration to register (katalyst's chart, with v1 and v1beta1 reviews).
+
+    ``url`` when given, else ``service`` (``{"namespace", "name", "port"}``): the Service that routes to every control
+    host's webhook (``webhook_service``)."""
+    client_config = {"url": url} if url else {"service": {"namespace": service["namespace"], "name": service["name"],
+                                                          "port": int(service.get("port") or 443), "path": "/node"}}
+    client_config["caBundle"] = base64.b64encode(ca_bundle_pem.encode()).decode()
     return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
             "metadata": {"name": WEBHOOK_CONFIGURATION_NAME},
             "webhooks": [{"name": WEBHOOK_NAME, "admissionReviewVersions": ["v1", "v1beta1"],
-                          "clientConfig": {"url": url, "caBundle": base64.b64encode(ca_bundle_pem.encode()).decode()},
+                          "clientConfig": client_config,
                           "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["nodes/status"],
                                      "scope": "*"}],
                           "failurePolicy": "Ignore", "matchPolicy": "Equivalent", "sideEffects": "None",
                           "timeoutSeconds": timeout_seconds, "reinvocationPolicy": "Never"}]}
+
+
+SERVICE_PORT_NAME = "https"
+ENDPOINTS_MANAGER = "katalyst.kubewharf.io/webhook-role"
+
+
+def _address_type(address):
+    try:
+        return "IPv%d" % ipaddress.ip_address(address).version
+    except ValueError:
+        return "FQDN"
+
+
+def webhook_service(namespace, name, port, target_port, addresses):
+    """A selectorless Service and its EndpointSlices (one per address type, in a stable order) listing every control
+    host's webhook: the API server reaches any of them through ``<name>.<namespace>.svc``."""
+    labels = {"app.kubernetes.io/name": "katalyst-webhook", "app.kubernetes.io/managed-by": "katalyst.colocation"}
+    objects = [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace, "labels": labels},
+                "spec": {"type": "ClusterIP",
+                         "ports": [{"name": SERVICE_PORT_NAME, "port": int(port), "targetPort": int(target_port), "protocol": "TCP"}]}}]
+    by_type = {}
+    for address in addresses:
+        by_type.setdefault(_address_type(str(address)), [])
+        if str(address) not in by_type[_address_type(str(address))]:
+            by_type[_address_type(str(address))].append(str(address))
+    for address_type in sorted(by_type):
+        objects.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                        "metadata": {"name": "%s-%s" % (name, address_type.lower()), "namespace": namespace,
+                                     "labels": dict(labels, **{"kubernetes.io/service-name": name,
+                                                               "endpointslice.kubernetes.io/managed-by": ENDPOINTS_MANAGER})},
+                        "addressType": address_type,
+                        "ports": [{"name": SERVICE_PORT_NAME, "port": int(target_port), "protocol": "TCP"}],
+                        "endpoints": [{"addresses": [address], "conditions": {"ready": True}} for address in by_type[address_type]]})
+    return objects
 
 
 def _touched(node):
