@@ -19,7 +19,7 @@ export PYTHONPATH := $(BUILD)/collections:$(CURDIR)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all venv links deps demo test unit integration sanity units lint pytest sandbox-up sandbox-down clean benchmarks
+.PHONY: all venv links deps demo test unit integration sanity units lint pytest sandbox-up sandbox-down clean benchmarks reliability
 
 all: test
 
@@ -73,6 +73,10 @@ unit: setup
 
 integration: setup
 	$(BIN)/python -m pytest -q tests/integration
+
+# The reliability figures at full size (kills, failovers, faults, fuzzing; ~15-20 min): one line per figure.
+reliability: setup kube-build
+	$(BIN)/python tests/benchmarks/reliability.py
 
 benchmarks: setup
 	for b in tests/benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -1,4 +1,4 @@
-"""Reliability figures: the fuzzed bad input suite (tests/reliability) at full size.
+"""Reliability figures: the reliability suite (tests/reliability: fuzzing, kills, failovers, faults) at full size.
 
     python tests/benchmarks/reliability.py [--examples 500]
 
