@@ -44,7 +44,7 @@ from . import service
 from .token_renewal import DEFAULTS as TOKEN_RENEWAL_DEFAULTS, daemon_api_client
 from .informer import Informer
 from .leader import LeaderElector
-from ..kube import KubeClient
+from ..kube import KubeClient, KubeError
 
 try:
     import prometheus_client
@@ -130,6 +130,37 @@ def utc_now():
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+class LeaseGuardedKube(KubeClient):
+    """The reconcilers' client: every write (``mutate`` and ``emit_event`` go through these) first asks ``may_write``.
+
+    A replica frozen in the middle of a pass (SIGSTOP, a VM pause) past the Lease's duration must not finish that
+    pass over the new leader's writes when it resumes; it learns it lost the Lease only at its next renewal."""
+
+    def __init__(self, may_write, **kwargs):
+        super().__init__(**kwargs)
+        self.may_write = may_write
+
+    def _guard(self, verb):
+        if not self.may_write():
+            raise KubeError("%s refused: this replica has not renewed its Lease within the renew deadline" % verb)
+
+    def create(self, *args, **kwargs):
+        self._guard("create")
+        return super().create(*args, **kwargs)
+
+    def replace(self, *args, **kwargs):
+        self._guard("replace")
+        return super().replace(*args, **kwargs)
+
+    def patch(self, *args, **kwargs):
+        self._guard("patch")
+        return super().patch(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        self._guard("delete")
+        return super().delete(*args, **kwargs)
+
+
 class ControllerContext:
     """What a reconciler gets: the API client wrapper, the shared caches, its options, the clock."""
 
@@ -204,7 +235,7 @@ class Controller:
     def build(self):
         cfg = self.config
         self.api_client = daemon_api_client(self.daemon, cfg, like=self.api_client)
-        self.kube = KubeClient(api_client=self.api_client)
+        self.kube = LeaseGuardedKube(self.holds_lease, api_client=self.api_client, on_retry=self.daemon.api_retry_counter("client"))
         for name in cfg["controllers"]:
             reconciler = RECONCILERS[name](ControllerContext(self, name))
             self.reconcilers[name] = reconciler
@@ -213,7 +244,8 @@ class Controller:
                 if informer_name not in self.informers:
                     self.informers[informer_name] = Informer(
                         INFORMERS[informer_name](self.api_client), handler=functools.partial(self._on_event, informer_name),
-                        resync_seconds=cfg["resync_seconds"], name="controller-%s" % informer_name)
+                        resync_seconds=cfg["resync_seconds"], name="controller-%s" % informer_name,
+                        on_retry=self.daemon.api_retry_counter("informer"))
         if cfg["leader_election"]:
             from kubernetes import client  # pylint: disable=import-outside-toplevel
             identity = cfg["identity"] or "%s_%s" % (socket.gethostname(), uuid.uuid4().hex[:8])
@@ -224,6 +256,10 @@ class Controller:
         else:
             self._set_leading(True)
         return self
+
+    def holds_lease(self):
+        """May this replica write now? Always without leader election, else while its Lease is freshly renewed."""
+        return self.elector is None or self.elector.holds_lease()
 
     def _set_leading(self, leading):
         if leading:
@@ -255,6 +291,10 @@ class Controller:
     def _pass(self, name):
         reconciler = self.reconcilers[name]
         if not self.leading.is_set() or not self._wait_synced(reconciler.informers):
+            return
+        if not self.holds_lease():
+            # frozen past the Lease's duration, or renewals failing: another replica may lead by now
+            LOG.warning("%s: pass skipped, the Lease was not renewed within %ss", name, self.elector.renew_deadline)
             return
         reconciler.reconcile_all()
 

@@ -64,6 +64,14 @@ class LeaderElector:
         self.now = now
         self.is_leader = threading.Event()
         self.transitions = 0
+        self.renewed_at = None      # time.monotonic() when the last successful acquire/renew began
+
+    def holds_lease(self):
+        """True while we lead and renewed the Lease less than ``renew_deadline`` ago (so less than its duration ago:
+        no other replica can have taken it). A process frozen (SIGSTOP, a VM pause) past the Lease's duration resumes
+        believing it leads, and its loops may run before this election loop finds the Lease taken: they ask this first."""
+        renewed = self.renewed_at
+        return self.is_leader.is_set() and renewed is not None and time.monotonic() - renewed < self.renew_deadline
 
     def _body(self, lease, transitions):
         stamp = micro_time(self.now())
@@ -126,6 +134,7 @@ class LeaderElector:
     def run(self, stop, on_started_leading, on_stopped_leading=None):
         """Block until ``stop`` is set: wait for leadership, lead, step down when renewal fails."""
         while not stop.is_set():
+            attempt = time.monotonic()
             try:
                 acquired = self.try_acquire_or_renew()
             except Exception as exc:  # pylint: disable=broad-except
@@ -135,6 +144,7 @@ class LeaderElector:
                 stop.wait(self.retry_period)
                 continue
             LOG.info("%s became leader of %s/%s", self.identity, self.namespace, self.name)
+            self.renewed_at = attempt
             self.transitions += 1
             self.is_leader.set()
             leading = threading.Event()
@@ -145,9 +155,10 @@ class LeaderElector:
                 stop.wait(self.retry_period)
                 if stop.is_set():
                     break
+                attempt = time.monotonic()
                 try:
                     if self.try_acquire_or_renew():
-                        last_renew = time.monotonic()
+                        last_renew = self.renewed_at = attempt
                         continue
                 except Exception as exc:  # pylint: disable=broad-except
                     LOG.warning("renewing lease %s/%s failed: %s", self.namespace, self.name, exc)
