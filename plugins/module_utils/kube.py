@@ -159,14 +159,24 @@ def _error_from(exc, what):
     return KubeError("%s: %s (HTTP %s)" % (what, message, status or "error"), status, body.get("reason", ""), body)
 
 
+def _retry_after(exc, ceiling=30.0):
+    """Seconds a 429/503 answer's ``Retry-After`` header asks the client to wait (0 when absent or not a number)."""
+    value = (getattr(exc, "headers", None) or {}).get("Retry-After")
+    try:
+        return min(max(float(value), 0.0), ceiling)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 class KubeClient:
     """Dict-in, dict-out access to any resource by apiVersion and kind, with retries."""
 
     PATCH_TYPES = {"merge": "application/merge-patch+json", "json": "application/json-patch+json",
                    "strategic": "application/strategic-merge-patch+json"}
 
-    def __init__(self, auth=None, api_client=None, retries=5, backoff_seconds=0.2, conflict_retries=10, sleep=time.sleep):
+    def __init__(self, auth=None, api_client=None, retries=5, backoff_seconds=0.2, conflict_retries=10, sleep=time.sleep, on_retry=None):
         self.api_client = api_client or build_api_client(resolve_auth(auth or {}))
+        self.on_retry = on_retry      # on_retry(reason): a daemon counts its retries (reason: the HTTP status or "transport")
         self.retries = retries
         self.backoff_seconds = backoff_seconds
         self.conflict_retries = conflict_retries
@@ -184,12 +194,20 @@ class KubeClient:
         try:
             return self.dynamic.resources.get(api_version=api_version, kind=kind)
         except Exception as exc:  # pylint: disable=broad-except
-            # A CRD created moments ago: refresh discovery once.
+            # A CRD created moments ago: refresh discovery once (retried like any call: a 503 or a reset connection
+            # while discovering is not "not served", whose 404 callers take for an object that is gone).
             try:
-                self.dynamic.resources.invalidate_cache()
-                return self.dynamic.resources.get(api_version=api_version, kind=kind)
+                return self._call("discover %s %s" % (api_version, kind), lambda: self._rediscover(api_version, kind))
+            except KubeError as error:
+                if error.status in TRANSIENT_STATUS or error.status == 0:
+                    raise
+                raise KubeError("the API server does not serve %s %s: %s" % (api_version, kind, exc), 404)
             except Exception:  # pylint: disable=broad-except
                 raise KubeError("the API server does not serve %s %s: %s" % (api_version, kind, exc), 404)
+
+    def _rediscover(self, api_version, kind):
+        self.dynamic.resources.invalidate_cache()
+        return self.dynamic.resources.get(api_version=api_version, kind=kind)
 
     def _call(self, what, func):
         """Run ``func`` with retries on transient failures; API errors become KubeError."""
@@ -200,17 +218,23 @@ class KubeClient:
                 return func()
             except ApiException as exc:
                 if exc.status in TRANSIENT_STATUS and attempt < self.retries:
-                    self.sleep(delay)
+                    self._retrying(str(exc.status))
+                    self.sleep(max(delay, _retry_after(exc)))     # the server's Retry-After (429, 503) when it asks for longer
                     delay *= 2
                     continue
                 raise _error_from(exc, what)
             except TRANSIENT_ERRORS as exc:
                 if attempt < self.retries:
+                    self._retrying("transport")
                     self.sleep(delay)
                     delay *= 2
                     continue
                 raise KubeError("%s: %s" % (what, exc), 0)
         raise KubeError("%s: giving up" % what)   # pragma: no cover
+
+    def _retrying(self, reason):
+        if self.on_retry is not None:
+            self.on_retry(reason)
 
     @staticmethod
     def _what(verb, api_version, kind, name=None, namespace=None):

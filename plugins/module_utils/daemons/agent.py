@@ -29,7 +29,7 @@ from .. import bpf, cgroups, nodeinfo, oom, oomgather, oomobserver, overcommit, 
 from ..kube import KubeClient
 from ..quantity import parse_quantity
 from ..reconcile import PlanError
-from ..sysfs import SysFS
+from ..sysfs import SysFS, SysFSError
 
 try:
     import prometheus_client
@@ -89,6 +89,20 @@ DEFAULTS = {
 
 DEFAULTS.update(REALTIME_OVERCOMMIT_DEFAULTS)
 DEFAULTS.update(TOKEN_RENEWAL_DEFAULTS)
+
+
+def apply_each(plan, apply):
+    """Apply every change of ``plan`` on its own: ``(applied, failure messages)``. For per-process and per-container
+    values (oom_score_adj, TCP limits), where one that cannot be written must neither hold back nor roll back the others
+    (``Plan.apply`` stops at the first failure and undoes what it did)."""
+    applied, failures = [], []
+    for change in plan.changes:
+        try:
+            apply(change)
+            applied.append(change)
+        except (SysFSError, OSError) as exc:
+            failures.append(str(exc))
+    return applied, failures
 
 
 class Agent:
@@ -192,7 +206,7 @@ class Agent:
             return      # ratio 0: no per-container limits (Katalyst's --qrm-memory-cgroup-tcpmem-ratio 0), nothing read
         fs = self.sysfs
         version = "v2" if self.node_facts()["cgroup"]["mode"] == "v2" else "v1"
-        containers = []
+        containers, failures = [], []
         for pod in self.active_pods():
             limits = {c["name"]: ((c.get("resources") or {}).get("limits") or {}).get("memory") for c in pod["spec"].get("containers", [])}
             for name, relative in podcgroups.container_cgroup_paths(pod, self.config["cgroup_driver"]).items():
@@ -200,14 +214,26 @@ class Agent:
                 if not limits.get(name) or not fs.isdir(path):
                     continue
                 tcp_file = path + "/" + tcpmem.TCP_LIMIT_FILE
+                try:
+                    content = fs.read_text(tcp_file) if fs.exists(tcp_file) else None
+                except SysFSError as exc:
+                    failures.append(str(exc))   # this container is skipped; the others go on
+                    continue
                 containers.append({"path": path, "memory_limit_bytes": parse_quantity(str(limits[name])).value(),
-                                   "tcp_limit_content": fs.read_text(tcp_file) if fs.exists(tcp_file) else None})
+                                   "tcp_limit_content": content})
         plan, report = tcpmem.plan_tcp_limits(version, containers, self.config["tcp_memory_cgroup_ratio"])
         if not report["supported"]:
             LOG.info(report["reason"], extra={"loop": "tcp_memory"})
             return
         self.report_unparsable_tcp_limits(report["unparsable"])
-        self.record("tcp_memory", plan.apply(cgroups.applier(fs)))
+        applied, unwritten = apply_each(plan, cgroups.applier(fs))
+        failures += unwritten
+        self.record("tcp_memory", applied)
+        if failures:
+            if self.metrics:
+                self.metrics["plan_errors"].labels("tcp_memory").inc()
+            raise SysFSError("%d TCP limit(s) not read or written (the other containers were converged): %s"
+                             % (len(failures), "; ".join(failures[:5])))
 
     def report_unparsable_tcp_limits(self, unparsable):
         """A TCP limit file that does not hold a byte count: its container is skipped; logged once per file and content."""
@@ -266,8 +292,10 @@ class Agent:
             self.metrics["oom_unordered"].set(1 if plan.warnings else 0)
         for warning in plan.warnings:
             LOG.warning(warning, extra={"loop": "oom_priority"})
+        failures = []
         if self.config["oom_score_adj_enabled"]:
-            self.record("oom_priority", plan.apply(oomgather.applier(fs)))
+            applied, failures = apply_each(plan, oomgather.applier(fs))
+            self.record("oom_priority", applied)
         with self.lock:
             self.previous_pod_views, self.pod_views = self.pod_views, views
             now = time.monotonic()
@@ -275,6 +303,10 @@ class Agent:
             while now - self.view_history[0][0] > VIEW_HISTORY_SECONDS:
                 self.view_history.popleft()
         self.sync_priority_map(views)
+        if failures:
+            if self.metrics:
+                self.metrics["plan_errors"].labels("oom_priority").inc()
+            raise SysFSError("%d oom_score_adj write(s) failed (the other processes were set): %s" % (len(failures), "; ".join(failures[:5])))
 
     def pinned(self, name):
         path = os.path.join(self.config["oom_bpf_pin_dir"], name)
@@ -316,22 +348,27 @@ class Agent:
     def node_pods(self):
         return self.pods.items() if self.pods else []
 
+    def pods_unknown(self):
+        """Whether the pod informer has not listed yet (just started): a pass then would see a node without pods, report
+        its whole capacity as reclaimed and bind or provision as if it were empty. (No API at all: node-local, no pods.)"""
+        return self.pods is not None and not self.pods.synced.is_set()
+
     def report_reclaimed_resources(self):
         """Per-NUMA reclaimed CPU and memory into this node's CNR (written only when it differs)."""
-        if not self.config["reclaimed_resources_enabled"]:
+        if self.pods_unknown() or not self.config["reclaimed_resources_enabled"]:
             return
         self.record("reclaimed_resources", self.numa.reclaimed_resources(self.sysfs, self.node_pods(), self.kube, self.config,
                                                                          time.monotonic()))
 
     def converge_memory_provision(self):
         """Per-NUMA memory limits of besteffort-<N> and the reclaimed root, from the canonical provision (with a floor)."""
-        if not self.config["memory_provision_enabled"]:
+        if self.pods_unknown() or not self.config["memory_provision_enabled"]:
             return
         self.record("memory_provision", self.numa.memory_provision(self.sysfs, self.node_pods(), self.config))
 
     def converge_numa_binding(self):
         """cpuset.cpus/mems of dedicated_cores + numa_binding pods, and their numa_bind_result annotation."""
-        if not self.config["numa_binding_enabled"]:
+        if self.pods_unknown() or not self.config["numa_binding_enabled"]:
             return
         self.record("numa_binding", self.numa.numa_binding(self.sysfs, self.node_pods(), self.kube, self.config))
 
@@ -377,12 +414,12 @@ class Agent:
         if self.api_client is not None:
             from kubernetes import client  # pylint: disable=import-outside-toplevel
             core = client.CoreV1Api(self.api_client)
-            self.kube = KubeClient(api_client=self.api_client)
+            self.kube = KubeClient(api_client=self.api_client, on_retry=self.daemon.api_retry_counter("client"))
             self.pods = Informer(core.list_pod_for_all_namespaces, handler=self.on_pod_event,
                                  list_kwargs={"field_selector": "spec.nodeName=%s" % cfg["node_name"]},
-                                 resync_seconds=cfg["resync_seconds"], name="agent-pods")
+                                 resync_seconds=cfg["resync_seconds"], name="agent-pods", on_retry=self.daemon.api_retry_counter("informer"))
             self.node = Informer(core.list_node, list_kwargs={"field_selector": "metadata.name=%s" % cfg["node_name"]},
-                                 resync_seconds=cfg["resync_seconds"], name="agent-node")
+                                 resync_seconds=cfg["resync_seconds"], name="agent-node", on_retry=self.daemon.api_retry_counter("informer"))
         return self
 
     def on_pod_event(self, event_type, pod):

@@ -62,6 +62,20 @@ def numa_metrics_from_facts(facts):
                       "inactive_file": n.get("inactive_file_bytes", 0)} for n in facts["numa_nodes"]}
 
 
+def require_numa_memory(fs, facts):
+    """ValueError naming the file when an online NUMA node's ``meminfo`` exists but holds no MemTotal (empty or cut):
+    reporting or provisioning from it would publish that NUMA node without memory; the pass fails (logged, counted)
+    and the last report stays until the reading is back. (A memoryless node says ``MemTotal: 0 kB``; a kernel without
+    NUMA has no such file: both are fine.)"""
+    empty = []
+    for numa in facts["numa_nodes"]:
+        path = "/sys/devices/system/node/node%d/meminfo" % numa["id"]
+        if fs.exists(path) and "MemTotal" not in nodeinfo.parse_node_meminfo(fs.read_text(path, default="")):
+            empty.append(path)
+    if empty:
+        raise ValueError("no MemTotal in %s: NUMA memory unknown, nothing reported or provisioned" % ", ".join(empty))
+
+
 def numa_socket_ids(facts):
     return {n["id"]: n.get("socket", 0) for n in facts["numa_nodes"]}
 
@@ -426,6 +440,7 @@ class NumaLoops:
         """One pass: compute, and write the CNR status when it differs. Returns the applied Changes."""
         facts = nodeinfo.gather(fs)
         self.report_bind_results(kube, pods)
+        require_numa_memory(fs, facts)
         status = self.desired_status(fs, facts, pods, config, now)
         if status is None or kube is None:
             return []
@@ -500,6 +515,7 @@ class NumaLoops:
     def memory_provision(self, fs, pods, config):
         """One pass: write the limits on ``<root>-<N>`` and the root where they differ. Returns the applied Changes."""
         facts = nodeinfo.gather(fs)
+        require_numa_memory(fs, facts)
         limits = self.memory_limits(fs, facts, pods, config)
         self.last_limits = limits
         desired = memprovision.desired_memory_limits(facts, limits, config["cgroup_driver"], config["reclaim_root"])

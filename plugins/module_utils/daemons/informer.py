@@ -40,7 +40,7 @@ class Informer:
     """
 
     def __init__(self, list_func, handler=None, list_kwargs=None, resync_seconds=300.0,
-                 watch_timeout_seconds=60, name="informer", clock=time.monotonic):
+                 watch_timeout_seconds=60, name="informer", clock=time.monotonic, on_retry=None):
         if kube_watch is None:
             raise RuntimeError("the kubernetes Python package is required for informers")
         self.list_func = list_func
@@ -55,6 +55,7 @@ class Informer:
         self.synced = threading.Event()
         self.resource_version = None
         self.relists = 0
+        self.on_retry = on_retry      # on_retry(reason): a daemon counts the lists/watches it starts again after a failure
         self._watch = None
 
     # -- cache access ------------------------------------------------------------------------
@@ -140,9 +141,11 @@ class Informer:
             except ApiException as exc:
                 if getattr(exc, "status", None) == 410:
                     LOG.info("%s: resourceVersion %s is gone; relisting", self.name, self.resource_version)
+                    self._retrying("410")
                     need_list = True
                     continue
                 LOG.warning("%s: API error %s; retrying in %.1fs", self.name, getattr(exc, "status", exc), backoff)
+                self._retrying(str(getattr(exc, "status", None) or "error"))
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 need_list = True
@@ -150,9 +153,14 @@ class Informer:
                 if stop.is_set():
                     return
                 LOG.warning("%s: watch failed (%s); retrying in %.1fs", self.name, exc, backoff)
+                self._retrying("transport")
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 need_list = True
+
+    def _retrying(self, reason):
+        if self.on_retry is not None:
+            self.on_retry(reason)
 
     def start(self, stop):
         thread = threading.Thread(target=self.run, args=(stop,), name=self.name, daemon=True)

@@ -132,7 +132,21 @@ def bearer_token(configuration):
     return value[len("Bearer "):] if value.startswith("Bearer ") else value
 
 
-def kube_api_client(component, kubeconfig="", like=None, renewed_token_file=""):
+def counting_retries(on_retry, total=3):
+    """urllib3's own retries as the kubernetes client has them by default (``Retry(3)``: connection errors, and 413/429/503
+    answers with ``Retry-After``, on idempotent methods), each one reported to ``on_retry(reason)``: they never reach
+    KubeClient or an Informer, so without this a daemon's metrics would not show them."""
+    import urllib3  # pylint: disable=import-outside-toplevel
+
+    class CountingRetry(urllib3.util.Retry):      # Retry.new() makes another of type(self): the counting goes on
+        def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+            retry = super().increment(method, url, response, error, _pool, _stacktrace)   # raises once they are used up
+            on_retry(str(response.status) if response is not None and response.status else "transport")
+            return retry
+    return CountingRetry(total)
+
+
+def kube_api_client(component, kubeconfig="", like=None, renewed_token_file="", on_retry=None):
     """The daemon's own ``kubernetes.client.ApiClient``, whose User-Agent names the daemon, so that the API server's
     audit log (and the emulator's request log, which the RBAC tests read) tell the daemons apart.
 
@@ -151,6 +165,9 @@ def kube_api_client(component, kubeconfig="", like=None, renewed_token_file=""):
         kube_config.load_incluster_config(client_configuration=configuration)
         api_client = client.ApiClient(configuration)
     api_client.user_agent = user_agent(component)
+    if on_retry is not None and api_client.configuration.retries is None:
+        # the pools are made on first use, with these arguments (the configuration, maybe a test's, stays as it is)
+        api_client.rest_client.pool_manager.connection_pool_kw["retries"] = counting_retries(on_retry)
     return api_client
 
 
@@ -212,6 +229,16 @@ class Daemon:
             self.metrics["loop_seconds"] = prometheus_client.Histogram(
                 "katalyst_loop_duration_seconds", "Duration of one loop iteration", ["daemon", "loop"], registry=self.registry,
                 buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+            self.metrics["api_retries"] = prometheus_client.Counter(
+                "katalyst_api_retries_total", "API calls retried (client: KubeClient; informer: list/watch started again) by reason",
+                ["daemon", "source", "reason"], registry=self.registry)
+
+    def api_retry_counter(self, source):
+        """An ``on_retry(reason)`` for KubeClient and Informer: counts into katalyst_api_retries_total."""
+        def count(reason):
+            if self.metrics:
+                self.metrics["api_retries"].labels(self.name, source, reason).inc()
+        return count
 
     def add_loop(self, loop):
         self.loops.append(loop)

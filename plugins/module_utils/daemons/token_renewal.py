@@ -110,7 +110,8 @@ def daemon_api_client(daemon, config, like=None):
     is the kubeconfig's own (not a test's ``like``), the ``token_renewal`` loop on ``daemon``."""
     renewing = bool(config["renewed_token_file"]) and bool(config["kubeconfig"]) and like is None
     api_client = service.kube_api_client(daemon.name, config["kubeconfig"], like=like,
-                                         renewed_token_file=config["renewed_token_file"] if renewing else "")
+                                         renewed_token_file=config["renewed_token_file"] if renewing else "",
+                                         on_retry=daemon.api_retry_counter("urllib3"))
     if renewing:
         renewer = TokenRenewer(api_client, config["renewed_token_file"], config["token_renew_before_seconds"], daemon.registry, daemon.name)
         daemon.add_loop(service.Loop("token_renewal", config["token_renewal_period_seconds"], renewer.run_once))
