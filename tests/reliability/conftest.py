@@ -25,6 +25,7 @@ def sized(full, ci):
     """How many rounds a chaos figure runs: ``full`` from the reliability script, ``ci`` in the test suite."""
     return full if FULL_SIZE else ci
 
+
 REPORT_VARIABLE = "KATALYST_RELIABILITY_REPORT"
 
 settings.register_profile("reliability", max_examples=EXAMPLES, derandomize=True, deadline=None, database=None, print_blob=True,

@@ -216,4 +216,3 @@ class FaultProxy:
             except (OSError, AttributeError):
                 pass
         self.httpd.server_close()
-

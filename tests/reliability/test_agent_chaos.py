@@ -59,8 +59,8 @@ def test_agent_restarts_keep_every_value(emulator, tmp_path):
     finally:
         rig.stop()
     failed = [result for result in results if result[2] or result[3] or (result[1] not in (0, -signal.SIGKILL))]
-    print("%s: %d pods, %d restarts, %d samples, %d regressions, %.1fs" % (RESTART_FIGURE, len(rig.pods), restarts, sampler.samples,
-                                                                         len(sampler.departures), time.time() - started))
+    print("%s: %d pods, %d restarts, %d samples, %d regressions, %.1fs"
+          % (RESTART_FIGURE, len(rig.pods), restarts, sampler.samples, len(sampler.departures), time.time() - started))
     assert not failed, failed
     assert sampler.samples > restarts
 
@@ -331,6 +331,7 @@ def run_fault(rig, fault, reference):
             sampler.stop()
     if sampler.departures:
         issues.append("values the fault does not touch changed: %s" % sampler.departures[:5])
+
     def settled():
         """Back to the reference, and still there after two more passes of every loop (windowed readings lag)."""
         if {k: v for k, v in (rig.snapshot() or {}).items() if k in reference} != reference:
@@ -341,7 +342,7 @@ def run_fault(rig, fault, reference):
         wait_until(settled, timeout=60, interval=0.1, what="convergence after %s" % fault.name)
     except AssertionError:
         final = rig.snapshot() or {}
-        issues.append("not converged after the fault was removed: %s" % {k: (final.get(k), v) for k, v in reference.items()
-                                                                          if final.get(k) != v})
+        moved = {k: (final.get(k), v) for k, v in reference.items() if final.get(k) != v}
+        issues.append("not converged after the fault was removed: %s" % moved)
     outcome = "survived" if not issues else "crashed" if rig.process.poll() is not None else "failed"
     return outcome, issues

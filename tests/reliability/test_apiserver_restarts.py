@@ -3,8 +3,9 @@
 One TideNodePool over six fake nodes (kept Ready by sandbox.kube.fakenodes); each round takes one node out of the pool
 and puts it back (its selector label) and at once kills kube-apiserver (even rounds) or etcd (odd rounds) with SIGKILL,
 then brings it back as a user does (`python -m sandbox.kube.cluster up`). A round survives when the controller process
-never exited, it reconciles the change (its informers reconnected): the node that came back gets a role, every node of the pool its pool and role labels (none lost) and the pool's status lists each of
-them once; and it wrote no node more often than the round changed nodes (no duplicate flips after a reconnect).
+never exited, it reconciles the change (its informers reconnected): the node that came back gets a role, every node of
+the pool its pool and role labels (none lost) and the pool's status lists each of them once; and it wrote no node
+more often than the round changed nodes (no duplicate flips after a reconnect).
 """
 
 import os
@@ -29,6 +30,7 @@ pytestmark = [pytest.mark.slow, needs_build]
 FIGURE = "kube-apiserver / etcd SIGKILLed under a running controller (real control plane)"
 POOL = "restart-pool"
 SELECTOR = "restarts"
+
 
 def pool_marks(plane, names):
     """Per node: its tide labels and taints (what the controller writes)."""

@@ -1,9 +1,10 @@
 """Fuzzed inventory and role variables: each role refuses a bad value before it changes anything.
 
 Cases come from each role's own meta/argument_specs.yml: every option with a type or choices, each with the values
-that type or those choices rule out (exhaustive, so no seed is needed); one ansible-playbook run per role takes them all, one inventory host per case (local connection,
-check mode, so a value that slipped through could not touch this machine either). A case survives when its host stops at
-Ansible's argument validation with a message naming the variable, and no other task of the role ran for it.
+that type or those choices rule out (exhaustive, so no seed is needed); one ansible-playbook run per role takes them
+all, one inventory host per case (local connection, check mode, so a value that slipped through could not touch this
+machine either). A case survives when its host stops at Ansible's argument validation, or at the role's own check
+task for values each type allows, with a message naming the variable, and no other task of the role ran for it.
 """
 
 import json
