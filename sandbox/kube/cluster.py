@@ -233,6 +233,17 @@ def pick_port(taken):
     raise RuntimeError("no free port in %d-%d" % PORT_RANGE)
 
 
+def port_freed(port, timeout=10.0):
+    """Whether the port is free or frees within ``timeout``: a component just killed may still hold it (a SIGKILLed
+    multi-threaded process shows as a zombie while its other threads exit; their sockets close last)."""
+    deadline = time.monotonic() + timeout
+    while not port_free(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def ensure_ports(state, running, progress):
     """The recorded ports (ports.json); new free ones at the first start, or for a stopped component whose port
     another process took meanwhile. `running`: the components that run (their ports are theirs, not taken)."""
@@ -243,7 +254,8 @@ def ensure_ports(state, running, progress):
             ports = {k: int(v) for k, v in json.load(handle).items() if k in PORTS}
     for name in PORTS:
         port = ports.get(name)
-        if port and (PORT_OWNERS[name] in running or port_free(port)):
+        # a restarted component keeps its port (clients hold it in their kubeconfigs) unless another process keeps it
+        if port and (PORT_OWNERS[name] in running or port_freed(port)):
             continue
         ports[name] = pick_port(set(ports.values()))
         if port:
