@@ -239,7 +239,7 @@ def test_admission_order_mutate_then_schema_then_validate(kube_client, monkeypat
     from sandbox.kubeapi import admission   # pylint: disable=import-outside-toplevel
     seen = []
 
-    def mutate(_configs, request):
+    def mutate(_configs, request, _store=None):
         obj = request["object"]
         if request["kind"]["kind"] != "CustomNodeConfig":
             return obj
