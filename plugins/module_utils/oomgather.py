@@ -25,14 +25,19 @@ def cgroup_pids(fs, cgroup_dir):
     return sorted(set(pids))
 
 
-def runs_own_process(fs, container_dirs, pod_pids):
-    """Whether a pod still runs a process of its own. ``container_dirs``: the cgroup directories of the containers the
-    kubelet reports (none when it reports no container id): only their processes count, as the pod sandbox's pause
-    process, in a cgroup of its own beside them, outlives containers that were all OOM-killed. Without them: any of
-    ``pod_pids``, the processes of the whole pod cgroup."""
+def own_processes(fs, container_dirs, pod_pids):
+    """The processes a pod runs of its own. ``container_dirs``: the cgroup directories of the containers the kubelet
+    reports (none when it reports no container id): only their processes count, as the pod sandbox's pause process, in
+    a cgroup of its own beside them, outlives containers that were all OOM-killed. Without them: ``pod_pids``, the
+    processes of the whole pod cgroup."""
     if not container_dirs:
-        return bool(pod_pids)
-    return any(cgroup_pids(fs, directory) for directory in container_dirs if fs.isdir(directory))
+        return set(pod_pids)
+    return {pid for directory in container_dirs if fs.isdir(directory) for pid in cgroup_pids(fs, directory)}
+
+
+def runs_own_process(fs, container_dirs, pod_pids):
+    """Whether a pod still runs a process of its own (see ``own_processes``)."""
+    return bool(own_processes(fs, container_dirs, pod_pids))
 
 
 def process_reading(fs, pid):

@@ -24,6 +24,7 @@ class PodView:
     pids: set = field(default_factory=set)
     lineage: list = field(default_factory=list)        # [(cgroup id, limited?)] from the pod cgroup up to the root
     alive: bool = False
+    own_pids: set = field(default_factory=set)         # its containers' processes (pids minus the sandbox's pause)
 
 
 def find_victim(event, pods):
@@ -54,6 +55,11 @@ def in_domain(pod, domain_id):
     return domain_id == 0 or any(cgroup_id == domain_id for cgroup_id, _limited in pod.lineage)
 
 
+def sandbox_kill(pod, event):
+    """Whether the event killed a process of the pod that is not one of its containers' (the sandbox's pause)."""
+    return bool(pod.own_pids) and event["pid"] in pod.pids and event["pid"] not in pod.own_pids
+
+
 def explain_kills(events, pods, history=()):
     """One explanation per event (oldest first): victim pod, QoS level, priority, inversion and a message.
 
@@ -73,14 +79,16 @@ def explain_kills(events, pods, history=()):
     killed = set()      # pids killed by the earlier events of this batch: a pod all of whose processes died is not alive
     for index, event in enumerate(events):
         victim = victim_of(event)
-        later_victims = {id(p) for e in events[index + 1:] for p in [victim_of(e)] if p is not None}
+        # a pod whose sandbox (pause) process is killed later did not outlive the victim with a workload of its own
+        later_victims = {id(p) for e in events[index + 1:] for p in [victim_of(e)] if p is not None and not sandbox_kill(p, e)}
         domain_id, domain_source = domain_of(event, victim)
         lower_alive = []
         if victim is not None:
             for pod in pods:
                 if pod is victim or not in_domain(pod, domain_id):
                     continue
-                alive = pod.alive and not (pod.pids and pod.pids <= killed)
+                own = pod.own_pids or pod.pids
+                alive = pod.alive and not (own and own <= killed)
                 if (alive or id(pod) in later_victims) and is_priority_inversion(victim.priority, [pod.priority]):
                     lower_alive.append(pod)
         killed.add(event["pid"])

@@ -282,10 +282,11 @@ class Agent:
                 qos_level = "shared_cores"
             container_dirs = [memory_root + self.cgroup_prefix() + path
                               for path in podcgroups.container_cgroup_paths(pod, self.config["cgroup_driver"]).values()] if observing else []
+            own = oomgather.own_processes(fs, container_dirs, group.processes) if observing else set()
             views.append(oomobserver.PodView(
                 name, qos_level, priority, oomgather.cgroup_tree_ids(fs, cgroup_dir) if exists else set(), set(group.processes),
                 oomgather.cgroup_lineage(fs, cgroup_dir, memory_root) if exists else [],
-                oomgather.runs_own_process(fs, container_dirs, group.processes)))
+                bool(own) if observing else bool(group.processes), own))
         totalpages = oomgather.shared_domain_pages(fs, pod_dirs, memory_root, oomgather.node_totalpages(fs))
         plan, _adjustments = oom.plan_oom_score_adj(groups, totalpages, facts["negative_oom_score_adj"])
         if self.metrics:

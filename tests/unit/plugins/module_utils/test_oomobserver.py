@@ -80,3 +80,16 @@ def test_events_decode_from_the_bpf_struct_layout():
     decoded = bpf.decode_event(raw)
     assert decoded["pid"] == 42 and decoded["comm"] == "python3" and decoded["priority"] is None and decoded["points"] is None
     assert decoded["oom_score_adj"] == -998 and decoded["source"] == "tp_btf/mark_victim" and decoded["domain_known"] is False
+
+
+def test_a_pod_left_with_its_sandbox_only_is_not_alive_nor_a_later_victim():
+    """batch's container (101) dies, then web (201), then batch's pause process (102): web's kill is no inversion, as batch
+    had no workload left (the real-node OOM test saw the kernel take pause last under load). A container pid killed
+    later still makes it one."""
+    views = pods(alive=("batch", "web", "system"))
+    views[0].pids, views[0].own_pids = {101, 102}, {101}
+    kills = explain_kills([event(101, 1, 11), event(201, 2, 20), event(102, 3, 10)], views)
+    assert [k["inversion"] for k in kills] == [False, False, False]
+    views[0].pids, views[0].own_pids = {101, 102, 103}, {101, 103}
+    kills = explain_kills([event(101, 1, 11), event(201, 2, 20), event(103, 3, 11)], views)
+    assert kills[1]["inversion"] and kills[1]["lower_priority_alive"] == ["default/batch"]
