@@ -174,9 +174,13 @@ class KubeClient:
     PATCH_TYPES = {"merge": "application/merge-patch+json", "json": "application/json-patch+json",
                    "strategic": "application/strategic-merge-patch+json"}
 
-    def __init__(self, auth=None, api_client=None, retries=5, backoff_seconds=0.2, conflict_retries=10, sleep=time.sleep, on_retry=None):
+    def __init__(self, auth=None, api_client=None, retries=5, backoff_seconds=0.2, conflict_retries=10, sleep=time.sleep, on_retry=None,
+                 may_write=None):
         self.api_client = api_client or build_api_client(resolve_auth(auth or {}))
         self.on_retry = on_retry      # on_retry(reason): a daemon counts its retries (reason: the HTTP status or "transport")
+        # may_write(): asked before every create/replace/patch/delete (mutate and emit_event go through them); a
+        # leader-elected daemon refuses writes once its Lease may have passed to another replica
+        self.may_write = may_write
         self.retries = retries
         self.backoff_seconds = backoff_seconds
         self.conflict_retries = conflict_retries
@@ -232,6 +236,11 @@ class KubeClient:
                 raise KubeError("%s: %s" % (what, exc), 0)
         raise KubeError("%s: giving up" % what)   # pragma: no cover
 
+    def _write(self, what, func):
+        if self.may_write is not None and not self.may_write():
+            raise KubeError("%s refused: this replica has not renewed its Lease within the renew deadline" % what)
+        return self._call(what, func)
+
     def _retrying(self, reason):
         if self.on_retry is not None:
             self.on_retry(reason)
@@ -263,32 +272,32 @@ class KubeClient:
     def create(self, obj, dry_run=False):
         res = self.resource(obj["apiVersion"], obj["kind"])
         namespace = obj.get("metadata", {}).get("namespace")
-        return self._call(self._what("create", obj["apiVersion"], obj["kind"], obj["metadata"].get("name"), namespace),
-                          lambda: res.create(body=obj, namespace=namespace, dry_run="All" if dry_run else None).to_dict())
+        return self._write(self._what("create", obj["apiVersion"], obj["kind"], obj["metadata"].get("name"), namespace),
+                           lambda: res.create(body=obj, namespace=namespace, dry_run="All" if dry_run else None).to_dict())
 
     def replace(self, obj, dry_run=False, subresource=None):
         res = self.resource(obj["apiVersion"], obj["kind"])
         if subresource:
             res = res.subresources[subresource]
         meta = obj["metadata"]
-        return self._call(self._what("replace", obj["apiVersion"], obj["kind"], meta.get("name"), meta.get("namespace")),
-                          lambda: res.replace(body=obj, name=meta["name"], namespace=meta.get("namespace"),
-                                              dry_run="All" if dry_run else None).to_dict())
+        return self._write(self._what("replace", obj["apiVersion"], obj["kind"], meta.get("name"), meta.get("namespace")),
+                           lambda: res.replace(body=obj, name=meta["name"], namespace=meta.get("namespace"),
+                                               dry_run="All" if dry_run else None).to_dict())
 
     def patch(self, api_version, kind, name, patch, namespace=None, patch_type="merge", subresource=None, dry_run=False):
         res = self.resource(api_version, kind)
         if subresource:
             res = res.subresources[subresource]
-        return self._call(self._what("patch", api_version, kind, name, namespace),
-                          lambda: res.patch(body=patch, name=name, namespace=namespace, content_type=self.PATCH_TYPES[patch_type],
-                                            dry_run="All" if dry_run else None).to_dict())
+        return self._write(self._what("patch", api_version, kind, name, namespace),
+                           lambda: res.patch(body=patch, name=name, namespace=namespace, content_type=self.PATCH_TYPES[patch_type],
+                                             dry_run="All" if dry_run else None).to_dict())
 
     def delete(self, api_version, kind, name, namespace=None, dry_run=False):
         """Delete; returns False when the object did not exist."""
         res = self.resource(api_version, kind)
         try:
-            self._call(self._what("delete", api_version, kind, name, namespace),
-                       lambda: res.delete(name=name, namespace=namespace, dry_run="All" if dry_run else None))
+            self._write(self._what("delete", api_version, kind, name, namespace),
+                        lambda: res.delete(name=name, namespace=namespace, dry_run="All" if dry_run else None))
             return True
         except KubeError as exc:
             if exc.status == 404:

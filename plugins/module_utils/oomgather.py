@@ -35,11 +35,6 @@ def own_processes(fs, container_dirs, pod_pids):
     return {pid for directory in container_dirs if fs.isdir(directory) for pid in cgroup_pids(fs, directory)}
 
 
-def runs_own_process(fs, container_dirs, pod_pids):
-    """Whether a pod still runs a process of its own (see ``own_processes``)."""
-    return bool(own_processes(fs, container_dirs, pod_pids))
-
-
 def process_reading(fs, pid):
     """{"pages": rss + swap pages, "oom_score_adj": int} or None when the process is gone."""
     try:

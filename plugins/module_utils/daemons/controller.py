@@ -44,7 +44,7 @@ from . import service
 from .token_renewal import DEFAULTS as TOKEN_RENEWAL_DEFAULTS, daemon_api_client
 from .informer import Informer
 from .leader import LeaderElector
-from ..kube import KubeClient, KubeError
+from ..kube import KubeClient
 
 try:
     import prometheus_client
@@ -130,37 +130,6 @@ def utc_now():
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-class LeaseGuardedKube(KubeClient):
-    """The reconcilers' client: every write (``mutate`` and ``emit_event`` go through these) first asks ``may_write``.
-
-    A replica frozen in the middle of a pass (SIGSTOP, a VM pause) past the Lease's duration must not finish that
-    pass over the new leader's writes when it resumes; it learns it lost the Lease only at its next renewal."""
-
-    def __init__(self, may_write, **kwargs):
-        super().__init__(**kwargs)
-        self.may_write = may_write
-
-    def _guard(self, verb):
-        if not self.may_write():
-            raise KubeError("%s refused: this replica has not renewed its Lease within the renew deadline" % verb)
-
-    def create(self, *args, **kwargs):
-        self._guard("create")
-        return super().create(*args, **kwargs)
-
-    def replace(self, *args, **kwargs):
-        self._guard("replace")
-        return super().replace(*args, **kwargs)
-
-    def patch(self, *args, **kwargs):
-        self._guard("patch")
-        return super().patch(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        self._guard("delete")
-        return super().delete(*args, **kwargs)
-
-
 class ControllerContext:
     """What a reconciler gets: the API client wrapper, the shared caches, its options, the clock."""
 
@@ -235,7 +204,8 @@ class Controller:
     def build(self):
         cfg = self.config
         self.api_client = daemon_api_client(self.daemon, cfg, like=self.api_client)
-        self.kube = LeaseGuardedKube(self.holds_lease, api_client=self.api_client, on_retry=self.daemon.api_retry_counter("client"))
+        # a replica frozen mid-pass past its Lease must not finish that pass over the new leader's writes when it resumes
+        self.kube = KubeClient(api_client=self.api_client, on_retry=self.daemon.api_retry_counter("client"), may_write=self.holds_lease)
         for name in cfg["controllers"]:
             reconciler = RECONCILERS[name](ControllerContext(self, name))
             self.reconcilers[name] = reconciler

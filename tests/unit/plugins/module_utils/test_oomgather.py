@@ -54,9 +54,9 @@ def test_a_pod_whose_containers_all_died_runs_nothing_of_its_own_though_its_paus
     fs = SysFS(str(tmp_path))
     base = "/sys/fs/cgroup/memory/kubepods/besteffort/pod1"
     assert oomgather.cgroup_pids(fs, base) == [7]
-    assert not oomgather.runs_own_process(fs, [base + "/container-id"], [7])
-    assert not oomgather.runs_own_process(fs, [base + "/gone-container"], [7])      # its cgroup already removed
+    assert not oomgather.own_processes(fs, [base + "/container-id"], [7])
+    assert not oomgather.own_processes(fs, [base + "/gone-container"], [7])      # its cgroup already removed
     (pod / "container-id" / "cgroup.procs").write_text("8\n")
-    assert oomgather.runs_own_process(fs, [base + "/container-id"], [7, 8])
-    assert oomgather.runs_own_process(fs, [], [7])            # no container ids reported: the pod's processes count
-    assert not oomgather.runs_own_process(fs, [], [])
+    assert oomgather.own_processes(fs, [base + "/container-id"], [7, 8])
+    assert oomgather.own_processes(fs, [], [7])            # no container ids reported: the pod's processes count
+    assert not oomgather.own_processes(fs, [], [])
