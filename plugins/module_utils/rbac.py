@@ -77,7 +77,7 @@ RULES = {
         Rule(CORE, ("nodes",), ("list", "watch"),
              "agent.py Agent.build: the informer on its own Node (field selector metadata.name), whose overcommit ratios cap the realtime ratio"),
         Rule(CORE, ("events",), ("create",),
-             "kube.py KubeClient.emit_event: Warning Events on its pods (agent.py report_problem, agent_numa.py NumaLoops.report)"),
+             "kube.py KubeClient.emit_event: Warning Events on its pods (pod_events.py PodWarnings: bad annotations, values it cannot write)"),
         Rule(CNR, ("customnoderesources",), ("get", "create", "patch"),
              "agent_numa.py current_cnr/apply_cnr_change, agent_overcommit.py report: its node's CNR, created when missing, "
              "realtime ratio annotations merge-patched"),

@@ -8,7 +8,11 @@ Figures:
   time (during the restart or after) and the values are the same once the new agent made two passes of every loop.
 * ``agent facing a read-only or vanished cgroup, a full disk, garbage sysfs``: one fault at a time in the sysroot. Survived
   when the agent keeps running, the values the fault does not touch stay as they were, the failure is reported (a
-  failed loop pass in /metrics and a log line) where there is one, and the agent converges once the fault is removed.
+  failed loop pass in /metrics and a log line) where there is one, a Warning Event on the pod when the fault concerns
+  one pod (once while it lasts), and the agent converges once the fault is removed.
+* ``agent with a full disk for its state file``: the disk under ``state_dir`` (where the agent writes the token it renews)
+  is full. Survived when every renewal fails with its reason in the loop's health, the counter and the log, the token file
+  is never half written, the agent keeps watching its pods on the token it has, and renews once there is room again.
 """
 
 import errno
@@ -27,6 +31,7 @@ from .agent_rig import TCP_DEFAULT, AgentRig, Sampler
 from .conftest import record, sized
 
 RESTART_FIGURE = "agent restarted with 100 pods"
+STATE_DISK_FIGURE = "agent with a full disk for its state file"
 FAULT_FIGURE = "agent facing a read-only or vanished cgroup, a full disk, garbage sysfs"
 
 
@@ -121,9 +126,14 @@ class Fault:
     files the test drifts to see that the loops still correct the others); ``undo(rig)`` repairs it."""
 
     reported = True     # the agent is expected to report it (a failed pass); a vanished cgroup is a pod going away
+    event = None        # (pod, reason) of the Warning Event the agent sends once while the fault lasts
 
     def __init__(self, name):
         self.name = name
+
+    def drift(self, rig):  # pylint: disable=unused-argument
+        """Files of other pods, set wrong while the fault lasts, that the agent must correct all the same: {path: value}."""
+        return {}
 
 
 class VanishedCgroup(Fault):
@@ -143,6 +153,8 @@ class VanishedCgroup(Fault):
 class FileIsDirectory(Fault):
     """Writes to a cgroup file fail with EISDIR (and reads too): the besteffort cpu.shares and one pod's TCP limit."""
 
+    event = ("p001", "TCPMemoryLimitNotSet")
+
     def make(self, rig):
         for path in ("/sys/fs/cgroup/cpu/kubepods/besteffort/cpu.shares", tcp_file(rig, "p001")):
             os.unlink(rig.path(path))
@@ -157,6 +169,8 @@ class FileIsDirectory(Fault):
 
 class ReadOnlyCgroup(Fault):
     """A read-only bind mount over one container's memory cgroup (EROFS), with its TCP limit to be set again."""
+
+    event = ("p002", "TCPMemoryLimitNotSet")
 
     def make(self, rig):
         directory = rig.path(rig.pods["p002"]["dirs"]["memory"][1])
@@ -179,6 +193,8 @@ class ReadOnlyCgroup(Fault):
 
 class ReadOnlyProc(Fault):
     """A read-only bind mount over one process's /proc entry (EROFS): its oom_score_adj cannot be set."""
+
+    event = ("p004", "OOMScoreAdjNotSet")
 
     def make(self, rig):
         pod = rig.pods["p004"]
@@ -204,6 +220,12 @@ class ReadOnlyProc(Fault):
 class FullDisk(Fault):
     """A full tmpfs (ENOSPC) as one NUMA-bound pod's cpuset cgroup, its cpuset.cpus empty as a fresh cgroup's."""
 
+    event = ("bind0", "NUMABindingNotApplied")
+
+    def drift(self, rig):
+        """The second NUMA-bound pod is pinned again though the first cannot be."""
+        return {rig.pods["bind1"]["dirs"]["cpuset"][1] + "/cpuset.cpus": "0-31"}
+
     def make(self, rig):
         directory = rig.pods["bind0"]["dirs"]["cpuset"][1]
         host = rig.path(directory)
@@ -212,14 +234,7 @@ class FullDisk(Fault):
         try:
             for name, content in self.saved.items():
                 rig.write(directory + "/" + name, "" if name == "cpuset.cpus" else content + "\n")
-            filler = os.open(os.path.join(host, "filler"), os.O_WRONLY | os.O_CREAT)
-            try:
-                while True:
-                    os.write(filler, b"x" * 4096)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-            finally:
-                os.close(filler)
+            fill(host)
         except BaseException:
             umount(host)
             raise
@@ -263,7 +278,7 @@ FAULTS = [VanishedCgroup("vanished cgroup"), FileIsDirectory("cgroup file replac
 
 @pytest.fixture
 def fault_rig(emulator, tmp_path):
-    rig = AgentRig(emulator, tmp_path, "chaos-faults", 10, 1)
+    rig = AgentRig(emulator, tmp_path, "chaos-faults", 10, 2)
     rig.start()
     yield rig
     rig.stop()
@@ -292,10 +307,36 @@ def test_agent_survives_filesystem_faults(fault_rig):
     assert not problems, problems
 
 
+def pod_events(rig, fault):
+    """The Warning Events of the fault's reason on the fault's pod."""
+    if not fault.event:
+        return []
+    pod, reason = fault.event
+    return [event for event in rig.core.list_namespaced_event(rig.namespace).items
+            if event.involved_object.name == pod and event.reason == reason and event.type == "Warning"]
+
+
+def event_issues(rig, fault, before):
+    """The fault's pod got one Warning Event naming it (once, though every pass since failed on it)."""
+    def new():
+        return [event for event in pod_events(rig, fault) if event.metadata.name not in before]
+    try:
+        wait_until(new, timeout=20, what="a %s Event on %s" % (fault.event[1], fault.event[0]))
+    except AssertionError:
+        return ["no %s Event on pod %s" % (fault.event[1], fault.event[0])]
+    rig.wait_passes(1, outcome=None)
+    events = new()
+    if len(events) != 1:
+        return ["%d %s Events on pod %s while the fault lasted, not 1: %s" % (len(events), fault.event[1], fault.event[0],
+                                                                             [event.message for event in events])]
+    return []
+
+
 def run_fault(rig, fault, reference):
     """Make the fault, check the agent through it and after it; returns (outcome, [issues])."""
     errors_before = sum(rig.loop_runs("error").values())
     log_before = len(rig.log_text())
+    events_before = {event.metadata.name for event in pod_events(rig, fault)}
     touched = fault.make(rig)
     sampler = Sampler(rig, reference, keys=[key for key in reference if key not in touched])
     sampler.phase = fault.name
@@ -305,7 +346,7 @@ def run_fault(rig, fault, reference):
         # through the fault: a pass of every loop (failed or not), then drift on an untouched pod to correct
         rig.wait_passes(1, outcome=None)
         adj = "/proc/%d/oom_score_adj" % rig.pods["p003"]["pid"]
-        drifted = {tcp_file(rig, "p003"): TCP_DEFAULT, adj: "1" if reference[adj] != "1" else "2"}
+        drifted = dict({tcp_file(rig, "p003"): TCP_DEFAULT, adj: "1" if reference[adj] != "1" else "2"}, **fault.drift(rig))
         sampler.ignore(drifted)
         for path, value in drifted.items():
             rig.write(path, value + "\n")
@@ -324,6 +365,8 @@ def run_fault(rig, fault, reference):
         logged = "failed" in rig.log_text()[log_before:]
         if fault.reported and not (errors and logged):
             issues.append("not reported (failed passes %d, logged %s)" % (errors, logged))
+        if fault.event:
+            issues += event_issues(rig, fault, events_before)
     finally:
         try:
             fault.undo(rig)
@@ -346,3 +389,97 @@ def run_fault(rig, fault, reference):
         issues.append("not converged after the fault was removed: %s" % moved)
     outcome = "survived" if not issues else "crashed" if rig.process.poll() is not None else "failed"
     return outcome, issues
+
+
+def fill(directory):
+    """Write a file in ``directory`` until its filesystem is full (ENOSPC); returns its path."""
+    path = os.path.join(directory, "filler")
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(handle, b"x" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(handle)
+    return path
+
+
+def test_agent_with_a_full_disk_for_its_state_file(emulator, tmp_path):
+    if MOUNT_PROBLEM:
+        record(STATE_DISK_FIGURE, "skipped: " + MOUNT_PROBLEM, True)
+        pytest.skip(MOUNT_PROBLEM)
+    from kubernetes import client  # pylint: disable=import-outside-toplevel
+    from ansible_collections.katalyst.colocation.plugins.module_utils import credentials  # pylint: disable=import-outside-toplevel
+    from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.agent import Agent  # pylint: disable=import-outside-toplevel
+    core = client.CoreV1Api(emulator.client)
+    namespace, node = "state-disk", "state-disk-node"
+    core.create_namespace({"metadata": {"name": namespace}})
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "katalyst-agent"}})
+    node_uid = core.create_node({"metadata": {"name": node}}).metadata.uid
+    token = core.create_namespaced_service_account_token("katalyst-agent", namespace, {"spec": {
+        "expirationSeconds": 600, "boundObjectRef": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid}}}).status.token
+    (tmp_path / "token").write_text(token + "\n")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(credentials.dump_kubeconfig(credentials.render_kubeconfig(emulator.url, str(tmp_path / "token"), namespace,
+                                                                                    "katalyst-agent")))
+    state = tmp_path / "state"
+    state.mkdir()
+    mount("-t", "tmpfs", "-o", "size=16k,nr_inodes=16", "tmpfs", str(state))
+    agent = None
+    try:
+        filler = fill(str(state))
+        renewed_file = state / "credentials" / "token"
+        config = tmp_path / "agent.yaml"
+        # the token is due at once (renew 10^9 s before expiry); only the pod and node informers besides the renewal
+        config.write_text(json.dumps({
+            "node_name": node, "kubeconfig": str(kubeconfig), "sysroot": str(tmp_path), "state_dir": str(state),
+            "renewed_token_file": str(renewed_file), "token_renew_before_seconds": 10 ** 9, "token_renewal_period_seconds": 0.2,
+            "qos_cgroups_enabled": False, "oom_priority_enabled": False, "reclaimed_resources_enabled": False,
+            "numa_binding_enabled": False, "realtime_overcommit_enabled": False}))
+        agent = Agent(str(config)).build()
+        for informer in (agent.pods, agent.node):
+            informer.start(agent.daemon.stop_event)
+        agent.daemon.start()
+
+        def renewals(result):
+            return agent.daemon.registry.get_sample_value("katalyst_token_renewals_total", {"daemon": agent.daemon.name, "result": result}) or 0
+        wait_until(lambda: renewals("error") >= 3, timeout=60, what="three failed renewals on the full disk")
+        loop = agent.daemon.health()[1]["token_renewal"]
+        issues = []
+        if "No space left on device" not in (loop["last_error"] or "") or loop["failures"] < 3:
+            issues.append("the loop does not say why: %s" % loop)
+        if renewals("renewed") or os.path.exists(renewed_file):
+            issues.append("a token was written on a full disk")
+        leftovers = [name for name in os.listdir(state) if name != "filler"] + \
+            (os.listdir(state / "credentials") if os.path.isdir(state / "credentials") else [])
+        if leftovers and leftovers != ["credentials"]:
+            issues.append("half-written files left: %s" % leftovers)
+        # it keeps working on the token it has
+        core.create_namespaced_pod(namespace, {"metadata": {"name": "while-full"}, "spec": {"nodeName": node, "containers": [
+            {"name": "c", "image": "x"}]}})
+        try:
+            wait_until(lambda: any(pod["metadata"]["name"] == "while-full" for pod in agent.pods.items()), timeout=30,
+                       what="the agent to see a new pod while its disk is full")
+        except AssertionError as exc:
+            issues.append(str(exc))
+        # room again: the next pass renews
+        os.unlink(filler)
+        try:
+            wait_until(lambda: renewals("renewed") >= 1, timeout=30, what="a renewal once there is room")
+            renewed = renewed_file.read_text().strip()
+            if credentials.token_identity(credentials.jwt_claims(renewed)) != credentials.token_identity(credentials.jwt_claims(token)):
+                issues.append("the renewed token is not of the agent's ServiceAccount")
+        except AssertionError as exc:
+            issues.append(str(exc))
+        outcome = "%s: %d renewals refused (ENOSPC), then renewed; %s" % ("survived" if not issues else "FAILED", renewals("error"),
+                                                                         issues or "pods still watched, nothing half written")
+        print(outcome)
+        record(STATE_DISK_FIGURE, outcome, not issues)
+        assert not issues, issues
+    finally:
+        if agent is not None:
+            agent.daemon.stop()
+            for informer in (agent.pods, agent.node):
+                informer.stop()
+        umount(str(state))

@@ -25,6 +25,7 @@ from .agent_numa import NumaLoops
 from .agent_overcommit import DEFAULTS as REALTIME_OVERCOMMIT_DEFAULTS, RealtimeOvercommit
 from .token_renewal import DEFAULTS as TOKEN_RENEWAL_DEFAULTS, daemon_api_client
 from .informer import Informer
+from .pod_events import PodWarnings, pod_uid
 from .. import bpf, cgroups, nodeinfo, oom, oomgather, oomobserver, overcommit, podcgroups, qos, tcpmem
 from ..kube import KubeClient
 from ..quantity import parse_quantity
@@ -92,17 +93,27 @@ DEFAULTS.update(TOKEN_RENEWAL_DEFAULTS)
 
 
 def apply_each(plan, apply):
-    """Apply every change of ``plan`` on its own: ``(applied, failure messages)``. For per-process and per-container
-    values (oom_score_adj, TCP limits), where one that cannot be written must neither hold back nor roll back the others
-    (``Plan.apply`` stops at the first failure and undoes what it did)."""
+    """Apply every change of ``plan`` on its own: ``(applied, [(change, failure message)])``. For per-process and
+    per-container values (oom_score_adj, TCP limits), where one that cannot be written must neither hold back nor roll
+    back the others (``Plan.apply`` stops at the first failure and undoes what it did)."""
     applied, failures = [], []
     for change in plan.changes:
         try:
             apply(change)
             applied.append(change)
         except (SysFSError, OSError) as exc:
-            failures.append(str(exc))
+            failures.append((change, str(exc)))
     return applied, failures
+
+
+def failures_by_pod(failures, pod_of):
+    """``[(target, message)]`` -> {pod uid: (pod, [messages])} for the targets ``pod_of`` knows."""
+    grouped = {}
+    for target, message in failures:
+        pod = pod_of.get(target)
+        if pod is not None:
+            grouped.setdefault(pod_uid(pod), (pod, []))[1].append(message)
+    return grouped
 
 
 class Agent:
@@ -118,7 +129,7 @@ class Agent:
         self.pods = None
         self.node = None            # informer on this node only: its overcommit ratio annotations cap the realtime ratio
         self.kube = None
-        self.reported_problems = {}
+        self.warnings = PodWarnings(self.config["node_name"])
         self.unparsable_tcp_limits = {}   # memory.kmem.tcp.limit_in_bytes file -> content already logged
         self._node_facts = None
         self.pod_views, self.previous_pod_views = [], []
@@ -206,7 +217,7 @@ class Agent:
             return      # ratio 0: no per-container limits (Katalyst's --qrm-memory-cgroup-tcpmem-ratio 0), nothing read
         fs = self.sysfs
         version = "v2" if self.node_facts()["cgroup"]["mode"] == "v2" else "v1"
-        containers, failures = [], []
+        containers, failures, pod_of = [], [], {}
         for pod in self.active_pods():
             limits = {c["name"]: ((c.get("resources") or {}).get("limits") or {}).get("memory") for c in pod["spec"].get("containers", [])}
             for name, relative in podcgroups.container_cgroup_paths(pod, self.config["cgroup_driver"]).items():
@@ -214,10 +225,11 @@ class Agent:
                 if not limits.get(name) or not fs.isdir(path):
                     continue
                 tcp_file = path + "/" + tcpmem.TCP_LIMIT_FILE
+                pod_of[tcp_file] = pod
                 try:
                     content = fs.read_text(tcp_file) if fs.exists(tcp_file) else None
                 except SysFSError as exc:
-                    failures.append(str(exc))   # this container is skipped; the others go on
+                    failures.append((tcp_file, str(exc)))   # this container is skipped; the others go on
                     continue
                 containers.append({"path": path, "memory_limit_bytes": parse_quantity(str(limits[name])).value(),
                                    "tcp_limit_content": content})
@@ -227,13 +239,14 @@ class Agent:
             return
         self.report_unparsable_tcp_limits(report["unparsable"])
         applied, unwritten = apply_each(plan, cgroups.applier(fs))
-        failures += unwritten
+        failures += [(change.target, message) for change, message in unwritten]
         self.record("tcp_memory", applied)
+        self.report_pod_failures("TCPMemoryLimitNotSet", failures, pod_of, "TCP memory limit(s) not read or written", "tcp_memory")
         if failures:
             if self.metrics:
                 self.metrics["plan_errors"].labels("tcp_memory").inc()
             raise SysFSError("%d TCP limit(s) not read or written (the other containers were converged): %s"
-                             % (len(failures), "; ".join(failures[:5])))
+                             % (len(failures), "; ".join(message for _target, message in failures[:5])))
 
     def report_unparsable_tcp_limits(self, unparsable):
         """A TCP limit file that does not hold a byte count: its container is skipped; logged once per file and content."""
@@ -244,16 +257,13 @@ class Agent:
                             extra={"loop": "tcp_memory", "target": tcp_file})
         self.unparsable_tcp_limits = seen
 
-    def report_problem(self, pod, problem):
-        """A bad annotation becomes a Warning Event on the pod (once per pod and message)."""
-        key = pod["metadata"].get("uid") or pod["metadata"]["name"]
-        if self.reported_problems.get(key) == problem:
-            return
-        self.reported_problems[key] = problem
-        LOG.warning("pod %s/%s: %s", pod["metadata"].get("namespace"), pod["metadata"]["name"], problem, extra={"loop": "oom_priority"})
-        if self.kube is not None:
-            self.kube.emit_event(dict(pod, apiVersion="v1", kind="Pod"), "InvalidOOMPriority", problem, "Warning", "katalyst-agent",
-                                 host=self.config["node_name"])
+    def report_pod_failures(self, reason, failures, pod_of, what, loop):
+        """One Warning Event per pod whose ``failures`` (``[(target, message)]``) ``pod_of`` maps to it: ``what`` and
+        the first failure; pods that failed before and not now are settled."""
+        grouped = failures_by_pod(failures, pod_of)
+        for pod, messages in grouped.values():
+            self.warnings.report(self.kube, pod, reason, "%d %s: %s" % (len(messages), what, "; ".join(sorted(messages)[:3])), loop)
+        self.warnings.settle(reason, set(grouped))
 
     def converge_oom_priority(self):
         """oom_score_adj of every pod process so the kernel kills strictly by OOM priority (+ the BPF priority map)."""
@@ -262,15 +272,16 @@ class Agent:
         fs = self.sysfs
         facts = self.node_facts()
         memory_root = "/sys/fs/cgroup" if facts["cgroup"]["mode"] == "v2" else "/sys/fs/cgroup/memory"
-        groups, views, pod_dirs = [], [], []
+        groups, views, pod_dirs, pod_of = [], [], [], {}
         # whether a pod still runs a container of its own matters only to the OOM observer: read only when it runs
         observing = self.pinned(bpf.EVENTS_MAP) is not None
         for pod in self.active_pods():
             annotations = pod["metadata"].get("annotations") or {}
             priority, problem = qos.pod_oom_priority(annotations)
             if problem:
-                self.report_problem(pod, problem)
+                self.warnings.report(self.kube, pod, "InvalidOOMPriority", problem, "oom_priority")
             name = "%s/%s" % (pod["metadata"].get("namespace"), pod["metadata"]["name"])
+            pod_of[name] = pod
             cgroup_dir = memory_root + self.cgroup_prefix() + podcgroups.pod_cgroup_path(pod, self.config["cgroup_driver"])
             exists = fs.isdir(cgroup_dir)
             pod_dirs += [cgroup_dir] if exists else []
@@ -304,10 +315,13 @@ class Agent:
             while now - self.view_history[0][0] > VIEW_HISTORY_SECONDS:
                 self.view_history.popleft()
         self.sync_priority_map(views)
+        self.report_pod_failures("OOMScoreAdjNotSet", [(change.data["group"], message) for change, message in failures], pod_of,
+                                 "oom_score_adj write(s) failed: this pod's OOM priority is not enforced", "oom_priority")
         if failures:
             if self.metrics:
                 self.metrics["plan_errors"].labels("oom_priority").inc()
-            raise SysFSError("%d oom_score_adj write(s) failed (the other processes were set): %s" % (len(failures), "; ".join(failures[:5])))
+            raise SysFSError("%d oom_score_adj write(s) failed (the other processes were set): %s"
+                             % (len(failures), "; ".join(message for _change, message in failures[:5])))
 
     def pinned(self, name):
         path = os.path.join(self.config["oom_bpf_pin_dir"], name)
@@ -372,6 +386,11 @@ class Agent:
         if self.pods_unknown() or not self.config["numa_binding_enabled"]:
             return
         self.record("numa_binding", self.numa.numa_binding(self.sysfs, self.node_pods(), self.kube, self.config))
+        failures = self.numa.binding_failures
+        if failures:
+            if self.metrics:
+                self.metrics["plan_errors"].labels("numa_binding").inc()
+            raise SysFSError("%d pod(s) not pinned (the others were): %s" % (len(failures), "; ".join(failures[:5])))
 
     def converge_realtime_overcommit(self):
         """The realtime overcommit ratio (and manager policies, guaranteed CPUs) on this node's CNR."""

@@ -26,7 +26,8 @@ from .. import cgroups, cnr, headroom, memprovision, nodeinfo, placement, podcgr
 from ..kube import KubeError
 from ..qos import NUMA_BIND_RESULT_KEY, QoSError, resolve_qos_level
 from ..quantity import parse_quantity
-from ..reconcile import Change, Plan
+from ..reconcile import Change, Plan, PlanError
+from .pod_events import PodWarnings, pod_uid
 
 LOG = logging.getLogger("katalyst.agent.numa")
 
@@ -316,7 +317,8 @@ class NumaLoops:
         self.cnr = None
         self.cnr_read_at = None
         self.cnr_unserved = False
-        self.reported = {}                                   # (pod uid, Event reason) -> last message reported
+        self.warnings = PodWarnings(node_name)
+        self.binding_failures = []                           # "<pod>: why" of the last numa_binding pass
         self.notes = set()
         self.numa_stat_good = collections.OrderedDict()      # cgroup path -> last good memory.numa_stat reading
         self.numa_stat_reported = collections.OrderedDict()  # (file, content) of malformed files already logged
@@ -528,13 +530,7 @@ class NumaLoops:
     # -- NUMA binding -------------------------------------------------------------------------------
     def report(self, kube, pod, reason, message):
         """A log line and a Warning Event on the pod, once per (pod, reason, message)."""
-        key = ((pod.get("metadata") or {}).get("uid"), reason)
-        if self.reported.get(key) == message:
-            return
-        self.reported[key] = message
-        LOG.warning("pod %s: %s", placement.pod_key(pod), message, extra={"loop": "numa_binding"})
-        if kube is not None:
-            kube.emit_event(dict(pod, apiVersion="v1", kind="Pod"), reason, message, "Warning", "katalyst-agent", host=self.node_name)
+        self.warnings.report(kube, pod, reason, message, "numa_binding")
 
     def numa_binding(self, fs, pods, kube, config):
         """Pin every running dedicated_cores + numa_binding pod to its NUMA node; returns the applied Changes."""
@@ -543,7 +539,7 @@ class NumaLoops:
         pods = [dict(p, metadata=dict(p.get("metadata") or {})) for p in pods]
         order = sorted(pods, key=lambda p: ((p["metadata"].get("creationTimestamp") or ""), placement.pod_key(p)))
         self.report_bind_results(kube, pods)
-        applied = []
+        applied, failed, failing = [], [], set()
         for pod in order:
             if (pod.get("status") or {}).get("phase") != "Running" or not placement.is_numa_binding_pod(pod):
                 continue
@@ -568,7 +564,15 @@ class NumaLoops:
                 pod["metadata"]["annotations"] = annotations
                 applied.append(Change("api", "Pod/%s" % placement.pod_key(pod), "set", None, wanted, "numa_bind_result"))
             plan = plan_cpuset(fs, pod, version, config, choice)
-            applied.extend(plan.apply(cgroups.applier(fs)))
+            try:
+                applied.extend(plan.apply(cgroups.applier(fs)))
+            except PlanError as exc:
+                # this pod's cpusets are rolled back; the next pods are pinned all the same
+                failed.append("%s: %s" % (placement.pod_key(pod), exc))
+                self.report(kube, pod, "NUMABindingNotApplied", "pinning to NUMA %s failed: %s" % (choice["numa"], exc))
+                failing.add(pod_uid(pod))
+        self.warnings.settle("NUMABindingNotApplied", failing)
+        self.binding_failures = failed
         return applied
 
 

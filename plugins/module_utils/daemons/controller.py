@@ -222,7 +222,8 @@ class Controller:
             self.elector = LeaderElector(client.CoordinationV1Api(self.api_client), cfg["lease_name"], cfg["lease_namespace"], identity,
                                          lease_duration=float(cfg["lease_duration_seconds"]),
                                          renew_deadline=float(cfg["renew_deadline_seconds"]),
-                                         retry_period=float(cfg["retry_period_seconds"]))
+                                         retry_period=float(cfg["retry_period_seconds"]),
+                                         on_retry=self.daemon.api_retry_counter("leader"))
         else:
             self._set_leading(True)
         return self

@@ -53,8 +53,11 @@ class LeaderElector:
 
     def __init__(self, coordination_api, name, namespace, identity, lease_duration=LEASE_DURATION,
                  renew_deadline=RENEW_DEADLINE, retry_period=RETRY_PERIOD,
-                 now=lambda: datetime.datetime.now(datetime.timezone.utc)):
+                 now=lambda: datetime.datetime.now(datetime.timezone.utc), on_retry=None):
         self.api = coordination_api
+        # on_retry(reason): a failed acquire/renew call, tried again one retry period later (as client-go does: a
+        # retry within the attempt could outlast the renew deadline); the daemon counts it in katalyst_api_retries_total
+        self.on_retry = on_retry
         self.name = name
         self.namespace = namespace
         self.identity = identity
@@ -131,6 +134,11 @@ class LeaderElector:
         except ApiException as exc:
             LOG.warning("could not release lease %s/%s: %s", self.namespace, self.name, exc.status)
 
+    def _retrying(self, exc):
+        if self.on_retry is not None:
+            status = getattr(exc, "status", None)
+            self.on_retry(str(status) if status else "transport")
+
     def run(self, stop, on_started_leading, on_stopped_leading=None):
         """Block until ``stop`` is set: wait for leadership, lead, step down when renewal fails."""
         while not stop.is_set():
@@ -139,6 +147,7 @@ class LeaderElector:
                 acquired = self.try_acquire_or_renew()
             except Exception as exc:  # pylint: disable=broad-except
                 LOG.warning("lease %s/%s: %s", self.namespace, self.name, exc)
+                self._retrying(exc)
                 acquired = False
             if not acquired:
                 stop.wait(self.retry_period)
@@ -162,6 +171,7 @@ class LeaderElector:
                         continue
                 except Exception as exc:  # pylint: disable=broad-except
                     LOG.warning("renewing lease %s/%s failed: %s", self.namespace, self.name, exc)
+                    self._retrying(exc)
                 if time.monotonic() - last_renew > self.renew_deadline:
                     LOG.error("%s lost leadership of %s/%s", self.identity, self.namespace, self.name)
                     break
