@@ -304,6 +304,38 @@ class KubeClient:
                 return False
             raise
 
+    def evict(self, name, namespace, grace_period_seconds=None, dry_run=False):
+        """POST pods/<name>/eviction (policy/v1): the API server deletes the pod unless a PodDisruptionBudget forbids
+        it. That refusal (429 with a ``DisruptionBudget`` cause) is raised at once as KubeError 429, not retried like a
+        throttling 429: the budget will not change within the backoff; the caller tries again at its next pass.
+        Returns False when the pod is gone already."""
+        body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
+        options = {}
+        if grace_period_seconds is not None:
+            options["gracePeriodSeconds"] = int(grace_period_seconds)
+        if dry_run:
+            options["dryRun"] = ["All"]
+        if options:
+            body["deleteOptions"] = options
+        what = self._what("evict", "v1", "Pod", name, namespace)
+
+        def post():
+            try:
+                return kube_client.CoreV1Api(self.api_client).create_namespaced_pod_eviction(name, namespace, body, _preload_content=False)
+            except ApiException as exc:
+                error = _error_from(exc, what)
+                if exc.status == 429 and any(cause.get("reason") == "DisruptionBudget"
+                                             for cause in (error.body.get("details") or {}).get("causes") or []):
+                    raise error from None
+                raise
+        try:
+            self._write(what, post)
+            return True
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
     def mutate(self, api_version, kind, name, mutation, namespace=None, subresource=None, dry_run=False):
         """Read, apply ``mutation(obj_copy)`` (returns the new object or None for no change), replace.
 

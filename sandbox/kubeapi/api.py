@@ -19,7 +19,7 @@ import yaml
 from ansible_collections.katalyst.colocation.plugins.module_utils.quantity import parse_quantity
 from ansible_collections.katalyst.colocation.plugins.module_utils.selectors import parse_field_selector, parse_label_selector
 
-from sandbox.kubeapi import admission, decoding, fieldmanager, openapi, patching, schema
+from sandbox.kubeapi import admission, decoding, eviction, fieldmanager, openapi, patching, schema
 from sandbox.kubeapi.resources import Registry
 from sandbox.kubeapi.store import Store, json_copy
 
@@ -513,6 +513,22 @@ class KubeAPI:
             pod["status"]["conditions"] = conditions
             if not dry_run:
                 self.store.put(pods.storage_key, self._present(pods, pod), "MODIFIED")
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+
+    def evict(self, namespace, name, body, dry_run=False):
+        """POST pods/<name>/eviction: delete the pod unless its PodDisruptionBudget forbids it (429, sandbox/kubeapi/eviction.py)."""
+        pods = self.registry.get("", "v1", "pods")
+        budgets = self.registry.get("policy", "v1", "poddisruptionbudgets")
+        if (body.get("metadata") or {}).get("name") not in (None, name):
+            raise APIError(400, "BadRequest", "name in URL does not match name in Eviction object")
+        with self.write_lock:
+            pod = self.store.get(pods.storage_key, namespace, name)
+            if pod is None:
+                raise not_found(pods, name)
+            namespace_pods = self.list(pods, namespace)["items"]
+            eviction.check_eviction(pod, self.list(budgets, namespace)["items"], namespace_pods, APIError)
+            self.delete(pods, namespace, name, dry_run or "All" in ((body.get("deleteOptions") or {}).get("dryRun") or []),
+                        (body.get("deleteOptions") or {}).get("preconditions"))
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
 
     # -- watch --------------------------------------------------------------------------------

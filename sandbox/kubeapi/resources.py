@@ -49,7 +49,7 @@ def builtin_types():
         ResourceType("", "v1", "namespaces", "Namespace", False, ["ns"], status=True),
         ResourceType("", "v1", "nodes", "Node", False, ["no"], status=True),
         ResourceType("", "v1", "pods", "Pod", True, ["po"], status=True, generation=True,
-                     extra_subresources=[("binding", "Binding", ["create"])]),
+                     extra_subresources=[("binding", "Binding", ["create"]), ("eviction", "Eviction", ["create"])]),
         ResourceType("", "v1", "events", "Event", True, ["ev"]),
         ResourceType("", "v1", "configmaps", "ConfigMap", True, ["cm"]),
         ResourceType("", "v1", "secrets", "Secret", True),
@@ -68,6 +68,7 @@ def builtin_types():
         ResourceType("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
                      "ValidatingWebhookConfiguration", False, generation=True),
         ResourceType("apps", "v1", "deployments", "Deployment", True, ["deploy"], status=True, generation=True),
+        ResourceType("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ["pdb"], status=True, generation=True),
         # stored and served, never enforced: the emulator has no authorizer (the real backend has RBAC)
         ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
         ResourceType("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),

@@ -220,7 +220,7 @@ class Handler(BaseHTTPRequestHandler):
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else ""
         dry_run = query.get("dryRun") == "All"
-        if sub and sub != "status" and (rtype.kind, sub) not in (("Pod", "binding"), ("ServiceAccount", "token")):
+        if sub and sub != "status" and (rtype.kind, sub) not in (("Pod", "binding"), ("Pod", "eviction"), ("ServiceAccount", "token")):
             raise APIError(404, "NotFound", "the server could not find the requested resource")
         if sub == "status" and not rtype.status:
             raise APIError(404, "NotFound", "the server could not find the requested resource")
@@ -259,6 +259,8 @@ class Handler(BaseHTTPRequestHandler):
                                         options.get("preconditions"))
         if method == "POST" and sub == "binding":
             return 201, self.api.bind(namespace, name, self._body() or {}, dry_run)
+        if method == "POST" and sub == "eviction":
+            return 201, self.api.evict(namespace, name, self._body() or {}, dry_run)
         if method == "POST" and sub == "token":
             return 201, tokens.token_request(self.api, namespace, name, self._body())
         raise APIError(405, "MethodNotAllowed", "method %s is not allowed here" % method)

@@ -332,6 +332,53 @@ def test_events_leases_and_binding(kube_client, core):
     assert bound.spec.node_name == "n1" and [c.type for c in bound.status.conditions] == ["PodScheduled"]
 
 
+def running_and_ready(core, name):
+    core.patch_namespaced_pod_status(name, "default", {"status": {"phase": "Running", "conditions": [
+        {"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]}})
+
+
+def test_eviction_honours_the_pod_disruption_budget(kubeapi, kube_client, core):
+    """policy/v1 Eviction: allowed while the budget has room (the pod is deleted), then 429 naming the budget; a pod
+    no budget selects is deleted at once; a pod that has not started is not protected."""
+    for name in ("web-1", "web-2"):
+        core.create_namespaced_pod("default", pod(name, labels={"app": "web"}))
+        running_and_ready(core, name)
+    core.create_namespaced_pod("default", pod("batch", labels={"app": "batch"}))
+    running_and_ready(core, "batch")
+    core.create_namespaced_pod("default", pod("web-pending", labels={"app": "web"}))
+    policy = client.PolicyV1Api(kube_client)
+    policy.create_namespaced_pod_disruption_budget("default", {"metadata": {"name": "web"}, "spec": {
+        "minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}})
+    if kubeapi.backend == "real":   # the disruption controller writes the budget's status; the emulator computes it on demand
+        wait_until(lambda: (policy.read_namespaced_pod_disruption_budget("web", "default").status.disruptions_allowed or 0) == 1,
+                   what="the disruption controller to allow one disruption")
+
+    def evict(name):
+        return core.create_namespaced_pod_eviction(name, "default", {"apiVersion": "policy/v1", "kind": "Eviction",
+                                                                     "metadata": {"name": name, "namespace": "default"}})
+    evict("web-pending")            # Pending: not protected by the budget
+    evict("web-1")
+    with pytest.raises(ApiException) as refused:
+        evict("web-2")
+    assert refused.value.status == 429
+    status = status_of(refused.value)
+    assert status["reason"] == "TooManyRequests" and "disruption budget" in status["message"]
+    assert [cause["reason"] for cause in status["details"]["causes"]] == ["DisruptionBudget"]
+    evict("batch")                  # no budget selects it
+    with pytest.raises(ApiException) as missing:
+        evict("nobody")
+    assert missing.value.status == 404
+
+    def gone(name):
+        try:
+            core.read_namespaced_pod(name, "default")
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+    wait_until(lambda: gone("web-1") and gone("batch") and gone("web-pending"), what="the evicted pods deleted")
+    assert core.read_namespaced_pod("web-2", "default").metadata.deletion_timestamp is None
+
+
 class _Webhook(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
