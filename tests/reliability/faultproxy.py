@@ -187,6 +187,8 @@ class FaultProxy:
             if not self.enabled or roll >= self.rate:
                 return None, 0, 0.0
             usable = [f for f in self.faults if (f != "cut" or watch) and (f != "gone" or (watch and has_version))]
+            if not usable:             # e.g. a proxy of watch faults only: lists and writes pass
+                return None, 0, 0.0
             fault = usable[int(pick * len(usable))]
             self.counts[fault] += 1
             return fault, variant, cut if fault == "cut" else slow

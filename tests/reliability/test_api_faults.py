@@ -1,11 +1,14 @@
-"""API faults (issue 15): the controller (tide + overcommit + cnr) and the agent run as real processes against the API
-emulator through a seeded fault-injecting proxy (tests/reliability/faultproxy.py): 10% of calls get a 500, 503 or 429
-(with Retry-After), a connection reset, a slow answer, a watch cut mid-stream or a 410 Gone on a re-watch.
+"""API faults (issue 15): the three daemons that call the API, the controller (tide + overcommit + cnr), the agent and the
+scheduler extender, run as real processes against the API emulator through a seeded fault-injecting proxy
+(tests/reliability/faultproxy.py): 10% of calls get a 500, 503 or 429 (with Retry-After), a connection reset, a slow
+answer, a watch cut mid-stream or a 410 Gone on a re-watch. The webhook makes no API calls (the API server calls it): its
+chaos is in test_webhook_chaos.py.
 
 The same scenario runs once without faults (the proxy passes everything) and once with them. Survived: the same final
-state (tide's arrival-order-bound choice of reserve and tide nodes as role counts: ``controller_state``), every round
-converged, the daemon process never exited, and the retries show in its ``katalyst_api_retries_total`` (sources:
-``client`` KubeClient, ``informer`` list/watch restarts, ``urllib3`` the HTTP layer's own retries of idempotent calls). Scenario time is
+state (tide's arrival-order-bound choice of reserve and tide nodes as role counts: ``controller_state``; the extender's
+filter and prioritize answers for fixed probe pods over every node: ``extender_state``), every round converged, the daemon
+process never exited, and the retries show in its ``katalyst_api_retries_total`` (sources: ``client`` KubeClient,
+``informer`` list/watch restarts, ``urllib3`` the HTTP layer's own retries of idempotent calls). Scenario time is
 ``sized(600, 6)`` seconds of the faulted run (rounds of changes, each waited for); the fault-free run replays the same
 rounds alongside it. Each run is one ``record()`` of "api faults: <daemon>".
 """
@@ -260,12 +263,169 @@ def agent_setup(cluster, tmp_path):
     return Daemon("agent", config, tmp_path / "agent.log")
 
 
-LOOPS = {"controller": ("tide", "overcommit", "cnr"), "agent": ("qos_cgroups", "tcp_memory", "realtime_overcommit")}
+# -- the scheduler extender ----------------------------------------------------------------------------------------
+QOS = "katalyst.kubewharf.io/qos_level"
+RECLAIMED_CPU, RECLAIMED_MEMORY = "resource.katalyst.kubewharf.io/reclaimed_millicpu", "resource.katalyst.kubewharf.io/reclaimed_memory"
+BIND_RESULT = "katalyst.kubewharf.io/numa_bind_result"
+MICROTOPOLOGY_ANTI = "katalyst.kubewharf.io/microtopology_antiaffinity"
+EXTENDER_PLUGINS = ("NodeOvercommitment", "NUMA")
+
+
+def numa_pod(name, cpu, labels=None, node=None, bind=None, anti=None):
+    """A dedicated_cores pod with NUMA binding (Guaranteed), maybe bound to ``node`` and pinned to NUMA ``bind``."""
+    annotations = {QOS: "dedicated_cores", "katalyst.kubewharf.io/memory_enhancement": json.dumps({"numa_binding": "true"})}
+    if bind is not None:
+        annotations[BIND_RESULT] = str(bind)
+    if anti is not None:
+        annotations[MICROTOPOLOGY_ANTI] = json.dumps(anti)
+    resources = {"requests": {"cpu": str(cpu), "memory": "2Gi"}, "limits": {"cpu": str(cpu), "memory": "2Gi"}}
+    spec = {"containers": [{"name": "main", "image": "x", "resources": resources}]}
+    if node:
+        spec["nodeName"] = node
+    return {"metadata": {"name": name, "namespace": "default", "labels": labels or {}, "annotations": annotations}, "spec": spec}
+
+
+def reclaimed_pod(name, millicpu):
+    resources = {RECLAIMED_CPU: str(millicpu), RECLAIMED_MEMORY: "2Gi"}
+    return {"metadata": {"name": name, "namespace": "default", "labels": {}, "annotations": {QOS: "reclaimed_cores"}},
+            "spec": {"containers": [{"name": "main", "image": "x", "resources": {"requests": resources, "limits": resources}}]}}
+
+
+# what the scheduler asks about: pods no node holds (answers depend on the nodes, their CNRs and the pods bound there)
+PROBES = {"worker-4": numa_pod("probe-worker-4", 4, {"role": "worker"}), "worker-7": numa_pod("probe-worker-7", 7, {"role": "worker"}),
+          "ps-anti": numa_pod("probe-ps", 2, {"role": "ps"}, anti={"required": [{"matchLabels": {"role": "worker"}, "zone": "numa"}]}),
+          "reclaimed": reclaimed_pod("probe-reclaimed", 6000),
+          "plain": {"metadata": {"name": "probe-plain", "namespace": "default"}, "spec": {"containers": [{"name": "main", "image": "x"}]}}}
+
+
+def numa_cnr_status(index):
+    """An agent's CNR status for round ``index``'s node: 2 sockets x 2 NUMA, 4-8 CPUs and 16 Gi per NUMA, reclaimed
+    resources per NUMA and for the node."""
+    cpu, reclaimed = 4 + 2 * (index % 3), 1000 * (1 + index % 4)
+    sockets = {}
+    for numa in range(4):
+        resources = {"cpu": str(cpu), "memory": "16Gi", RECLAIMED_CPU: str(reclaimed), RECLAIMED_MEMORY: "4Gi"}
+        zone = {"type": "Numa", "name": str(numa), "resources": {"allocatable": resources, "capacity": dict(resources)}}
+        sockets.setdefault(str(numa // 2), []).append(zone)
+    node_reclaimed = {RECLAIMED_CPU: str(4 * reclaimed), RECLAIMED_MEMORY: "16Gi"}
+    return {"topologyPolicy": "SingleNUMANodeContainerLevel", "resources": {"allocatable": node_reclaimed, "capacity": dict(node_reclaimed)},
+            "topologyZone": [{"type": "Socket", "name": s, "children": c} for s, c in sorted(sockets.items())]}
+
+
+def _post(url, body):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def extender_answers(ask, names, pods):
+    """``ask(verb, body)`` for each pod as kube-scheduler (``nodeCacheCapable``) asks: filter over ``names``, then prioritize
+    over the nodes that passed. Returns {pod: {"filter": the ExtenderFilterResult, "scores": {node: score}}}."""
+    answers = {}
+    for key, pod in sorted(pods.items()):
+        result = ask("filter", {"Pod": pod, "Nodes": None, "NodeNames": list(names)})
+        passing = result.get("nodenames") or []
+        scores = ask("prioritize", {"Pod": pod, "Nodes": None, "NodeNames": passing}) if passing else []
+        answers[key] = {"filter": result, "scores": {entry["host"]: entry["score"] for entry in scores}}
+    return answers
+
+
+def expected_answers(cluster, pods):
+    """The answers of an extender whose caches hold what the API holds now (the plugins run in the test on a cache
+    filled from fresh lists)."""
+    from plugins.module_utils.daemons import extender  # pylint: disable=import-outside-toplevel
+    from plugins.module_utils.daemons.extender_numa import NumaPlugin  # pylint: disable=import-outside-toplevel
+    cache = extender.ClusterCache()
+    for node in _list(cluster.core.list_node):
+        cache.on_node("ADDED", node)
+    for cnr in _list(lambda **kw: cluster.custom.list_cluster_custom_object(*CNR, **kw)):
+        cache.on_cnr("ADDED", cnr)
+    for pod in _list(cluster.core.list_pod_for_all_namespaces):
+        cache.on_pod("ADDED", pod)
+    plugins = [NumaPlugin() if name == NumaPlugin.name else extender.PLUGINS[name]() for name in EXTENDER_PLUGINS]
+    for plugin in plugins:
+        plugin.report = lambda *args, **kwargs: None      # the daemon reports the malformed annotations, not the test
+    oracle = extender.SchedulerExtender(cache, plugins)
+    verbs = {"filter": oracle.filter, "prioritize": oracle.prioritize}
+    return extender_answers(lambda verb, body: json.loads(json.dumps(verbs[verb](body))), cluster.extender_nodes, pods)
+
+
+def extender_asked(cluster, pods):
+    return extender_answers(lambda verb, body: _post("%s/%s" % (cluster.extender_url, verb), body), cluster.extender_nodes, pods)
+
+
+def extender_state(cluster):
+    """The extender's answers for the probe pods over every node the scenario created (deleted ones included)."""
+    return extender_asked(cluster, PROBES)
+
+
+def extender_round(cluster, index):
+    """Round ``index``: a node joins with its CNR (per-NUMA resources and reclaimed resources); a NUMA-bound worker is
+    bound to the previous round's node, pinned to NUMA index % 4; every third round the worker of round index-2 is
+    deleted, every fifth the node (and CNR) of round index-4 leaves; a user submits a pod whose microtopology
+    annotation names an unknown zone (the extender answers it unschedulable and reports a Warning Event). Done when
+    the extender's answers for the probe pods and the new pod equal those of a cache filled from the API now."""
+    name = "n%04d" % index
+    cluster.core.create_node({"metadata": {"name": name, "labels": {"round": str(index)}}, "status": CAPACITY})
+    cluster.custom.create_cluster_custom_object(*CNR, {"apiVersion": "/".join(CNR[:2]), "kind": "CustomNodeResource", "metadata": {"name": name}})
+    cluster.custom.patch_cluster_custom_object_status(*CNR, name, {"status": numa_cnr_status(index)})
+    cluster.extender_nodes.append(name)
+    if index >= 1:
+        cluster.core.create_namespaced_pod("default", numa_pod("w%04d" % index, 2 + index % 3, {"role": "worker"}, "n%04d" % (index - 1), index % 4))
+    if index >= 3 and index % 3 == 0:
+        cluster.core.delete_namespaced_pod("w%04d" % (index - 2), "default")
+    if index >= 4 and index % 5 == 4:
+        cluster.core.delete_node("n%04d" % (index - 4))
+        cluster.custom.delete_cluster_custom_object(*CNR, "n%04d" % (index - 4))
+    typo = numa_pod("u%04d" % index, 2, {"role": "worker"}, anti={"required": [{"matchLabels": {"role": "ps"}, "zone": "rack"}]})
+    typo = cluster.api.sanitize_for_serialization(cluster.core.create_namespaced_pod("default", typo))
+    pods = dict(PROBES, typo=typo)
+
+    def done():
+        try:
+            return extender_asked(cluster, pods) == expected_answers(cluster, pods)
+        except OSError:          # the extender did not answer (yet): the round times out if it never does
+            return False
+    return done
+
+
+def extender_settle(cluster, daemon, name):
+    """Between two looks at the extender's answers (it has no periodic loops): they equal those of the API's state."""
+    wait_until(lambda: daemon.process.poll() is not None or extender_state(cluster) == expected_answers(cluster, PROBES),
+               timeout=120, interval=0.2, what="%s to answer from the API's state" % name, ignore=(client.exceptions.ApiException,))
+
+
+def extender_setup(cluster, tmp_path):
+    from tests.integration.backends import install_crds  # pylint: disable=import-outside-toplevel
+    install_crds(cluster.api)
+    cluster.extender_nodes = []
+    config = tmp_path / "extender.yaml"
+    config.write_text(json.dumps({"kubeconfig": cluster.kubeconfig, "listen_address": "127.0.0.1", "port": 0, "resync_seconds": 5,
+                                  "plugins": list(EXTENDER_PLUGINS), "json_logs": False}))
+    daemon = Daemon("extender", config, tmp_path / "extender.log")
+    cluster.extender_url = "http://127.0.0.1:%d" % daemon.port
+    return daemon
+
+
+# the loops whose passes separate two looks at the final state; the extender has none (informers only): SETTLE
+LOOPS = {"controller": ("tide", "overcommit", "cnr"), "agent": ("qos_cgroups", "tcp_memory", "realtime_overcommit"), "extender": ()}
 DAEMONS = {
     "controller": (controller_setup, controller_round, controller_state),
     "agent": (agent_setup, lambda cluster, index: agent_round(cluster, index, cluster.sysroot),
               lambda cluster: agent_state(cluster, cluster.sysroot)),
+    "extender": (extender_setup, extender_round, extender_state),
 }
+
+
+def loop_passes(cluster, daemon, name):
+    """Between two looks at the final state: every loop of LOOPS[name] passes twice more."""
+    del cluster
+    runs = daemon.loop_runs(LOOPS[name])
+    wait_until(lambda: daemon.process.poll() is not None or min(a - b for a, b in zip(daemon.loop_runs(LOOPS[name]), runs)) >= 2,
+               timeout=120, interval=0.2, what="two more passes of %s" % name)
+
+
+SETTLE = {"extender": extender_settle}       # the others: loop_passes
 
 
 class Pace:
@@ -321,13 +481,12 @@ def run_scenario(name, tmp_path, faults, pace):
         result["rounds"] = index
         if faults:
             pace.finish(index)
-        # the end: the state stops changing (two equal looks, every loop of the scenario having passed twice in between)
+        # the end: the state stops changing (two equal looks, with SETTLE's wait in between: by default every loop of the
+        # scenario having passed twice)
         snapshots = [state_of(cluster)]
 
         def settled():
-            runs = daemon.loop_runs(LOOPS[name])
-            wait_until(lambda: daemon.process.poll() is not None or min(a - b for a, b in zip(daemon.loop_runs(LOOPS[name]), runs)) >= 2,
-                       timeout=120, interval=0.2, what="two more passes of %s" % name)
+            SETTLE.get(name, loop_passes)(cluster, daemon, name)
             snapshots.append(state_of(cluster))
             return snapshots[-1] == snapshots[-2]
         wait_until(settled, timeout=300, interval=0, what="the final state of %s" % name)
@@ -473,3 +632,31 @@ def test_a_failed_discovery_is_not_a_resource_the_server_does_not_serve(emulator
     with pytest.raises(KubeError) as error:     # was a 404 "does not serve v1 Node", which callers take for "gone"
         kube.get("v1", "Node", "n1")
     assert error.value.status == 500
+
+
+def test_the_extender_counts_its_informer_and_event_retries(emulator_behind_proxy, tmp_path):
+    """Its informers' list/watch restarts (here: every watch cut) and its Event client's retries go to
+    katalyst_api_retries_total like the other daemons' (they were not counted: a faulted extender showed none)."""
+    from plugins.module_utils.daemons.extender import ExtenderDaemon  # pylint: disable=import-outside-toplevel
+    from tests.integration.backends import install_crds  # pylint: disable=import-outside-toplevel
+    prometheus_client = pytest.importorskip("prometheus_client")
+    proxy = emulator_behind_proxy("cut", cut_seconds=(0.1, 0.2))
+    kubeconfig = str(tmp_path / "kubeconfig")
+    write_kubeconfig(kubeconfig, proxy.url)
+    configuration = client.Configuration()
+    configuration.host = proxy.url
+    proxy.enabled = False
+    with client.ApiClient(configuration) as api:
+        install_crds(api, ["customnoderesources"])
+    proxy.enabled = True
+    extender = ExtenderDaemon({"kubeconfig": kubeconfig, "listen_address": "127.0.0.1", "port": 0, "plugins": ["NUMA"], "json_logs": False})
+    try:
+        extender.start(wait_synced=30)
+
+        def informer_retries():
+            text = prometheus_client.generate_latest(extender.daemon.registry).decode()
+            return sum(float(value) for value in re.findall(r'^katalyst_api_retries_total\{[^}]*source="informer"[^}]*\} ([0-9.e+]+)$', text, re.M))
+        wait_until(lambda: informer_retries() >= 3, timeout=60, what="the extender's informer retries in its metrics")
+        assert extender.extender.plugins[0].kube.on_retry is not None
+    finally:
+        extender.stop()

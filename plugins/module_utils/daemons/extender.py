@@ -271,14 +271,16 @@ class ClusterCache:
         with self.lock:
             return list((self.pods_by_node.get(name) or {}).values())
 
-    def start(self, api_client, stop, resync_seconds=300):
+    def start(self, api_client, stop, resync_seconds=300, on_retry=None):
+        """``on_retry(reason)``: each list/watch the informers start again after a failure (katalyst_api_retries_total)."""
         from kubernetes import client  # pylint: disable=import-outside-toplevel
         core = client.CoreV1Api(api_client)
         custom = client.CustomObjectsApi(api_client)
         cnr_list = functools.partial(custom.list_cluster_custom_object, CNR_GROUP, CNR_VERSION, CNR_PLURAL)
-        self.informers = [Informer(core.list_node, self.on_node, resync_seconds=resync_seconds, name="extender-nodes"),
-                          Informer(core.list_pod_for_all_namespaces, self.on_pod, resync_seconds=resync_seconds, name="extender-pods"),
-                          Informer(cnr_list, self.on_cnr, resync_seconds=resync_seconds, name="extender-cnrs")]
+        self.informers = [Informer(core.list_node, self.on_node, resync_seconds=resync_seconds, name="extender-nodes", on_retry=on_retry),
+                          Informer(core.list_pod_for_all_namespaces, self.on_pod, resync_seconds=resync_seconds, name="extender-pods",
+                                   on_retry=on_retry),
+                          Informer(cnr_list, self.on_cnr, resync_seconds=resync_seconds, name="extender-cnrs", on_retry=on_retry)]
         for informer in self.informers:
             informer.start(stop)
         return self.informers
@@ -431,8 +433,8 @@ class ExtenderDaemon:
         if self.api_client is not None:
             for plugin in self.extender.plugins:
                 if hasattr(plugin, "attach"):
-                    plugin.attach(self.api_client)
-            self.cache.start(self.api_client, self.daemon.stop_event, self.config["resync_seconds"])
+                    plugin.attach(self.api_client, on_retry=self.daemon.api_retry_counter("client"))
+            self.cache.start(self.api_client, self.daemon.stop_event, self.config["resync_seconds"], on_retry=self.daemon.api_retry_counter("informer"))
             if wait_synced:
                 self.cache.synced(wait_synced)
                 self.warm()

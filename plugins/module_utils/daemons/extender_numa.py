@@ -54,10 +54,10 @@ class NumaPlugin:
         self.kube = None
         self.stats = {"views_built": 0}
 
-    def attach(self, api_client):
-        """Events need the API; the extender calls this once it has a client."""
+    def attach(self, api_client, on_retry=None):
+        """Events need the API; the extender calls this once it has a client (``on_retry``: counts the client's retries)."""
         if api_client is not None:
-            self.kube = KubeClient(api_client=api_client)
+            self.kube = KubeClient(api_client=api_client, on_retry=on_retry)
 
     # -- which pods ------------------------------------------------------------------------------
     def applies(self, pod, query=None):
