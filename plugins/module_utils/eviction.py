@@ -815,3 +815,9 @@ class EvictionRateLimiter:
             self.last_by_pod[eviction.pod_key] = now
             allowed.append(eviction)
         return tuple(allowed), tuple(deferred)
+
+    def release(self, eviction):
+        """Give back an admitted eviction that did not happen (the API refused it): it counts neither against the
+        rate nor for the pod's cool-down, so the next pass may try it again."""
+        if self.last_by_pod.pop(eviction.pod_key, None) is not None and self.history:
+            self.history.pop()

@@ -78,6 +78,13 @@ RULES = {
              "agent.py Agent.build: the informer on its own Node (field selector metadata.name), whose overcommit ratios cap the realtime ratio"),
         Rule(CORE, ("events",), ("create",),
              "kube.py KubeClient.emit_event: Warning Events on its pods (pod_events.py PodWarnings: bad annotations, values it cannot write)"),
+        Rule(CORE, ("pods/eviction",), ("create",),
+             "agent_eviction.py RootfsEviction.evict: policy/v1 Evictions of its node's pods under rootfs pressure (eviction_enabled)"),
+        Rule(CORE, ("nodes",), ("patch",),
+             "agent_eviction.py NodeConditions.patch_taints: its Node's node.katalyst.kubewharf.io/SystemRootfs:NoSchedule taint "
+             "(merge patch of spec.taints with the resourceVersion read, every other taint kept)"),
+        Rule(CORE, ("nodes/status",), ("patch",),
+             "agent_eviction.py NodeConditions.patch_conditions: its Node's SystemRootfs condition (strategic merge patch of the status)"),
         Rule(CNR, ("customnoderesources",), ("get", "create", "patch"),
              "agent_numa.py current_cnr/apply_cnr_change, agent_overcommit.py report: its node's CNR, created when missing, "
              "realtime ratio annotations merge-patched"),
@@ -232,6 +239,9 @@ NODE_ISOLATION = "katalyst-colocation-agent-node-isolation"
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 NODE_NAME_EXPRESSION = ("has(request.userInfo.extra) && '{key}' in request.userInfo.extra && size(request.userInfo.extra['{key}']) == 1"
                         " ? request.userInfo.extra['{key}'][0] : ''").format(key=NODE_NAME_EXTRA)
+# Agent writes no policy can tie to its node: an eviction's admission object is the Eviction, which names the pod but
+# not its node (docs/rbac.md "Node isolation").
+UNISOLATED_AGENT_WRITES = ((CORE, "pods/eviction"),)
 # (expression, message, messageExpression): every one must hold for a request of the agent to be admitted.
 NODE_ISOLATION_VALIDATIONS = (
     ("variables.nodeName != ''",
@@ -240,6 +250,10 @@ NODE_ISOLATION_VALIDATIONS = (
     ("request.resource.resource != 'customnoderesources' || object.metadata.name == variables.nodeName",
      "the katalyst-agent may write only its own node's CustomNodeResource",
      "'the katalyst-agent of node ' + variables.nodeName + ' may not write the CustomNodeResource ' + object.metadata.name"),
+    # its Node's SystemRootfs condition (nodes/status) and taint (nodes): request.resource.resource is 'nodes' for both
+    ("request.resource.resource != 'nodes' || object.metadata.name == variables.nodeName",
+     "the katalyst-agent may write only its own Node",
+     "'the katalyst-agent of node ' + variables.nodeName + ' may not write the Node ' + object.metadata.name"),
     ("request.resource.resource != 'pods' || (has(object.spec.nodeName) && object.spec.nodeName == variables.nodeName)",
      "the katalyst-agent may patch only pods bound to its node",
      "'the katalyst-agent of node ' + variables.nodeName + ' may not patch a pod that is not bound to it'"),
@@ -269,8 +283,9 @@ def _admission_rule(group, resources, operations):
 def node_isolation_policy(namespace=DEFAULT_NAMESPACE):
     """The ValidatingAdmissionPolicy that ties the agent's writes to the node its token is bound to (docs/rbac.md).
 
-    It matches the agent's writes of the table (CNR and its status, pod patches, Event creation, TokenRequests) and only requests of
-    the agent's ServiceAccount (matchConditions); written with the API server's defaults so that a read-back compares equal."""
+    It matches the agent's writes of the table (CNR and its status, its Node and its status, pod patches, Event creation,
+    TokenRequests) and only requests of the agent's ServiceAccount (matchConditions); written with the API server's
+    defaults so that a read-back compares equal."""
     validations = []
     for expression, message, message_expression in NODE_ISOLATION_VALIDATIONS:
         validation = {"expression": expression, "message": message, "reason": "Forbidden"}
@@ -283,6 +298,7 @@ def node_isolation_policy(namespace=DEFAULT_NAMESPACE):
                      "matchConstraints": {"matchPolicy": "Equivalent", "namespaceSelector": {}, "objectSelector": {},
                                           "resourceRules": [
                                               _admission_rule(CNR, ("customnoderesources", "customnoderesources/status"), ("CREATE", "UPDATE")),
+                                              _admission_rule(CORE, ("nodes", "nodes/status"), ("UPDATE",)),
                                               _admission_rule(CORE, ("pods",), ("UPDATE",)),
                                               _admission_rule(CORE, ("events",), ("CREATE",)),
                                               _admission_rule(CORE, ("serviceaccounts/token",), ("CREATE",))]},

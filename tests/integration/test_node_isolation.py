@@ -165,6 +165,16 @@ def test_an_agent_writes_only_its_own_nodes_objects(kubeapi, kube_client, cluste
         agent_core.patch_namespaced_pod("pod-node-a", "default", {"metadata": {"annotations": {"x": "y"}}})
         message = denied_by_policy(agent_core.patch_namespaced_pod, "pod-node-b", "default", {"metadata": {"annotations": {"x": "y"}}})
         assert "may not patch a pod that is not bound to it" in message, message
+        # its Node's SystemRootfs condition and taint (the eviction loop): its own Node yes, node B's no
+        condition = {"status": {"conditions": [{"type": "SystemRootfs", "status": "True", "reason": "RootfsPressure", "message": "test"}]}}
+        taints = {"spec": {"taints": [{"key": "node.katalyst.kubewharf.io/SystemRootfs", "effect": "NoSchedule"}]}}
+        agent_core.patch_node_status("node-a", condition)
+        agent_core.patch_node("node-a", taints)
+        assert [t.key for t in core.read_node("node-a").spec.taints] == ["node.katalyst.kubewharf.io/SystemRootfs"]
+        message = denied_by_policy(agent_core.patch_node_status, "node-b", condition)
+        assert "of node node-a may not write the Node node-b" in message, message
+        denied_by_policy(agent_core.patch_node, "node-b", taints)
+        assert not core.read_node("node-b").spec.taints and not core.read_node("node-b").status.conditions
         # Events: the agent's own code path names its node; one naming node B is refused, one naming nobody too
         agent = KubeClient(api_client=api_client)
         pod = dict(kube_client.sanitize_for_serialization(core.read_namespaced_pod("pod-node-a", "default")), apiVersion="v1", kind="Pod")
@@ -185,6 +195,7 @@ def test_an_agent_writes_only_its_own_nodes_objects(kubeapi, kube_client, cluste
                                    {"status": {"topologyZone": []}})
         assert "must use a node-bound token" in message, message
         denied_by_policy(client.CoreV1Api(api_client).patch_namespaced_pod, "pod-node-a", "default", {"metadata": {"annotations": {"x": "z"}}})
+        denied_by_policy(client.CoreV1Api(api_client).patch_node, "node-a", {"metadata": {"annotations": {"x": "z"}}})
         # reads are not the policy's business (RBAC lets it list pods)
         assert client.CoreV1Api(api_client).list_namespaced_pod("default").items
     # the admin is not matched by the policy

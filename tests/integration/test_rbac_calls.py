@@ -26,7 +26,8 @@ from tests.integration.backends import REQUEST_LOG_VARIABLE
 
 # The integration tests that run each daemon through its usual work (test_token_renewal.py: each renews its own token).
 SCENARIOS = {
-    rbac.AGENT: ("test_agent_daemon.py", "test_agent_numa.py", "test_agent_overcommit.py", "test_extender_numa.py", "test_token_renewal.py"),
+    rbac.AGENT: ("test_agent_daemon.py", "test_agent_numa.py", "test_agent_overcommit.py", "test_extender_numa.py", "test_token_renewal.py",
+                 "test_agent_eviction.py"),
     rbac.CONTROLLER: ("test_tide_controller.py", "test_cnr_controller.py", "test_overcommit_controller.py", "test_token_renewal.py"),
     rbac.WEBHOOK: ("test_webhook.py",),
     rbac.EXTENDER: ("test_scheduler_extender.py", "test_extender_numa.py", "test_token_renewal.py"),

@@ -166,9 +166,9 @@ def test_calls_outside_the_rules_are_refused(daemons, kube_client):
     admin.create_namespace({"metadata": {"name": "other"}})
     client.CoordinationV1Api(kube_client).create_namespaced_lease(NAMESPACE, lease_body("someone-else", NAMESPACE))
     core = {component: client.CoreV1Api(api_client) for component, api_client in daemons.items()}
-    # the agent deletes a pod, updates a Node, deletes its CNR
+    # the agent deletes a pod, deletes a Node (it may patch its own: the node isolation policy), deletes its CNR
     forbidden(core[rbac.AGENT].delete_namespaced_pod, "web", "default")
-    forbidden(core[rbac.AGENT].patch_node, "n1", {"metadata": {"labels": {"x": "y"}}})
+    forbidden(core[rbac.AGENT].delete_node, "n1")
     forbidden(client.CustomObjectsApi(daemons[rbac.AGENT]).delete_cluster_custom_object, rbac.CNR, "v1alpha1", "customnoderesources", "n1")
     # the webhook patches a Node (it may call nothing at all), the extender patches a Node or binds a pod
     forbidden(core[rbac.WEBHOOK].patch_node, "n1", {"metadata": {"labels": {"x": "y"}}})

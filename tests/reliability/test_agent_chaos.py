@@ -327,8 +327,8 @@ def event_issues(rig, fault, before):
     rig.wait_passes(1, outcome=None)
     events = new()
     if len(events) != 1:
-        return ["%d %s Events on pod %s while the fault lasted, not 1: %s" % (len(events), fault.event[1], fault.event[0],
-                                                                             [event.message for event in events])]
+        pod, reason = fault.event
+        return ["%d %s Events on pod %s while the fault lasted, not 1: %s" % (len(events), reason, pod, [event.message for event in events])]
     return []
 
 
@@ -472,8 +472,8 @@ def test_agent_with_a_full_disk_for_its_state_file(emulator, tmp_path):
                 issues.append("the renewed token is not of the agent's ServiceAccount")
         except AssertionError as exc:
             issues.append(str(exc))
-        outcome = "%s: %d renewals refused (ENOSPC), then renewed; %s" % ("survived" if not issues else "FAILED", renewals("error"),
-                                                                         issues or "pods still watched, nothing half written")
+        outcome = "%s: %d renewals refused (ENOSPC), then renewed; %s" % (
+            "survived" if not issues else "FAILED", renewals("error"), issues or "pods still watched, nothing half written")
         print(outcome)
         record(STATE_DISK_FIGURE, outcome, not issues)
         assert not issues, issues

@@ -21,12 +21,14 @@ import threading
 import time
 
 from . import service
+from .agent_eviction import DEFAULTS as EVICTION_DEFAULTS, RootfsEviction
 from .agent_numa import NumaLoops
+from .agent_tunables import CPU_BURST_LOOP, CPU_BURST_NOT_SET, HOST_WATERMARK_LOOP, INVALID_CPU_BURST, INVALID_NUMA_IDS, TunableLoops
 from .agent_overcommit import DEFAULTS as REALTIME_OVERCOMMIT_DEFAULTS, RealtimeOvercommit
 from .token_renewal import DEFAULTS as TOKEN_RENEWAL_DEFAULTS, daemon_api_client
 from .informer import Informer
 from .pod_events import PodWarnings, pod_uid
-from .. import bpf, cgroups, nodeinfo, oom, oomgather, oomobserver, overcommit, podcgroups, qos, tcpmem
+from .. import bpf, cgroups, nodeinfo, oom, oomgather, oomobserver, overcommit, podcgroups, qos, sysctl, tcpmem
 from ..kube import KubeClient
 from ..quantity import parse_quantity
 from ..reconcile import PlanError
@@ -85,11 +87,20 @@ DEFAULTS = {
     "memory_guard_enabled": True,
     "numa_binding_enabled": True,
     "numa_binding_period_seconds": 5,
+    # tunables (agent_tunables.py): cpu burst per container (Katalyst's --enable-cpu-burst, off by default) and
+    # vm.watermark_scale_factor (explicit value; 0 = auto from the kswapd reserve; reserve 0 = leave it alone)
+    "cpu_burst_enabled": False,
+    "cpu_burst_period_seconds": 10,
+    "host_watermark_enabled": False,
+    "host_watermark_period_seconds": 300,
+    "host_watermark_scale_factor": 0,
+    "host_watermark_kswapd_reserved_gb": 0,
 }
 
 
 DEFAULTS.update(REALTIME_OVERCOMMIT_DEFAULTS)
 DEFAULTS.update(TOKEN_RENEWAL_DEFAULTS)
+DEFAULTS.update(EVICTION_DEFAULTS)
 
 
 def apply_each(plan, apply):
@@ -416,6 +427,40 @@ class Agent:
         if changes:
             LOG.info("realtime overcommit: %s", changes, extra={"loop": "realtime_overcommit"})
 
+    # -- tunables loops (agent_tunables.py) ---------------------------------------------------
+    def converge_cpu_burst(self):
+        """cpu.cfs_burst_us / cpu.max.burst of every container from its pod's cpu_enhancement; numa_ids checked."""
+        if self.pods_unknown() or not self.config["cpu_burst_enabled"]:
+            return
+        fs = self.sysfs
+        found = self.tunables.cpu_burst(fs, self.active_pods(), self.node_facts(), self.config["cgroup_driver"], self.cgroup_prefix())
+        for reason, problems in ((INVALID_CPU_BURST, found.invalid), (INVALID_NUMA_IDS, found.invalid_numa)):
+            for pod, message in problems.values():
+                self.warnings.report(self.kube, pod, reason, message, CPU_BURST_LOOP)
+            self.warnings.settle(reason, set(problems))
+        applied, unwritten = apply_each(found.plan, cgroups.applier(fs))
+        failures = found.failures + [(change.target, message) for change, message in unwritten]
+        self.record(CPU_BURST_LOOP, applied)
+        self.report_pod_failures(CPU_BURST_NOT_SET, failures, found.pod_of, "cpu burst file(s) not read or written", CPU_BURST_LOOP)
+        if failures:
+            if self.metrics:
+                self.metrics["plan_errors"].labels(CPU_BURST_LOOP).inc()
+            raise SysFSError("%d cpu burst file(s) not read or written (the other containers were converged): %s"
+                             % (len(failures), "; ".join(message for _target, message in failures[:5])))
+
+    def converge_host_watermark(self):
+        """vm.watermark_scale_factor, explicit or from the kswapd reserve (written only when it differs)."""
+        if not self.config["host_watermark_enabled"]:
+            return
+        fs = self.sysfs
+        plan = self.tunables.host_watermark(fs, self.node_facts(), self.config)[0]
+        try:
+            self.record(HOST_WATERMARK_LOOP, plan.apply(sysctl.applier(fs), rollback=False))
+        except PlanError:
+            if self.metrics:
+                self.metrics["plan_errors"].labels(HOST_WATERMARK_LOOP).inc()
+            raise
+
     # -- wiring -------------------------------------------------------------------------------
     def build(self):
         cfg = self.config
@@ -427,6 +472,10 @@ class Agent:
         self.daemon.add_loop(service.Loop("reclaimed_resources", cfg["reclaimed_resources_period_seconds"], self.report_reclaimed_resources))
         self.daemon.add_loop(service.Loop("memory_provision", cfg["memory_provision_period_seconds"], self.converge_memory_provision))
         self.daemon.add_loop(service.Loop("numa_binding", cfg["numa_binding_period_seconds"], self.converge_numa_binding))
+        self.daemon.add_loop(service.Loop("eviction", cfg["eviction_period_seconds"], RootfsEviction(self).run_once))
+        self.tunables = TunableLoops(self.daemon.registry)
+        self.daemon.add_loop(service.Loop(CPU_BURST_LOOP, cfg["cpu_burst_period_seconds"], self.converge_cpu_burst))
+        self.daemon.add_loop(service.Loop(HOST_WATERMARK_LOOP, cfg["host_watermark_period_seconds"], self.converge_host_watermark))
         if self.api_client is None and cfg["kubeconfig"] and not os.path.exists(cfg["kubeconfig"]):
             LOG.warning("kubeconfig %s does not exist: running the node-local loops only", cfg["kubeconfig"])
         elif self.api_client is not None or cfg["kubeconfig"]:
@@ -445,7 +494,7 @@ class Agent:
     def on_pod_event(self, event_type, pod):
         LOG.debug("pod %s %s/%s", event_type, pod["metadata"].get("namespace"), pod["metadata"].get("name"))
         for loop in self.daemon.loops:
-            if loop.name in ("oom_priority", "tcp_memory", "numa_binding"):
+            if loop.name in ("oom_priority", "tcp_memory", "numa_binding", CPU_BURST_LOOP):
                 loop.trigger()
 
     def run(self):

@@ -229,7 +229,7 @@ def test_the_node_isolation_policy_matches_the_agent_only_and_its_writes():
     assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
     # exactly the agent's writes of the RBAC table, with the operations they are admitted as (a patch is an UPDATE)
     writes = {(rule.group, resource) for rule in rbac.RULES[rbac.AGENT] for resource in rule.resources
-              if set(rule.verbs) & {"create", "patch", "update"}}
+              if set(rule.verbs) & {"create", "patch", "update"}} - set(rbac.UNISOLATED_AGENT_WRITES)
     matched = {(group, resource) for rule in spec["matchConstraints"]["resourceRules"] for group in rule["apiGroups"] for resource in rule["resources"]}
     assert matched == writes
     # the node name comes from the node-bound token's user extra; without it, every validation but the first holds
@@ -238,7 +238,7 @@ def test_the_node_isolation_policy_matches_the_agent_only_and_its_writes():
     assert "request.userInfo.extra['authentication.kubernetes.io/node-name'][0]" in rbac.NODE_NAME_EXPRESSION
     expressions = [v["expression"] for v in spec["validations"]]
     assert expressions[0] == "variables.nodeName != ''"
-    for resource, field in (("customnoderesources", "object.metadata.name"), ("pods", "object.spec.nodeName"),
+    for resource, field in (("customnoderesources", "object.metadata.name"), ("nodes", "object.metadata.name"), ("pods", "object.spec.nodeName"),
                             ("events", "object.reportingInstance"), ("events", "object.source.host")):
         assert any(("request.resource.resource != '%s'" % resource) in e and ("%s == variables.nodeName" % field) in e for e in expressions), field
     assert all(v["reason"] == "Forbidden" and v["message"] for v in spec["validations"])
