@@ -79,3 +79,36 @@ def pressure_states(node_metrics, numa_metrics, scale_factor, min_critical_water
     node = node_pressure(node_metrics.get("free"), node_metrics.get("total"), scale_factor, len(numa_metrics),
                          min_critical_watermark)
     return node, numas
+
+
+def drop_cache_writes(version, conditions, containers):
+    """The page-cache drops of reclaimed containers on NUMA nodes in DropCache: ``[(numa, file path, content)]``.
+
+    ``conditions`` = ``{numa: PressureCondition}`` of the NUMA nodes to act on (the caller leaves out those in their
+    cool-down); ``containers`` = ``[{"cgroup": directory, "numas": [ids] or None (all), "cache": bytes or None}]``,
+    the reclaimed containers in the order to drop. v1: ``0`` to ``memory.force_empty`` (Katalyst's drop_cache knob);
+    v2: bytes to ``memory.reclaim``: the NUMA's ``target_reclaimed`` shared out in order, each container's share bounded
+    by its file cache (``file`` of memory.stat; none or 0: nothing to drop there). A container on several such NUMA
+    nodes is written once, for the first of them.
+    """
+    writes, done = [], set()
+    for numa in sorted(conditions):
+        condition = conditions[numa]
+        if condition.state != DROP_CACHE:
+            continue
+        remaining = int(condition.target_reclaimed)
+        for container in containers:
+            numas = container.get("numas")
+            if container["cgroup"] in done or (numas is not None and numa not in numas):
+                continue
+            if version == "v1":
+                writes.append((numa, container["cgroup"] + "/memory.force_empty", "0"))
+                done.add(container["cgroup"])
+                continue
+            amount = min(remaining, int(container.get("cache") or 0))
+            if amount <= 0:
+                continue
+            writes.append((numa, container["cgroup"] + "/memory.reclaim", str(amount)))
+            done.add(container["cgroup"])
+            remaining -= amount
+    return writes

@@ -17,6 +17,9 @@ Containers, pods and NUMA readings have the shapes documented in ``headroom``.
 
 from __future__ import annotations
 
+import math
+
+from . import cgroupv2
 from .cgroups import page_aligned, reclaim_paths
 from .headroom import GI, HeadroomError, actual_numa_binding_numas, get_available_numas_and_reclaimed
 
@@ -170,8 +173,10 @@ def reclaimed_cgroup_limits(provisions, numa_totals, reclaimed_requests=None, bo
 def desired_memory_limits(facts, limits, driver="cgroupfs", reclaim_root="/kubepods/besteffort"):
     """The ``desired`` dict of ``cgroups.plan_qos_cgroups`` that writes ``limits`` (from ``reclaimed_cgroup_limits``).
 
-    cgroup v1: ``memory.limit_in_bytes``; v2: ``memory.max`` and ``memory.high`` (95 %%). The cgroups
-    must exist (the QoS cgroup plan creates them), so ``create`` is False.
+    cgroup v1: ``memory.limit_in_bytes`` (Katalyst's memory_high knob is a logged no-op there); v2: ``memory.max`` and
+    ``memory.high`` = ``int64(float64(max) * 0.95)`` like the memory guard's (§3.4), in whole pages, both in
+    ``cgroupv2``'s encodings (-1, unlimited: ``max``). The cgroups must exist (the QoS cgroup plan creates them), so
+    ``create`` is False.
     """
     mode = facts["cgroup"]["mode"]
     if mode not in ("v1", "v2", "hybrid"):
@@ -184,7 +189,10 @@ def desired_memory_limits(facts, limits, driver="cgroupfs", reclaim_root="/kubep
     def add(relative, value):
         if version == "v2":
             base = "/sys/fs/cgroup" + relative
-            files = {base + "/memory.max": str(page_aligned(value)), base + "/memory.high": str(page_aligned(value * MEMORY_HIGH_RATIO))}
+            high = -1 if value < 0 else page_aligned(int(float(value) * MEMORY_HIGH_RATIO))
+            files = {base + "/memory.max": cgroupv2.memory_max(-1 if value < 0 else page_aligned(value)),
+                     base + "/memory.high": cgroupv2.memory_high(high)}
+            files = {name: content for name, content in files.items() if content is not None}
         else:
             base = "/sys/fs/cgroup/memory" + relative
             files = {base + "/memory.limit_in_bytes": str(page_aligned(value))}
@@ -195,3 +203,24 @@ def desired_memory_limits(facts, limits, driver="cgroupfs", reclaim_root="/kubep
         if numa in limits["numa"]:
             add(per_numa[numa], int(limits["numa"][numa]))
     return {"version": version, "cgroups": wanted, "subtree_control": []}
+
+
+def reserved_memory_per_numa(reserved_gb, numa_ids):
+    """``--memory-resource-plugin-reserved`` (GB, default 0) split per NUMA node: ``ceil(GB / numNUMA)`` GiB each.
+
+    Katalyst's QRM memory plugin takes this from each NUMA node's total to get the NUMA node's allocatable memory
+    (``{numa: bytes}``). ValueError for a negative or non-numeric amount.
+    """
+    numa_ids = sorted(int(n) for n in numa_ids)
+    if isinstance(reserved_gb, bool):
+        raise ValueError("memory_resource_plugin_reserved_gb=%r: a number of GB is required" % (reserved_gb,))
+    try:
+        amount = float(reserved_gb)
+    except (TypeError, ValueError):
+        raise ValueError("memory_resource_plugin_reserved_gb=%r: a number of GB is required" % (reserved_gb,))
+    if not math.isfinite(amount) or amount < 0:
+        raise ValueError("memory_resource_plugin_reserved_gb=%r: a finite non-negative number is required" % (reserved_gb,))
+    if not numa_ids:
+        return {}
+    per_numa = int(math.ceil(amount / len(numa_ids))) * GI
+    return {numa: per_numa for numa in numa_ids}

@@ -1,6 +1,7 @@
 """katalyst-agent's NUMA loops as a real process against the emulator and a sandbox sysroot (v1, 2 sockets x 2 NUMA):
 per-NUMA reclaimed resources in the node's CNR (status subresource, written only when different), memory provision
-limits on besteffort-<N> and the root (moving with usage, floored, lowered by the memory guard), and NUMA binding of
+limits on besteffort-<N> and the root (moving with usage, floored, lowered by the memory guard), the page-cache drop of a
+reclaimed container on a NUMA node under its critical watermark (once per cool-down), and NUMA binding of
 dedicated_cores pods (cpusets + numa_bind_result, the TensorFlow anti-affinity case, Events for bad annotations)."""
 
 import json
@@ -78,11 +79,15 @@ def numa_agent(kubeapi, kube_client, tmp_path):
         log.close()
 
 
-def loop_runs(env, loop):
-    """Finished passes of one of the agent's loops, from its /metrics."""
+def metrics_text(env):
     port = int(re.search(r"on 127\.0\.0\.1:(\d+)", open(env["log"]).read()).group(1))
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as response:
-        text = response.read().decode()
+        return response.read().decode()
+
+
+def loop_runs(env, loop):
+    """Finished passes of one of the agent's loops, from its /metrics."""
+    text = metrics_text(env)
     return sum(float(m) for m in re.findall(r'^katalyst_loop_runs_total\{[^}]*loop="%s"[^}]*\} (\S+)$' % loop, text, re.M))
 
 
@@ -238,3 +243,29 @@ def test_numa_binding_pins_cpusets_and_honours_anti_affinity(numa_agent):
     wait_until(warned, what="the InvalidMicrotopology Event")
     assert bind_result(env, "bad") is None and not os.path.exists(bad[0] + "/cpuset.mems")
     assert "rack" in warned()[0].message
+
+
+def test_memory_provision_drops_reclaimed_cache_on_a_numa_under_its_critical_watermark(numa_agent):
+    env = numa_agent
+    sysroot, core = env["sysroot"], env["core"]
+    ann = {"katalyst.kubewharf.io/qos_level": "reclaimed_cores"}
+    pod = core.create_namespaced_pod("default", {"metadata": {"name": "r0", "annotations": ann},
+                                                 "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "x"}]}})
+    cgroup = sysroot + "/sys/fs/cgroup/memory/kubepods/besteffort/pod%s/c-r0" % pod.metadata.uid
+    os.makedirs(cgroup)
+    with open(cgroup + "/memory.stat", "w") as handle:
+        handle.write("cache %d\nrss 0\ntotal_cache %d\n" % (GI, GI))
+    core.patch_namespaced_pod_status("r0", "default", {"status": {"phase": "Running", "qosClass": "BestEffort", "containerStatuses": [
+        {"name": "main", "containerID": "containerd://c-r0", "ready": True, "restartCount": 0, "image": "x", "imageID": ""}]}})
+    # NUMA 0: 3Gi free of 16Gi, under its critical watermark max(4Gi, 2*16Gi*10/10000) -> DropCache
+    set_meminfo(sysroot, 0, 3 * GI)
+    env["start"](memory_provision_enabled=True, reclaimed_resources_enabled=False)
+    wait_until(lambda: os.path.exists(cgroup + "/memory.force_empty"), what="the page cache drop of the reclaimed container")
+    assert read("", cgroup + "/memory.force_empty") == "0"
+    assert "NUMA 0 in DropCache" in open(env["log"]).read()
+    assert re.search(r'^katalyst_memory_pressure_state\{numa="0"\} 2\.0$', metrics_text(env), re.M), "NUMA 0's state not in /metrics"
+    os.unlink(cgroup + "/memory.force_empty")
+    # once per cool-down (300 s by default): the next passes do not drop again
+    passes = loop_runs(env, "memory_provision")
+    wait_until(lambda: loop_runs(env, "memory_provision") >= passes + 3, what="three more memory_provision passes")
+    assert not os.path.exists(cgroup + "/memory.force_empty")

@@ -22,13 +22,13 @@ import time
 
 from . import service
 from .agent_eviction import DEFAULTS as EVICTION_DEFAULTS, RootfsEviction
-from .agent_numa import NumaLoops
+from .agent_numa import DEFAULTS as NUMA_DEFAULTS, NumaLoops
 from .agent_tunables import CPU_BURST_LOOP, CPU_BURST_NOT_SET, HOST_WATERMARK_LOOP, INVALID_CPU_BURST, INVALID_NUMA_IDS, TunableLoops
 from .agent_overcommit import DEFAULTS as REALTIME_OVERCOMMIT_DEFAULTS, RealtimeOvercommit
 from .token_renewal import DEFAULTS as TOKEN_RENEWAL_DEFAULTS, daemon_api_client
 from .informer import Informer
 from .pod_events import PodWarnings, pod_uid
-from .. import bpf, cgroups, nodeinfo, oom, oomgather, oomobserver, overcommit, podcgroups, qos, sysctl, tcpmem
+from .. import bpf, cgroups, memorypressure, nodeinfo, oom, oomgather, oomobserver, overcommit, podcgroups, qos, sysctl, tcpmem
 from ..kube import KubeClient
 from ..quantity import parse_quantity
 from ..reconcile import PlanError
@@ -101,6 +101,7 @@ DEFAULTS = {
 DEFAULTS.update(REALTIME_OVERCOMMIT_DEFAULTS)
 DEFAULTS.update(TOKEN_RENEWAL_DEFAULTS)
 DEFAULTS.update(EVICTION_DEFAULTS)
+DEFAULTS.update(NUMA_DEFAULTS)
 
 
 def apply_each(plan, apply):
@@ -167,6 +168,9 @@ class Agent:
             self.metrics["realtime_ratio"] = prometheus_client.Gauge(
                 "katalyst_realtime_overcommit_ratio", "Realtime overcommit ratio reported on the CNR", ["resource"],
                 registry=self.daemon.registry)
+            self.metrics["memory_pressure"] = prometheus_client.Gauge(
+                "katalyst_memory_pressure_state", "Memory pressure state per NUMA node: 0 no risk, 1 tune memcg, 2 drop cache "
+                "(Katalyst's MemoryPressureState)", ["numa"], registry=self.daemon.registry)
             self.metrics["oom_map_entries"] = prometheus_client.Gauge(
                 "katalyst_oom_priority_map_entries", "Entries in the pinned OOM priority BPF map", registry=self.daemon.registry)
 
@@ -391,6 +395,9 @@ class Agent:
         if self.pods_unknown() or not self.config["memory_provision_enabled"]:
             return
         self.record("memory_provision", self.numa.memory_provision(self.sysfs, self.node_pods(), self.config))
+        if self.metrics and self.numa.last_pressure:
+            for numa, condition in self.numa.last_pressure["numa"].items():
+                self.metrics["memory_pressure"].labels(str(numa)).set(memorypressure.STATE_VALUES[condition.state])
 
     def converge_numa_binding(self):
         """cpuset.cpus/mems of dedicated_cores + numa_binding pods, and their numa_bind_result annotation."""

@@ -21,8 +21,9 @@ import collections
 import logging
 import math
 import re
+import time
 
-from .. import cgroups, cnr, headroom, memprovision, nodeinfo, placement, podcgroups
+from .. import cgroups, cnr, headroom, memorypressure, memprovision, nodeinfo, placement, podcgroups
 from ..kube import KubeError
 from ..qos import NUMA_BIND_RESULT_KEY, QoSError, resolve_qos_level
 from ..quantity import parse_quantity
@@ -30,6 +31,18 @@ from ..reconcile import Change, Plan, PlanError
 from .pod_events import PodWarnings, pod_uid
 
 LOG = logging.getLogger("katalyst.agent.numa")
+
+# Seconds between two page-cache drops of the reclaimed containers of one NUMA node in DropCache: dropping is costly
+# (the kernel scans the whole cgroup) and the free memory reading lags the drop by a pass or two.
+DROP_CACHE_COOLDOWN_SECONDS = 300
+# --memory-advisor-min-critical-watermark (the pressure states' floor of the critical watermark)
+MIN_CRITICAL_WATERMARK = "4Gi"
+# --memory-resource-plugin-reserved (GB), taken per NUMA node (ceil(GB/numNUMA) GiB) from the NUMA zones' allocatable memory
+RESERVED_GB = 0
+# the agent's settings of these (agent.py merges them into its DEFAULTS); read with config.get, so a partial config works
+DEFAULTS = {"memory_drop_cache_cooldown_seconds": DROP_CACHE_COOLDOWN_SECONDS,
+            "memory_advisor_min_critical_watermark": MIN_CRITICAL_WATERMARK,
+            "memory_resource_plugin_reserved_gb": RESERVED_GB}
 
 # the kubelet's topologyManagerPolicy x topologyManagerScope -> CNR status.topologyPolicy (GenerateTopologyPolicy)
 TOPOLOGY_POLICIES = {"single-numa-node": "SingleNUMANode", "restricted": "Restricted", "best-effort": "BestEffort",
@@ -324,6 +337,8 @@ class NumaLoops:
         self.numa_stat_reported = collections.OrderedDict()  # (file, content) of malformed files already logged
         self.last_status = None
         self.last_limits = None
+        self.last_pressure = None                            # {"node": PressureCondition, "numa": {numa: PressureCondition}}
+        self.drop_cache_at = {}                              # numa -> monotonic time of its last page-cache drop
 
     def note(self, message):
         """Log a degraded reading once."""
@@ -427,7 +442,8 @@ class NumaLoops:
         reclaimed = cnr.revise_reclaimed(**headroom.reclaimed_report_maps(reports["cpu"], reports["memory"]))
         status = cnr.build_cnr_status(reclaimed, cnr.numa_sockets_from_facts(facts))
         if config["numa_topology_report"]:
-            add_numa_capacity(status, facts)
+            add_numa_capacity(status, facts, memprovision.reserved_memory_per_numa(config.get("memory_resource_plugin_reserved_gb", RESERVED_GB),
+                                                                                   all_numas))
             policy = config["cnr_topology_policy"] or kubelet_topology_policy(fs)
             status["topologyPolicy"] = policy
         return status
@@ -471,18 +487,27 @@ class NumaLoops:
         return applied
 
     # -- memory provision -------------------------------------------------------------------------
-    def memory_limits(self, fs, facts, pods, config):
-        """The per-NUMA and root limits to enforce (``memprovision.reclaimed_cgroup_limits``)."""
+    def provision_inputs(self, fs, facts, pods, config):
+        """The readings one memory provision pass works from: containers, pods by uid, NUMA metrics, scale factor, and
+        the available NUMA nodes and reclaimed containers (``headroom.get_available_numas_and_reclaimed``)."""
         pods_by_uid = {(p.get("metadata") or {}).get("uid"): p for p in pods}
         containers = container_dicts(pods, facts, fs, config["cgroup_driver"], config["cgroup_root"].rstrip("/"), self.numa_stat)
         all_numas = [n["id"] for n in facts["numa_nodes"]]
-        sockets = numa_socket_ids(facts)
-        metrics = numa_metrics_from_facts(facts)
-        scale = read_scale_factor(fs)
+        enable = bool(config["reclaim_enabled"])
+        avail, reclaimed = headroom.get_available_numas_and_reclaimed(containers, pods_by_uid, all_numas, numa_socket_ids(facts), enable)
+        return {"containers": containers, "pods_by_uid": pods_by_uid, "metrics": numa_metrics_from_facts(facts),
+                "scale": read_scale_factor(fs), "avail": avail, "reclaimed": reclaimed}
+
+    def memory_limits(self, fs, facts, pods, config, inputs=None):
+        """The per-NUMA and root limits to enforce (``memprovision.reclaimed_cgroup_limits``)."""
+        inputs = inputs or self.provision_inputs(fs, facts, pods, config)
+        containers, metrics, scale = inputs["containers"], inputs["metrics"], inputs["scale"]
+        avail, reclaimed = inputs["avail"], inputs["reclaimed"]
+        all_numas = [n["id"] for n in facts["numa_nodes"]]
         enable = bool(config["reclaim_enabled"])
         reserved = parse_quantity(str(config["reserved_memory_for_allocate"])).value()
-        provisions = memprovision.canonical_memory_provision(containers, pods_by_uid, all_numas, sockets, metrics, scale, reserved, enable)
-        avail, reclaimed = headroom.get_available_numas_and_reclaimed(containers, pods_by_uid, all_numas, sockets, enable)
+        provisions = memprovision.canonical_memory_provision(containers, inputs["pods_by_uid"], all_numas, numa_socket_ids(facts), metrics,
+                                                             scale, reserved, enable)
         requests = {}
         for container in reclaimed:
             numas = container.get("numa_assignments") or all_numas
@@ -514,18 +539,83 @@ class NumaLoops:
                 existing.append(key)
         return memprovision.memory_guard_limits(avail, reclaimed, metrics, scale, usage, numa_cgroups=existing)
 
-    def memory_provision(self, fs, pods, config):
-        """One pass: write the limits on ``<root>-<N>`` and the root where they differ. Returns the applied Changes."""
+    def memory_provision(self, fs, pods, config, now=None):
+        """One pass: write the limits on ``<root>-<N>`` and the root where they differ, and drop the page cache of the
+        reclaimed containers on NUMA nodes in DropCache (``drop_caches``). Returns the applied Changes.
+
+        TuneMemCg needs nothing more: every pass already lowers the limits to the memory guard's (``memory_limits``).
+        """
+        now = time.monotonic() if now is None else now
         facts = nodeinfo.gather(fs)
         require_numa_memory(fs, facts)
-        limits = self.memory_limits(fs, facts, pods, config)
+        inputs = self.provision_inputs(fs, facts, pods, config)
+        limits = self.memory_limits(fs, facts, pods, config, inputs)
+        limits["pressure"] = self.pressure(inputs, config)
         self.last_limits = limits
         desired = memprovision.desired_memory_limits(facts, limits, config["cgroup_driver"], config["reclaim_root"])
         try:
-            return cgroups.converge(fs, desired)[1]
+            applied = cgroups.converge(fs, desired)[1]
         except cgroups.CgroupError as exc:
             self.note("memory provision waits for the reclaimed cgroups: %s" % exc)
+            applied = []
+        return applied + self.drop_caches(fs, facts, config, inputs, now)
+
+    def pressure(self, inputs, config):
+        """``memorypressure.pressure_states`` of this pass's NUMA readings (the node's: their sums), kept in
+        ``last_pressure`` (``{"node": condition, "numa": {numa: condition}}``); a NUMA node's change of state is logged.
+        Returns ``{numa: state}``."""
+        # memoryless NUMA nodes (MemTotal 0) have no pressure and hold no reclaimed memory: left out
+        numa_metrics = {numa: {"free": float(m["free"]), "total": float(m["total"])} for numa, m in inputs["metrics"].items() if m["total"]}
+        if not numa_metrics:
+            self.last_pressure = {"node": None, "numa": {}}
+            return {}
+        node = {"free": sum(m["free"] for m in numa_metrics.values()), "total": sum(m["total"] for m in numa_metrics.values())}
+        minimum = parse_quantity(str(config.get("memory_advisor_min_critical_watermark", MIN_CRITICAL_WATERMARK))).value()
+        node_condition, conditions = memorypressure.pressure_states(node, numa_metrics, float(inputs["scale"]), minimum)
+        before = (self.last_pressure or {}).get("numa") or {}
+        for numa, condition in sorted(conditions.items()):
+            previous = before.get(numa)
+            if condition.state != (previous.state if previous else memorypressure.NO_RISK):
+                LOG.info("NUMA %s memory pressure %s (free %d bytes, critical watermark %d bytes)", numa, condition.state,
+                         numa_metrics[numa]["free"], condition.critical_watermark, extra={"loop": "memory_provision"})
+        self.last_pressure = {"node": node_condition, "numa": conditions}
+        return {numa: condition.state for numa, condition in conditions.items()}
+
+    def drop_caches(self, fs, facts, config, inputs, now):
+        """Drop the page cache of the reclaimed containers on each NUMA node in DropCache, at most once per NUMA node
+        per ``DROP_CACHE_COOLDOWN_SECONDS`` (``memorypressure.drop_cache_writes``). Returns the Changes written; a write
+        the kernel refuses is logged and the others go on."""
+        cooldown = float(config.get("memory_drop_cache_cooldown_seconds", DROP_CACHE_COOLDOWN_SECONDS))
+        due = {numa: condition for numa, condition in self.last_pressure["numa"].items()
+               if condition.state == memorypressure.DROP_CACHE and now - self.drop_cache_at.get(numa, now - cooldown) >= cooldown}
+        if not due:
             return []
+        version = _cgroup_version(facts)
+        base = _memory_base(version) + config["cgroup_root"].rstrip("/")
+        containers = []
+        for container in sorted(inputs["reclaimed"], key=lambda c: (c.get("pod_uid") or "", c.get("container_name") or "")):
+            pod = inputs["pods_by_uid"].get(container.get("pod_uid"))
+            relative = podcgroups.container_cgroup_paths(pod, config["cgroup_driver"]).get(container.get("container_name")) if pod else None
+            if relative is None or not fs.isdir(base + relative):
+                continue
+            containers.append({"cgroup": base + relative, "numas": container.get("numa_assignments"),
+                               "cache": (container.get("metrics") or {}).get("cache")})
+        applied = []
+        for numa in sorted(due):
+            self.drop_cache_at[numa] = now
+            writes = [w for w in memorypressure.drop_cache_writes(version, {numa: due[numa]}, containers) if w[1] not in
+                      {c.target for c in applied}]
+            LOG.info("NUMA %s in DropCache (free below the %d bytes critical watermark, target %d bytes): dropping the page cache of "
+                     "%d reclaimed container(s); next drop there in %gs at the earliest", numa, due[numa].critical_watermark,
+                     due[numa].target_reclaimed, len(writes), cooldown, extra={"loop": "memory_provision"})
+            for _numa, path, content in writes:
+                try:
+                    fs.write_text(path, content)
+                except OSError as exc:
+                    LOG.warning("dropping the page cache with %s <- %s failed: %s", path, content, exc, extra={"loop": "memory_provision"})
+                    continue
+                applied.append(Change("cgroup_file", path, "set", None, content, "NUMA %s in DropCache" % numa))
+        return applied
 
     # -- NUMA binding -------------------------------------------------------------------------------
     def report(self, kube, pod, reason, message):
@@ -598,9 +688,13 @@ def plan_cpuset(fs, pod, version, config, choice):
     return plan
 
 
-def add_numa_capacity(status, facts):
-    """Add each NUMA zone's ``cpu`` and ``memory`` (what the kubelet topology adapter reports) for NUMA fit."""
+def add_numa_capacity(status, facts, reserved=None):
+    """Add each NUMA zone's ``cpu`` and ``memory`` (what the kubelet topology adapter reports) for NUMA fit.
+
+    ``reserved``: ``{numa: bytes}`` (``memprovision.reserved_memory_per_numa``) taken from the allocatable memory only,
+    as Katalyst's QRM memory plugin reports it; the capacity stays the NUMA node's total."""
     by_id = {str(n["id"]): n for n in facts["numa_nodes"]}
+    reserved = {str(n): int(v) for n, v in (reserved or {}).items()}
     for socket in status["topologyZone"]:
         for zone in socket.get("children") or []:
             info = by_id.get(zone["name"])
@@ -610,7 +704,8 @@ def add_numa_capacity(status, facts):
             for field in ("allocatable", "capacity"):
                 values = resources.setdefault(field, {})
                 values["cpu"] = str(info.get("cpu_count", 0))
-                values["memory"] = str(info.get("memory_bytes", 0))
+                memory = info.get("memory_bytes", 0)
+                values["memory"] = str(max(memory - reserved.get(zone["name"], 0), 0) if field == "allocatable" else memory)
 
 
 def plan_status_with_policy(node_name, current, status):

@@ -9,7 +9,7 @@ import pytest
 from ansible_collections.katalyst.colocation.plugins.module_utils import cgroups, nodeinfo
 from ansible_collections.katalyst.colocation.plugins.module_utils.memprovision import (
     ProvisionError, canonical_memory_provision, desired_memory_limits, guard_limit_for, memory_guard_limits,
-    reclaimed_cgroup_limits,
+    reclaimed_cgroup_limits, reserved_memory_per_numa,
 )
 from ansible_collections.katalyst.colocation.plugins.module_utils.sysfs import SysFS
 from sandbox.sysroot import build_sysroot
@@ -128,3 +128,36 @@ def test_limits_are_written_by_the_cgroup_plan_and_idempotent(tmp_path, version)
     assert not cgroups.plan_qos_cgroups(desired, cgroups.read_cgroup_state(fs, desired)).changed
     with pytest.raises(ProvisionError):
         desired_memory_limits(dict(facts, cgroup={"mode": "none"}), limits)
+
+
+def test_v2_memory_high_is_95_percent_of_the_limit_in_cgroupv2_encodings(tmp_path):
+    facts = nodeinfo.gather(SysFS(build_sysroot(str(tmp_path), cgroup="v2")))
+    # 10Gi: high = int(10737418240 * 0.95) = 10200547328 = 2490368 pages exactly; 1Gi + 1 byte: max 262144 pages,
+    # high int(1073741825 * 0.95) = 1020054733 -> 249036 pages = 1020051456; -1 (unlimited): max for both
+    desired = desired_memory_limits(facts, {"root": 10 * GI, "numa": {0: GI + 1, 1: -1}})
+    files = {}
+    for cgroup in desired["cgroups"]:
+        files.update(cgroup["files"])
+    base = "/sys/fs/cgroup/kubepods/besteffort"
+    assert files[base + "/memory.max"] == "10737418240" and files[base + "/memory.high"] == "10200547328"
+    assert files[base + "-0/memory.max"] == "1073741824" and files[base + "-0/memory.high"] == "1020051456"
+    assert files[base + "-1/memory.max"] == "max" and files[base + "-1/memory.high"] == "max"
+    v1 = desired_memory_limits(dict(facts, cgroup={"mode": "v1"}), {"root": 10 * GI, "numa": {}})
+    assert [sorted(c["files"]) for c in v1["cgroups"]] == [["/sys/fs/cgroup/memory/kubepods/besteffort/memory.limit_in_bytes"]]
+
+
+@pytest.mark.parametrize("reserved_gb, numas, expected", [
+    (0, [0, 1, 2, 3], {0: 0, 1: 0, 2: 0, 3: 0}),            # Katalyst's default
+    (10, [0, 1, 2, 3], {n: 3 * GI for n in range(4)}),      # ceil(10 / 4) = ceil(2.5) = 3
+    (8, [0, 1, 2, 3], {n: 2 * GI for n in range(4)}),       # exactly 2
+    (1, [1, 3], {1: GI, 3: GI}),                            # ceil(0.5) = 1, NUMA ids kept
+    (5, [], {}),
+])
+def test_reserved_memory_per_numa_is_ceil_of_gb_over_numa_count(reserved_gb, numas, expected):
+    assert reserved_memory_per_numa(reserved_gb, numas) == expected
+
+
+@pytest.mark.parametrize("bad", [-1, "x", None, True, float("inf")])
+def test_reserved_memory_per_numa_refuses_bad_amounts(bad):
+    with pytest.raises(ValueError, match="memory_resource_plugin_reserved_gb"):
+        reserved_memory_per_numa(bad, [0])
