@@ -79,7 +79,7 @@ RULES = {
         Rule(CORE, ("events",), ("create",),
              "kube.py KubeClient.emit_event: Warning Events on its pods (pod_events.py PodWarnings: bad annotations, values it cannot write)"),
         Rule(CORE, ("pods/eviction",), ("create",),
-             "agent_eviction.py RootfsEviction.evict: policy/v1 Evictions of its node's pods under rootfs pressure (eviction_enabled)"),
+             "agent_eviction.py EvictionManager.evict: policy/v1 Evictions of its node's pods under rootfs or memory pressure (eviction_enabled)"),
         Rule(CORE, ("nodes",), ("patch",),
              "agent_eviction.py NodeConditions.patch_taints: its Node's node.katalyst.kubewharf.io/SystemRootfs:NoSchedule taint "
              "(merge patch of spec.taints with the resourceVersion read, every other taint kept)"),

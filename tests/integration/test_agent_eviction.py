@@ -309,6 +309,7 @@ def test_the_agent_role_renders_the_eviction_settings_the_agent_reads(tmp_path):
     dest = tmp_path / "agent.yaml"
     rc, _tasks, out = run_playbook(RENDER, tmp_path, [], {
         "repo": REPO, "dest": str(dest), "agent_credential": "kubeconfig", "agent_eviction_enabled": True, "agent_eviction_top_n": 3,
+        "agent_eviction_system_memory_enabled": True,
         "agent_eviction_rootfs": {"minimum_free": "10%", "reclaimed_pod_used_priority": "1Gi", "grace_period_seconds": 30,
                                   "pod_dirs": ["/data/pods/{uid}"]}})
     assert rc == 0, out
@@ -317,3 +318,8 @@ def test_the_agent_role_renders_the_eviction_settings_the_agent_reads(tmp_path):
     thresholds = rootfs_thresholds(config)
     assert thresholds.minimum_free.percentage == pytest.approx(0.1) and thresholds.reclaimed_pod_used_priority.quantity == 1 << 30
     assert thresholds.grace_period == 30 and thresholds.pod_minimum_used is None
+    # and the memory provision loop's settings (defaults)
+    assert (config["memory_drop_cache_cooldown_seconds"], config["memory_advisor_min_critical_watermark"], config["memory_resource_plugin_reserved_gb"]) \
+        == (300, "4Gi", 0)
+    assert config["eviction_system_memory_enabled"] is True
+    assert config["eviction_numa_memory_enabled"] is False and config["eviction_reclaimed_resources_enabled"] is False

@@ -21,7 +21,7 @@ import threading
 import time
 
 from . import service
-from .agent_eviction import DEFAULTS as EVICTION_DEFAULTS, RootfsEviction
+from .agent_eviction import DEFAULTS as EVICTION_DEFAULTS, EvictionManager
 from .agent_numa import DEFAULTS as NUMA_DEFAULTS, NumaLoops
 from .agent_tunables import CPU_BURST_LOOP, CPU_BURST_NOT_SET, HOST_WATERMARK_LOOP, INVALID_CPU_BURST, INVALID_NUMA_IDS, TunableLoops
 from .agent_overcommit import DEFAULTS as REALTIME_OVERCOMMIT_DEFAULTS, RealtimeOvercommit
@@ -479,7 +479,7 @@ class Agent:
         self.daemon.add_loop(service.Loop("reclaimed_resources", cfg["reclaimed_resources_period_seconds"], self.report_reclaimed_resources))
         self.daemon.add_loop(service.Loop("memory_provision", cfg["memory_provision_period_seconds"], self.converge_memory_provision))
         self.daemon.add_loop(service.Loop("numa_binding", cfg["numa_binding_period_seconds"], self.converge_numa_binding))
-        self.daemon.add_loop(service.Loop("eviction", cfg["eviction_period_seconds"], RootfsEviction(self).run_once))
+        self.daemon.add_loop(service.Loop("eviction", cfg["eviction_period_seconds"], EvictionManager(self).run_once))
         self.tunables = TunableLoops(self.daemon.registry)
         self.daemon.add_loop(service.Loop(CPU_BURST_LOOP, cfg["cpu_burst_period_seconds"], self.converge_cpu_burst))
         self.daemon.add_loop(service.Loop(HOST_WATERMARK_LOOP, cfg["host_watermark_period_seconds"], self.converge_host_watermark))

@@ -1,6 +1,6 @@
 # Copyright: katalyst.colocation contributors
 # Apache License 2.0 (see LICENSE)
-"""The agent's ``eviction`` loop: evict pods under rootfs pressure through the policy/v1 Eviction API.
+"""The agent's ``eviction`` loop: evict pods under rootfs and memory pressure through the policy/v1 Eviction API.
 
 Each pass (5 s, Katalyst's ``--eviction-manager-sync-period``) reads the rootfs filesystem (``statvfs`` of
 ``eviction_rootfs_path``: free bytes, free inodes) and each pod's use of it (bytes and inodes under its directories,
@@ -19,7 +19,22 @@ kubelet's) and the taint goes. Both are written only when they change (compared 
 taint by a merge patch of spec.taints carrying the resourceVersion read (every other taint kept; a conflict reads the
 Node again). A dry run does not touch the node.
 
-Not here yet: memory pressure and reclaimed-resource eviction (their engine functions exist in eviction.py).
+The same pass also runs the §5.4 memory plugins, each behind its own switch (off by default, like Katalyst's plugins):
+
+* ``eviction_numa_memory_enabled``: per NUMA node the Normal zone of ``/proc/zoneinfo`` (free, min, low, inactive file;
+  without it the node's ``meminfo`` MemFree/MemTotal and ``vm.watermark_scale_factor``) feeds ``NumaPressure``; the
+  victims are ranked by their per-NUMA usage (the containers' ``memory.numa_stat``, agent_numa's reader).
+* ``eviction_system_memory_enabled``: ``/proc/meminfo`` MemFree below MemTotal x watermark_scale_factor / 10000 evicts
+  reclaimed pods and puts the ``MemoryPressure`` condition (a taint, see below) on the node; with
+  ``eviction_system_memory_kswapd_enabled`` a kswapd steal rate (``/proc/vmstat`` ``pgsteal_kswapd*``) over 2000 pages/s
+  for 120 s evicts any pod.
+* ``eviction_reclaimed_resources_enabled``: the reclaimed pods' reclaimed_millicpu / reclaimed_memory requests over 5x
+  this node's CNR ``status.resources.allocatable`` evict the reclaimed pod with the largest request.
+
+The plugins' plans are merged (``eviction.merge_plans``: a pod wanted by several plugins is evicted once, by the first)
+and go through the same rate limiter, Eviction API path and Events. ``MemoryPressure`` is a node status condition type
+the kubelet owns (it rewrites it on each status update), so that condition is carried by its taint
+``node.katalyst.kubewharf.io/MemoryPressure:NoSchedule`` and Node Events only, as Katalyst reports its conditions.
 """
 
 from __future__ import annotations
@@ -30,9 +45,11 @@ import os
 import stat
 import time
 
+from .agent_numa import container_dicts, read_numa_stat, read_scale_factor
 from .service import prometheus_client
-from .. import eviction
+from .. import cnr, eviction, nodeinfo
 from ..kube import KubeError
+from ..sysfs import SysFSError
 
 
 LOG = logging.getLogger("katalyst.agent")
@@ -46,7 +63,7 @@ DEFAULTS = {
     "eviction_max_per_period": 2,
     "eviction_rate_period_seconds": 60,
     "eviction_pod_cooldown_seconds": 300,
-    # how long the SystemRootfs condition and its taint stay after the threshold was last met (--eviction-condition-transition-period)
+    # how long a node condition (SystemRootfs, MemoryPressure) and its taint stay after last met (--eviction-condition-transition-period)
     "eviction_condition_transition_seconds": eviction.CONDITION_TRANSITION_PERIOD,
     # §5.3 thresholds: "" unset, "10%" of the filesystem, or a quantity ("2Gi", "5000" inodes)
     "eviction_rootfs_path": "/var/lib/kubelet",
@@ -60,6 +77,16 @@ DEFAULTS = {
     "eviction_rootfs_grace_period_seconds": 0,
     # where a pod's use of the rootfs lives ({uid}, {namespace}, {name} filled in), below sysroot
     "eviction_rootfs_pod_dirs": ["/var/lib/kubelet/pods/{uid}", "/var/log/pods/{namespace}_{name}_{uid}"],
+    # §5.4 memory plugins, each off by default (Katalyst's plugins are opt-in)
+    "eviction_numa_memory_enabled": False,
+    "eviction_numa_free_below_watermark_times_threshold": eviction.NUMA_T_NON_RECLAIMED,
+    "eviction_numa_free_below_watermark_times_reclaimed_threshold": eviction.NUMA_T_RECLAIMED,
+    "eviction_system_memory_enabled": False,
+    # Katalyst defines the kswapd steal-rate detector but does not call it at the pinned commit: off unless asked
+    "eviction_system_memory_kswapd_enabled": False,
+    "eviction_reclaimed_resources_enabled": False,
+    # how often the reclaimed-resource plugin reads this node's CNR (its allocatable changes with the reporter's writes)
+    "eviction_cnr_refresh_seconds": 30,
 }
 
 
@@ -141,9 +168,82 @@ def rootfs_plan(config, pods):
     return plan, readings, met
 
 
+# --- §5.4 memory readings (malachite's metrics, read from the node's files below sysroot) ---------------------------
+
+ZONE_FIELDS = ("free", "min", "low")
+
+
+def parse_zoneinfo(text):
+    """``/proc/zoneinfo`` -> ``{numa id: {"free", "min", "low"[, "inactive_file"]}}`` in pages, of each node's Normal
+    zone (``pages free``, the ``min`` and ``low`` watermarks, ``nr_zone_inactive_file``); a Normal zone missing one of
+    free/min/low is left out (that NUMA node falls back to its meminfo, as Katalyst does without zoneinfo)."""
+    zones, current = {}, None
+    for line in (text or "").splitlines():
+        fields = line.replace(",", " ").split()
+        if len(fields) >= 4 and fields[0] == "Node" and fields[2] == "zone":
+            current = {} if fields[3] == "Normal" and fields[1].isdigit() else None
+            if current is not None:
+                zones[int(fields[1])] = current
+        elif current is not None and len(fields) == 3 and fields[:2] == ["pages", "free"] and fields[2].isdigit():
+            current["free"] = int(fields[2])
+        elif current is not None and len(fields) == 2 and fields[1].isdigit():
+            name = "inactive_file" if fields[0] == "nr_zone_inactive_file" else fields[0]
+            if name in ("min", "low", "inactive_file"):
+                current.setdefault(name, int(fields[1]))
+    return {numa: zone for numa, zone in zones.items() if all(field in zone for field in ZONE_FIELDS)}
+
+
+def numa_memory_readings(fs, numa_ids, page_size=eviction.DEFAULT_PAGE_SIZE):
+    """``{numa id: reading}`` for ``NumaPressure.update``: the Normal zone of ``/proc/zoneinfo`` (its inactive file
+    pages from the node's ``meminfo`` when the zone has no ``nr_zone_inactive_file``), the node's MemFree and MemTotal
+    and ``vm.watermark_scale_factor`` for the fallback."""
+    zones = parse_zoneinfo(fs.read_text("/proc/zoneinfo", default=""))
+    scale = read_scale_factor(fs)
+    readings = {}
+    for numa in numa_ids:
+        meminfo = nodeinfo.parse_node_meminfo(fs.read_text("/sys/devices/system/node/node%d/meminfo" % numa, default=""))
+        zone = zones.get(numa)
+        if zone is not None and "inactive_file" not in zone:
+            zone = dict(zone, inactive_file=meminfo["Inactive(file)"] // page_size) if "Inactive(file)" in meminfo else None
+        readings[numa] = {"zoneinfo": zone, "free": meminfo.get("MemFree"), "total": meminfo.get("MemTotal"), "scale_factor": scale}
+    return readings
+
+
+def system_memory_readings(fs):
+    """(MemFree, MemTotal) of ``/proc/meminfo`` in bytes (None when absent) and ``vm.watermark_scale_factor``."""
+    meminfo = nodeinfo.parse_meminfo(fs.read_text("/proc/meminfo", default=""))
+    return meminfo.get("MemFree"), meminfo.get("MemTotal"), read_scale_factor(fs)
+
+
+def kswapd_steal(fs):
+    """Pages kswapd has stolen (the ``pgsteal_kswapd*`` lines of ``/proc/vmstat`` summed); None without the file or lines."""
+    values = [int(fields[1]) for fields in (line.split() for line in fs.read_text("/proc/vmstat", default="").splitlines())
+              if len(fields) == 2 and fields[0].startswith("pgsteal_kswapd") and fields[1].isdigit()]
+    return sum(values) if values else None
+
+
+def pod_memory_usage(fs, facts, pods, driver, cgroup_prefix, numa_stat=read_numa_stat):
+    """``({numa id: {uid: bytes}}, {uid: bytes})``: each pod's memory per NUMA node (its containers' ``memory.numa_stat``,
+    mem.total.numa.container summed) and in all (``memory.usage_in_bytes`` / ``memory.current``, else the NUMA sum). A
+    pod without a container cgroup has no reading."""
+    per_numa, usage = {}, {}
+    for container in container_dicts(pods, facts, fs, driver, cgroup_prefix, numa_stat):
+        metrics, uid = container["metrics"], container["pod_uid"]
+        if "numa_total" not in metrics:
+            continue
+        for numa, amount in metrics["numa_total"].items():
+            per_numa.setdefault(numa, {})[uid] = per_numa.get(numa, {}).get(uid, 0) + amount
+        usage[uid] = usage.get(uid, 0) + metrics.get("usage", sum(metrics["numa_total"].values()))
+    return per_numa, usage
+
+
 # the node conditions this loop manages (the others on the node, and their taints, are not its business)
-MANAGED_CONDITIONS = (eviction.CONDITION_SYSTEM_ROOTFS,)
-CONDITION_REASONS = {eviction.CONDITION_SYSTEM_ROOTFS: ("RootfsPressure", "NoRootfsPressure")}
+MANAGED_CONDITIONS = (eviction.CONDITION_SYSTEM_ROOTFS, eviction.CONDITION_MEMORY_PRESSURE)
+CONDITION_REASONS = {eviction.CONDITION_SYSTEM_ROOTFS: ("RootfsPressure", "NoRootfsPressure"),
+                     eviction.CONDITION_MEMORY_PRESSURE: ("MemoryPressure", "NoMemoryPressure")}
+# status condition types the kubelet owns and rewrites on each node status update: writing them would fight it, so these
+# conditions are carried by their taint (and Events) only
+KUBELET_CONDITIONS = ("Ready", "MemoryPressure", "DiskPressure", "PIDPressure", "NetworkUnavailable")
 CONDITION_CONFLICT_RETRIES = 3
 
 
@@ -226,26 +326,45 @@ class NodeConditions:
         if after is not None and _resource_version(before):
             self.written[_resource_version(before)] = after
 
-    def converge(self, conditions, message, now):
-        """Feed the conditions met this pass; write what changed. Returns the names of what was written."""
+    def converge(self, conditions, messages, now):
+        """Feed the conditions met this pass; write what changed. Returns the names of what was written.
+
+        ``messages``: {condition name: the pressure's message} (or one message for every condition). A condition the
+        kubelet owns (``KUBELET_CONDITIONS``) is written as its taint only, announced when the taint comes or goes."""
         in_force = self.tracker.update(conditions, now)
         node = self.node()
         if node is None:
             return []
+        if not isinstance(messages, dict):
+            messages = {name: messages for name in MANAGED_CONDITIONS}
         written = []
         forced = {condition.name for condition in in_force}
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        changes = [wanted for wanted in (wanted_condition((node.get("status") or {}).get("conditions"), name, name in forced, message, stamp)
-                                         for name in MANAGED_CONDITIONS) if wanted is not None]
+        current = (node.get("status") or {}).get("conditions")
+        changes = [wanted for wanted in (wanted_condition(current, name, name in forced, messages.get(name) or "", stamp)
+                                         for name in MANAGED_CONDITIONS if name not in KUBELET_CONDITIONS) if wanted is not None]
         if changes:
             node = self.patch_conditions(node, changes)
             written.append("conditions")
             for change in changes:
                 self.announce(change)
-        if wanted_taints((node.get("spec") or {}).get("taints"), in_force) != ((node.get("spec") or {}).get("taints") or []):
-            self.patch_taints(node, in_force)
+        taints = (node.get("spec") or {}).get("taints") or []
+        if wanted_taints(taints, in_force) != taints:
+            after = self.patch_taints(node, in_force)
             written.append("taints")
+            self.announce_taints(taints, ((after or node).get("spec") or {}).get("taints") or [], messages, stamp)
         return written
+
+    def announce_taints(self, before, after, messages, stamp):
+        """Announce the taint-only conditions whose taint came or went."""
+        for name in MANAGED_CONDITIONS:
+            if name not in KUBELET_CONDITIONS:
+                continue
+            key = eviction.TAINT_KEY_PREFIX + name
+            was, present = any(t.get("key") == key for t in before), any(t.get("key") == key for t in after)
+            if was != present:
+                self.announce(wanted_condition([{"type": name, "status": "False" if present else "True"}], name, present,
+                                               messages.get(name) or "", stamp))
 
     def patch_conditions(self, node, changes):
         """Strategic merge patch of nodes/status: conditions merge by type, the others are kept."""
@@ -286,7 +405,7 @@ class NodeConditions:
         agent.kube.emit_event(node, change["reason"], text, "Warning" if on else "Normal", "katalyst-agent", host=name)
 
 
-class RootfsEviction:
+class EvictionManager:
     """State and pass of the agent's eviction loop (rate limiter and cool-downs live as long as the agent)."""
 
     def __init__(self, agent):
@@ -297,6 +416,10 @@ class RootfsEviction:
         if config["eviction_enabled"]:
             rootfs_thresholds(config)       # a bad threshold stops the agent at its start, naming the option
         self.conditions = NodeConditions(agent, float(config["eviction_condition_transition_seconds"]))
+        self.numa_pressure = eviction.NumaPressure(int(config["eviction_numa_free_below_watermark_times_threshold"]),
+                                                   int(config["eviction_numa_free_below_watermark_times_reclaimed_threshold"]))
+        self.kswapd = eviction.KswapdRateDetector()
+        self.cnr, self.cnr_read_at = None, None
         self.metrics = {}
         registry = agent.daemon.registry
         if prometheus_client is not None and registry is not None:
@@ -313,26 +436,116 @@ class RootfsEviction:
     def plan(self, pods):
         """(plan, readings, met, started): what the engine would evict now; the threshold gauges set."""
         started = time.monotonic()
-        plan, readings, met = rootfs_plan(self.agent.config, pods)
+        config = self.agent.config
+        if all(config["eviction_rootfs_" + name] in (None, "") for name in ("minimum_free", "minimum_inodes_free")):
+            # no rootfs threshold that can be met: nothing to read (the memory plugins may run alone)
+            plan, readings, met = eviction.Plan((), ()), {}, eviction.RootfsMet(False, False)
+        else:
+            plan, readings, met = rootfs_plan(config, pods)
         if self.metrics:
             self.metrics["threshold_met"].labels(eviction.PLUGIN_ROOTFS, "free").set(1 if met.free_met else 0)
             self.metrics["threshold_met"].labels(eviction.PLUGIN_ROOTFS, "inodes").set(1 if met.inodes_met else 0)
         return plan, readings, met, started
 
+    def _gauge(self, plugin, threshold, met):
+        if self.metrics:
+            self.metrics["threshold_met"].labels(plugin, threshold).set(1 if met else 0)
+
+    def _usage(self, pods):
+        agent = self.agent
+        numa = getattr(agent, "numa", None)
+        return pod_memory_usage(agent.sysfs, agent.node_facts(), pods, agent.config["cgroup_driver"], agent.cgroup_prefix(),
+                                numa.numa_stat if numa is not None else read_numa_stat)
+
+    def numa_memory_plan(self, pods):
+        """(plan, {}): §5.4 NUMA pressure; the counters advance every pass, the pods' usage is read only under pressure."""
+        agent = self.agent
+        numa_ids = [numa["id"] for numa in agent.node_facts()["numa_nodes"]]
+        actions = self.numa_pressure.update(numa_memory_readings(agent.sysfs, numa_ids))
+        for error in self.numa_pressure.errors:
+            LOG.debug("numa memory pressure: %s", error, extra={"loop": "eviction"})
+        for numa_id, action in actions.items():
+            self._gauge(eviction.PLUGIN_NUMA_MEMORY, "numa%s" % numa_id, action != eviction.ACTION_NONE)
+        if all(action == eviction.ACTION_NONE for action in actions.values()):
+            return eviction.Plan((), ()), {}
+        totals = {numa["id"]: numa.get("memory_bytes") for numa in agent.node_facts()["numa_nodes"]}
+        per_numa = self._usage(pods)[0]
+        return eviction.numa_eviction_plan(pods, actions, totals, per_numa, int(agent.config["eviction_top_n"]),
+                                           watermarks=self.numa_pressure.watermarks), {}
+
+    def system_memory_plan(self, pods):
+        """(plan, messages): §5.4 system free memory below the watermark (and, if enabled, sustained kswapd stealing)."""
+        agent = self.agent
+        fs = agent.sysfs
+        free, total, scale = system_memory_readings(fs)
+        kswapd = False
+        if agent.config["eviction_system_memory_kswapd_enabled"]:
+            kswapd = self.kswapd.update(kswapd_steal(fs), time.monotonic())
+            self._gauge(eviction.PLUGIN_SYSTEM_MEMORY, "kswapd", kswapd)
+        if free is None or total is None:
+            raise SysFSError("/proc/meminfo: no MemFree or MemTotal")
+        pressure = eviction.system_memory_pressure(free, total, scale)
+        self._gauge(eviction.PLUGIN_SYSTEM_MEMORY, "free", pressure)
+        if not pressure and not kswapd:
+            return eviction.Plan((), ()), {}
+        plan = eviction.system_memory_pressure_plan(pods, free, total, scale, self._usage(pods)[1], int(agent.config["eviction_top_n"]),
+                                                    kswapd_pressure=kswapd)
+        message = "mem.free.system<max(0, MemTotal*watermark_scale_factor/10000)=%d: %d of %d bytes free, kswapd pressure %s" % (
+            eviction.system_memory_threshold(total, scale), free, total, kswapd)
+        return plan, {eviction.CONDITION_MEMORY_PRESSURE: message}
+
+    def reclaimed_resources_plan(self, pods):
+        """(plan, {}): §5.4 the reclaimed pods' requests over 5x this node's CNR reclaimed allocatable."""
+        agent, now = self.agent, time.monotonic()
+        if self.cnr_read_at is None or now - self.cnr_read_at >= float(agent.config["eviction_cnr_refresh_seconds"]):
+            self.cnr = agent.kube.get(cnr.CNR_API_VERSION, cnr.CNR_KIND, agent.config["node_name"])
+            self.cnr_read_at = now
+        allocatable = (((self.cnr or {}).get("status") or {}).get("resources") or {}).get("allocatable")
+        met = eviction.reclaimed_resource_threshold_met(pods, allocatable) if allocatable else None
+        for name in (eviction.RECLAIMED_MILLICPU, eviction.RECLAIMED_MEMORY):
+            self._gauge(eviction.PLUGIN_RECLAIMED_RESOURCES, name.rsplit("/", 1)[-1], met is not None and met.resource == name)
+        return eviction.reclaimed_resource_plan(pods, met, int(agent.config["eviction_top_n"])), {}
+
+    def memory_plans(self, pods, failures):
+        """The enabled memory plugins' (plan, messages); a plugin whose readings fail is left out this pass (in ``failures``)."""
+        config, out = self.agent.config, []
+        for switch, plugin, planner in (("eviction_numa_memory_enabled", eviction.PLUGIN_NUMA_MEMORY, self.numa_memory_plan),
+                                        ("eviction_system_memory_enabled", eviction.PLUGIN_SYSTEM_MEMORY, self.system_memory_plan),
+                                        ("eviction_reclaimed_resources_enabled", eviction.PLUGIN_RECLAIMED_RESOURCES,
+                                         self.reclaimed_resources_plan)):
+            if not config[switch]:
+                continue
+            try:
+                out.append(planner(pods))
+            except (KubeError, SysFSError, OSError, ValueError) as exc:
+                failures.append("%s: %s" % (plugin, exc))
+        return out
+
     def run_once(self):
-        """One pass: plan, node condition and taint (not in a dry run), rate-limit, evict (or report, dry run). Raises when
-        the node or an eviction could not be written (the loop counts it)."""
+        """One pass: every enabled plugin's plan, merged (a pod once), node conditions and taints (not in a dry run),
+        rate-limit, evict (or report, dry run). Raises when a plugin's readings, the node or an eviction could not be read
+        or written (the loop counts it); the other plugins still ran."""
         agent = self.agent
         if not agent.config["eviction_enabled"] or agent.pods_unknown() or agent.kube is None:
             return
         pods = [p for p in agent.node_pods() if (p.get("status") or {}).get("phase") == "Running"
                 and not (p.get("metadata") or {}).get("deletionTimestamp")]
-        plan, readings, met, started = self.plan(pods)
-        now = time.monotonic()
         failures = []
+        try:
+            rootfs, readings, met, started = self.plan(pods)
+        except OSError as exc:
+            failures.append("%s: %s" % (eviction.PLUGIN_ROOTFS, exc))
+            rootfs, readings, met, started = eviction.Plan((), ()), {}, eviction.RootfsMet(False, False), time.monotonic()
+        messages = {eviction.CONDITION_SYSTEM_ROOTFS: pressure_message(readings, met, rootfs_thresholds(agent.config))}
+        plans = [rootfs]
+        for plan, more in self.memory_plans(pods, failures):
+            plans.append(plan)
+            messages.update(more)
+        plan = eviction.merge_plans(plans)
+        now = time.monotonic()
         if not agent.config["eviction_dry_run"]:
             try:
-                self.conditions.converge(plan.conditions, pressure_message(readings, met, rootfs_thresholds(agent.config)), now)
+                self.conditions.converge(plan.conditions, messages, now)
             except KubeError as exc:
                 failures.append("node condition: %s" % exc)
         allowed, deferred = self.limiter.admit(plan.evictions, now)
@@ -346,7 +559,7 @@ class RootfsEviction:
                 self.limiter.release(wanted)
                 failures.append(failure)
         if failures:
-            raise KubeError("%d eviction pass write(s) failed: %s" % (len(failures), "; ".join(failures[:5])))
+            raise KubeError("%d eviction pass read(s) or write(s) failed: %s" % (len(failures), "; ".join(failures[:5])))
 
     def evict(self, wanted, pod, started):
         """Evict one pod (or report it, dry run); returns why it failed, or None."""

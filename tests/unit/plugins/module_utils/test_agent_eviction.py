@@ -13,6 +13,8 @@ from ansible_collections.katalyst.colocation.plugins.module_utils.kube import Ku
 ROOTFS = eviction.Condition("SystemRootfs", ("NoSchedule",))
 TAINT = {"key": "node.katalyst.kubewharf.io/SystemRootfs", "effect": "NoSchedule"}
 OTHER = {"key": "example.com/dedicated", "value": "batch", "effect": "NoSchedule"}
+MEMORY = eviction.Condition("MemoryPressure", ("NoSchedule",))
+MEMORY_TAINT = {"key": "node.katalyst.kubewharf.io/MemoryPressure", "effect": "NoSchedule"}
 
 
 def test_wanted_taints_adds_the_taint_in_force_and_keeps_every_other():
@@ -23,9 +25,12 @@ def test_wanted_taints_adds_the_taint_in_force_and_keeps_every_other():
     # another effect of the managed key is not what the condition wants; a condition not managed here is left alone
     execute = dict(TAINT, effect="NoExecute")
     assert agent_eviction.wanted_taints([execute], (ROOTFS,)) == [TAINT]
-    memory = {"key": "node.katalyst.kubewharf.io/MemoryPressure", "effect": "NoSchedule"}
-    assert agent_eviction.wanted_taints([memory], ()) == [memory]
-    assert agent_eviction.wanted_taints([], (eviction.Condition("MemoryPressure", ("NoSchedule",)),)) == []
+    other = {"key": "node.katalyst.kubewharf.io/OtherPressure", "effect": "NoSchedule"}
+    assert agent_eviction.wanted_taints([other], ()) == [other]
+    assert agent_eviction.wanted_taints([], (eviction.Condition("OtherPressure", ("NoSchedule",)),)) == []
+    # MemoryPressure is managed too (the system memory plugin's)
+    assert agent_eviction.wanted_taints([OTHER], (MEMORY,)) == [OTHER, MEMORY_TAINT]
+    assert agent_eviction.wanted_taints([MEMORY_TAINT, TAINT], (ROOTFS,)) == [TAINT]
 
 
 def test_wanted_condition_writes_only_a_change_of_status():
@@ -133,3 +138,78 @@ def test_nothing_is_written_while_the_node_is_unknown(agent):
     agent.node.synced.clear()
     assert agent_eviction.NodeConditions(agent, transition_period=5).converge((ROOTFS,), "reading", now=0) == []
     assert agent.kube.calls == []
+
+
+def test_memory_pressure_is_a_taint_and_events_only_the_kubelet_owns_its_condition(agent):
+    conditions = agent_eviction.NodeConditions(agent, transition_period=5)
+    assert conditions.converge((MEMORY,), {"MemoryPressure": "free 1 of 100"}, now=0) == ["taints"]
+    assert agent.kube.node["spec"]["taints"] == [OTHER, MEMORY_TAINT] and not (agent.kube.node.get("status") or {}).get("conditions")
+    assert agent.kube.events == [("MemoryPressure", "Warning", "n1")]
+    assert conditions.converge((MEMORY,), {"MemoryPressure": "free 2 of 100"}, now=1) == []
+    assert conditions.converge((), {}, now=6) == ["taints"]
+    assert agent.kube.node["spec"]["taints"] == [OTHER] and agent.kube.events[-1] == ("NoMemoryPressure", "Normal", "n1")
+    # both at once: SystemRootfs as a status condition and a taint, MemoryPressure as a taint
+    assert conditions.converge((ROOTFS, MEMORY), {"SystemRootfs": "disk", "MemoryPressure": "memory"}, now=7) == ["conditions", "taints"]
+    assert agent.kube.node["spec"]["taints"] == [OTHER, MEMORY_TAINT, TAINT]
+    assert [c["type"] for c in agent.kube.node["status"]["conditions"]] == ["SystemRootfs"]
+
+
+ZONEINFO = """Node 0, zone      DMA
+  per-node stats
+      nr_inactive_file 999
+  pages free     3977
+        min      3
+        low      6
+Node 0, zone   Normal
+  pages free     5000
+        boost    0
+        min      100
+        low      200
+        high     300
+        spanned  4000000
+        protection: (0, 0, 0, 0)
+      nr_free_pages 5000
+      nr_zone_inactive_file 7000
+  pagesets
+    cpu: 0
+              count: 10
+              high:  20
+Node 1, zone   Normal
+  pages free     800
+        min      10
+        low      20
+Node 2, zone   Normal
+  pages free     1
+"""
+
+
+def test_parse_zoneinfo_takes_each_nodes_normal_zone():
+    zones = agent_eviction.parse_zoneinfo(ZONEINFO)
+    assert zones == {0: {"free": 5000, "min": 100, "low": 200, "inactive_file": 7000}, 1: {"free": 800, "min": 10, "low": 20}}
+    assert agent_eviction.parse_zoneinfo("") == {}
+
+
+def write(root, path, text):
+    full = root / path.lstrip("/")
+    full.parent.mkdir(parents=True, exist_ok=True)
+    full.write_text(text)
+
+
+def test_memory_readings_from_the_node_files(tmp_path):
+    from ansible_collections.katalyst.colocation.plugins.module_utils.sysfs import SysFS  # pylint: disable=import-outside-toplevel
+    write(tmp_path, "/proc/zoneinfo", ZONEINFO)
+    write(tmp_path, "/proc/sys/vm/watermark_scale_factor", "150\n")
+    for numa in (0, 1, 2):
+        write(tmp_path, "/sys/devices/system/node/node%d/meminfo" % numa,
+              "Node %d MemTotal: 1000 kB\nNode %d MemFree: 100 kB\nNode %d Inactive(file): 40 kB\n" % (numa, numa, numa))
+    write(tmp_path, "/proc/meminfo", "MemTotal: 3000 kB\nMemFree: 300 kB\n")
+    fs = SysFS(str(tmp_path))
+    readings = agent_eviction.numa_memory_readings(fs, [0, 1, 2])
+    assert readings[0] == {"zoneinfo": {"free": 5000, "min": 100, "low": 200, "inactive_file": 7000}, "free": 102400, "total": 1024000,
+                           "scale_factor": 150}
+    assert readings[1]["zoneinfo"] == {"free": 800, "min": 10, "low": 20, "inactive_file": 10}     # Inactive(file) of meminfo, in pages
+    assert readings[2]["zoneinfo"] is None and readings[2]["free"] == 102400
+    assert agent_eviction.system_memory_readings(fs) == (307200, 3072000, 150)
+    assert agent_eviction.kswapd_steal(fs) is None
+    write(tmp_path, "/proc/vmstat", "pgsteal_kswapd_normal 10\npgsteal_kswapd_movable 5\npgsteal_direct 100\n")
+    assert agent_eviction.kswapd_steal(fs) == 15
