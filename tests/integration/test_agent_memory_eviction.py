@@ -23,6 +23,7 @@ import pytest
 from kubernetes import client
 
 from sandbox.sysroot import build_sysroot
+from tests.integration import oomlib
 from tests.integration.backends import install_crds
 from tests.integration.test_agent_eviction import NODE, events, evicted, eviction_passes, start_agent, stop_agent, taint_keys
 from tests.integration.waiting import wait_until
@@ -110,7 +111,7 @@ def test_numa_pressure_evicts_reclaimed_after_t_rec_and_shared_only_at_t_non(kub
     core, sysroot = node
     write(sysroot, "/proc/zoneinfo", zoneinfo(UNDER_LOW))
     add_pod(core, sysroot, "batch", {QOS: "reclaimed_cores"}, {1: 2 * GI})
-    add_pod(core, sysroot, "batch-small", {QOS: "reclaimed_cores"}, {1: 1 * GI})
+    add_pod(core, sysroot, "batch-a-small", {QOS: "reclaimed_cores"}, {1: 1 * GI})
     add_pod(core, sysroot, "batch-numa0", {QOS: "reclaimed_cores"}, {0: 6 * GI})
     add_pod(core, sysroot, "web", {}, {1: 4 * GI})
     add_pod(core, sysroot, "system", {QOS: "system_cores"}, {1: 8 * GI})
@@ -123,7 +124,7 @@ def test_numa_pressure_evicts_reclaimed_after_t_rec_and_shared_only_at_t_non(kub
         assert sample(agent, "katalyst_agent_eviction_threshold_met", {"plugin": NUMA_PLUGIN, "threshold": "numa1"}) == 1
         assert sample(agent, "katalyst_agent_eviction_threshold_met", {"plugin": NUMA_PLUGIN, "threshold": "numa0"}) == 0
         # one pod a pass per NUMA node: the other reclaimed pod on NUMA 1 next
-        wait_until(lambda: evicted(core, "batch-small"), timeout=60, what="the second reclaimed pod on NUMA 1 evicted")
+        wait_until(lambda: evicted(core, "batch-a-small"), timeout=60, what="the second reclaimed pod on NUMA 1 evicted")
         # the pressure goes: the counter cools down under T_rec; nobody else goes
         write(sysroot, "/proc/zoneinfo", zoneinfo(NO_PRESSURE))
         wait_until(lambda: sample(agent, "katalyst_agent_eviction_threshold_met", {"plugin": NUMA_PLUGIN, "threshold": "numa1"}) == 0,
@@ -201,3 +202,47 @@ def test_reclaimed_requests_over_the_cnr_allocatable_evict_the_largest(kubeapi, 
         assert sample(agent, "katalyst_agent_evictions_total", {"plugin": RECLAIMED_PLUGIN, "result": "evicted"}) == 1
     finally:
         stop_agent(agent)
+
+
+def test_system_memory_pressure_on_the_real_kernel(kubeapi, kube_client, tmp_path):
+    """The real /proc/meminfo and watermark_scale_factor, pods' usage from real memory cgroups where real processes hold
+    memory (the agent's sysroot is /, its cgroup root a private one): with the free-memory floor
+    (eviction_system_free_memory_threshold_minimum) above what this host has free, the host is under pressure; the
+    reclaimed pod holding the most memory goes first, the shared pod holding more stays."""
+    problem = oomlib.usable()
+    if problem:
+        pytest.skip(problem)
+    core = client.CoreV1Api(kube_client)
+    core.create_node({"metadata": {"name": NODE}})
+    with open("/proc/meminfo") as handle:
+        total = int(next(line.split()[1] for line in handle if line.startswith("MemTotal:"))) << 10
+    domain = oomlib.Domain("katalyst-evict-%d" % os.getpid(), 2 * GI)
+    agent = None
+    try:
+        # the smaller reclaimed pod first: only the real usage puts the bigger one ahead of it
+        pods = (("batch-a-small", {QOS: "reclaimed_cores"}, "besteffort", 16), ("web", {}, "burstable", 160),
+                ("batch-z-big", {QOS: "reclaimed_cores"}, "besteffort", 96))
+        for name, annotations, klass, mib in pods:
+            resources = {"requests": {"memory": "64Mi"}} if klass == "burstable" else {}
+            pod = core.create_namespaced_pod("default", {"metadata": {"name": name, "annotations": annotations},
+                                                         "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "x", "resources": resources}]}})
+            cid = "c" + pod.metadata.uid.replace("-", "")[:12]
+            domain.start("kubepods/%s/pod%s/%s" % (klass, pod.metadata.uid, cid), mib)
+            core.patch_namespaced_pod_status(name, "default", {"status": {
+                "phase": "Running", "qosClass": "BestEffort" if klass == "besteffort" else "Burstable", "containerStatuses": [
+                    {"name": "c", "containerID": "containerd://" + cid, "ready": True, "restartCount": 0, "image": "x", "imageID": ""}]}})
+        agent = memory_agent(kubeapi, "/", tmp_path, eviction_system_memory_enabled=True, cgroup_root=domain.path[len(oomlib.MEMORY_ROOT):],
+                             eviction_system_free_memory_threshold_minimum=str(2 * total),
+                             eviction_max_per_period=1, eviction_rate_period_seconds=3600)     # one eviction: which one tells the order
+        wait_until(lambda: evicted(core, "batch-z-big") and evicted_by(core, "batch-z-big", SYSTEM_PLUGIN), timeout=60,
+                   what="the reclaimed pod holding the most memory evicted")
+        message = evicted_by(core, "batch-z-big", SYSTEM_PLUGIN)
+        assert "mem.free.system=" in message, message
+        wait_until(lambda: MEMORY_TAINT in taint_keys(core), timeout=60, what="the MemoryPressure taint")
+        wait_passes(agent)
+        assert not evicted(core, "batch-a-small") and not evicted(core, "web"), "another pod was evicted first or as well"
+        assert sample(agent, "katalyst_agent_evictions_total", {"plugin": SYSTEM_PLUGIN, "result": "evicted"}) == 1
+    finally:
+        if agent is not None:
+            stop_agent(agent)
+        domain.close()

@@ -49,6 +49,7 @@ from .agent_numa import container_dicts, read_numa_stat, read_scale_factor
 from .service import prometheus_client
 from .. import cnr, eviction, nodeinfo
 from ..kube import KubeError
+from ..quantity import parse_quantity
 from ..sysfs import SysFSError
 
 
@@ -82,6 +83,8 @@ DEFAULTS = {
     "eviction_numa_free_below_watermark_times_threshold": eviction.NUMA_T_NON_RECLAIMED,
     "eviction_numa_free_below_watermark_times_reclaimed_threshold": eviction.NUMA_T_RECLAIMED,
     "eviction_system_memory_enabled": False,
+    # Katalyst's SystemFreeMemoryThresholdMinimum: the free-memory threshold is at least this (a quantity; "0" by default)
+    "eviction_system_free_memory_threshold_minimum": "0",
     # Katalyst defines the kswapd steal-rate detector but does not call it at the pinned commit: off unless asked
     "eviction_system_memory_kswapd_enabled": False,
     "eviction_reclaimed_resources_enabled": False,
@@ -415,6 +418,10 @@ class EvictionManager:
                                                     float(config["eviction_pod_cooldown_seconds"]))
         if config["eviction_enabled"]:
             rootfs_thresholds(config)       # a bad threshold stops the agent at its start, naming the option
+            try:
+                parse_quantity(str(config["eviction_system_free_memory_threshold_minimum"]))
+            except ValueError as exc:
+                raise ValueError("eviction_system_free_memory_threshold_minimum: %s" % exc) from None
         self.conditions = NodeConditions(agent, float(config["eviction_condition_transition_seconds"]))
         self.numa_pressure = eviction.NumaPressure(int(config["eviction_numa_free_below_watermark_times_threshold"]),
                                                    int(config["eviction_numa_free_below_watermark_times_reclaimed_threshold"]))
@@ -484,14 +491,15 @@ class EvictionManager:
             self._gauge(eviction.PLUGIN_SYSTEM_MEMORY, "kswapd", kswapd)
         if free is None or total is None:
             raise SysFSError("/proc/meminfo: no MemFree or MemTotal")
-        pressure = eviction.system_memory_pressure(free, total, scale)
+        minimum = parse_quantity(str(agent.config["eviction_system_free_memory_threshold_minimum"])).value()
+        pressure = eviction.system_memory_pressure(free, total, scale, minimum)
         self._gauge(eviction.PLUGIN_SYSTEM_MEMORY, "free", pressure)
         if not pressure and not kswapd:
             return eviction.Plan((), ()), {}
         plan = eviction.system_memory_pressure_plan(pods, free, total, scale, self._usage(pods)[1], int(agent.config["eviction_top_n"]),
-                                                    kswapd_pressure=kswapd)
-        message = "mem.free.system<max(0, MemTotal*watermark_scale_factor/10000)=%d: %d of %d bytes free, kswapd pressure %s" % (
-            eviction.system_memory_threshold(total, scale), free, total, kswapd)
+                                                    kswapd_pressure=kswapd, minimum=minimum)
+        message = "mem.free.system<max(%d, MemTotal*watermark_scale_factor/10000)=%d: %d of %d bytes free, kswapd pressure %s" % (
+            minimum, eviction.system_memory_threshold(total, scale, minimum), free, total, kswapd)
         return plan, {eviction.CONDITION_MEMORY_PRESSURE: message}
 
     def reclaimed_resources_plan(self, pods):
