@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import eviction
-from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import agent_eviction
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import agent_eviction, node_conditions
 from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeError
 
 ROOTFS = eviction.Condition("SystemRootfs", ("NoSchedule",))
@@ -18,31 +18,31 @@ MEMORY_TAINT = {"key": "node.katalyst.kubewharf.io/MemoryPressure", "effect": "N
 
 
 def test_wanted_taints_adds_the_taint_in_force_and_keeps_every_other():
-    assert agent_eviction.wanted_taints(None, ()) == []
-    assert agent_eviction.wanted_taints([OTHER], (ROOTFS,)) == [OTHER, TAINT]
-    assert agent_eviction.wanted_taints([TAINT, OTHER], (ROOTFS,)) == [TAINT, OTHER]          # in place: no change
-    assert agent_eviction.wanted_taints([OTHER, TAINT], ()) == [OTHER]
+    assert node_conditions.wanted_taints(None, ()) == []
+    assert node_conditions.wanted_taints([OTHER], (ROOTFS,)) == [OTHER, TAINT]
+    assert node_conditions.wanted_taints([TAINT, OTHER], (ROOTFS,)) == [TAINT, OTHER]          # in place: no change
+    assert node_conditions.wanted_taints([OTHER, TAINT], ()) == [OTHER]
     # another effect of the managed key is not what the condition wants; a condition not managed here is left alone
     execute = dict(TAINT, effect="NoExecute")
-    assert agent_eviction.wanted_taints([execute], (ROOTFS,)) == [TAINT]
+    assert node_conditions.wanted_taints([execute], (ROOTFS,)) == [TAINT]
     other = {"key": "node.katalyst.kubewharf.io/OtherPressure", "effect": "NoSchedule"}
-    assert agent_eviction.wanted_taints([other], ()) == [other]
-    assert agent_eviction.wanted_taints([], (eviction.Condition("OtherPressure", ("NoSchedule",)),)) == []
+    assert node_conditions.wanted_taints([other], ()) == [other]
+    assert node_conditions.wanted_taints([], (eviction.Condition("OtherPressure", ("NoSchedule",)),)) == []
     # MemoryPressure is managed too (the system memory plugin's)
-    assert agent_eviction.wanted_taints([OTHER], (MEMORY,)) == [OTHER, MEMORY_TAINT]
-    assert agent_eviction.wanted_taints([MEMORY_TAINT, TAINT], (ROOTFS,)) == [TAINT]
+    assert node_conditions.wanted_taints([OTHER], (MEMORY,)) == [OTHER, MEMORY_TAINT]
+    assert node_conditions.wanted_taints([MEMORY_TAINT, TAINT], (ROOTFS,)) == [TAINT]
 
 
 def test_wanted_condition_writes_only_a_change_of_status():
     stamp = "2026-01-01T00:00:00Z"
-    assert agent_eviction.wanted_condition(None, "SystemRootfs", False, "m", stamp) is None       # never had the pressure
-    on = agent_eviction.wanted_condition([{"type": "Ready", "status": "True"}], "SystemRootfs", True, "m", stamp)
+    assert node_conditions.wanted_condition(None, "SystemRootfs", False, "m", stamp) is None       # never had the pressure
+    on = node_conditions.wanted_condition([{"type": "Ready", "status": "True"}], "SystemRootfs", True, "m", stamp)
     assert on == {"type": "SystemRootfs", "status": "True", "reason": "RootfsPressure", "message": "m",
                   "lastTransitionTime": stamp, "lastHeartbeatTime": stamp}
-    assert agent_eviction.wanted_condition([on], "SystemRootfs", True, "another reading", "later") is None
-    off = agent_eviction.wanted_condition([on], "SystemRootfs", False, "m", "later")
+    assert node_conditions.wanted_condition([on], "SystemRootfs", True, "another reading", "later") is None
+    off = node_conditions.wanted_condition([on], "SystemRootfs", False, "m", "later")
     assert off["status"] == "False" and off["reason"] == "NoRootfsPressure" and off["lastTransitionTime"] == "later"
-    assert agent_eviction.wanted_condition([off], "SystemRootfs", False, "m", "later still") is None
+    assert node_conditions.wanted_condition([off], "SystemRootfs", False, "m", "later still") is None
 
 
 def test_pressure_message_names_the_thresholds_met_and_readings():
@@ -112,7 +112,7 @@ def agent():
 
 
 def test_node_conditions_write_once_per_change_though_the_informer_lags(agent):
-    conditions = agent_eviction.NodeConditions(agent, transition_period=5)
+    conditions = node_conditions.NodeConditions(agent, transition_period=5)
     assert conditions.converge((ROOTFS,), "reading", now=0) == ["conditions", "taints"]
     assert agent.kube.node["spec"]["taints"] == [OTHER, TAINT] and agent.kube.node["status"]["conditions"][0]["status"] == "True"
     assert agent.kube.events == [("RootfsPressure", "Warning", "n1")]
@@ -129,19 +129,19 @@ def test_node_conditions_write_once_per_change_though_the_informer_lags(agent):
 
 def test_a_taint_conflict_reads_the_node_again(agent):
     agent.kube.conflicts = 1
-    conditions = agent_eviction.NodeConditions(agent, transition_period=5)
+    conditions = node_conditions.NodeConditions(agent, transition_period=5)
     assert conditions.converge((ROOTFS,), "reading", now=0) == ["conditions", "taints"]
     assert ("list", "metadata.name=n1") in agent.kube.calls and agent.kube.node["spec"]["taints"] == [OTHER, TAINT]
 
 
 def test_nothing_is_written_while_the_node_is_unknown(agent):
     agent.node.synced.clear()
-    assert agent_eviction.NodeConditions(agent, transition_period=5).converge((ROOTFS,), "reading", now=0) == []
+    assert node_conditions.NodeConditions(agent, transition_period=5).converge((ROOTFS,), "reading", now=0) == []
     assert agent.kube.calls == []
 
 
 def test_memory_pressure_is_a_taint_and_events_only_the_kubelet_owns_its_condition(agent):
-    conditions = agent_eviction.NodeConditions(agent, transition_period=5)
+    conditions = node_conditions.NodeConditions(agent, transition_period=5)
     assert conditions.converge((MEMORY,), {"MemoryPressure": "free 1 of 100"}, now=0) == ["taints"]
     assert agent.kube.node["spec"]["taints"] == [OTHER, MEMORY_TAINT] and not (agent.kube.node.get("status") or {}).get("conditions")
     assert agent.kube.events == [("MemoryPressure", "Warning", "n1")]
