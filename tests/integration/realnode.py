@@ -4,10 +4,12 @@ a file lock serializes the pytest processes and the tests that use it share one 
 
 import contextlib
 import fcntl
+import getpass
 import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -77,7 +79,7 @@ def real_node(state, *cluster_args):
     with host_lock():
         node = None
         try:
-            before = host_snapshot()
+            before = host_snapshot(state)
             cluster_cli(state, "up", *cluster_args)
             node_cli(state, "up")
             node = RealNode(state, before)
@@ -92,11 +94,19 @@ def real_node(state, *cluster_args):
             cluster_down(state)
 
 
-def host_snapshot():
+# Where pytest gives every test its temporary directory: tests running at the same time (the other xdist worker, or
+# `make reliability` beside `make test`) mount filesystems there (loop-mounted ext4, tmpfs, read-only binds).
+TESTS_TEMP_ROOT = os.path.join(tempfile.gettempdir(), "pytest-of-%s" % getpass.getuser())
+
+
+def host_snapshot(own_state=None):
     """What a node's `down` must leave as it found it: mounts, links, the cgroup root, the kubelet's sysctls, and
-    live containerd/kubelet/shim processes."""
+    live containerd/kubelet/shim processes. Mounts under other tests' temporary directories are theirs, not the node's:
+    left out, except those under ``own_state`` (the node's state directory)."""
     with open("/proc/self/mountinfo", encoding="utf-8") as handle:
-        mounts = sorted(line.split()[4] for line in handle)
+        points = [line.split()[4] for line in handle]
+    own = str(own_state).rstrip("/") + "/" if own_state else None
+    mounts = sorted(point for point in points if not point.startswith(TESTS_TEMP_ROOT + "/") or (own and (point + "/").startswith(own)))
     links = sorted(subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout.split("\n"))
     links = sorted(line.split(":")[1].strip().split("@")[0] for line in links if line.strip())
     sysctls = {}

@@ -80,7 +80,7 @@ def test_down_leaves_the_host_as_found_and_up_comes_back(real_node):
     api.create_namespaced_pod(NAMESPACE, workload_pod("survivor", "exec sleep 100000"))
     wait_running(api, "survivor")
     real_node.down()
-    after = realnode.host_snapshot()
+    after = realnode.host_snapshot(real_node.state)
     for key, before in real_node.host_before.items():
         assert after[key] == before, "%s differ after down:\nbefore %s\nafter  %s" % (key, before, after[key])
 

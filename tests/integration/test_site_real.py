@@ -46,7 +46,7 @@ def real_api(state):
 def test_site_on_the_real_control_plane_converges_and_shows_colocation(tmp_path):
     state = tmp_path / "sandbox"
     with realnode.node_of_its_own():
-        before = realnode.host_snapshot()
+        before = realnode.host_snapshot(state)
         try:
             timings = run_demo_twice(state)
             api = real_api(state)
@@ -61,7 +61,7 @@ def test_site_on_the_real_control_plane_converges_and_shows_colocation(tmp_path)
             down = sandbox(state, "down", timeout=DOWN_TIMEOUT)
         assert down.returncode == 0, down.stdout + down.stderr
         check_nothing_runs(state)
-        assert realnode.host_snapshot() == before       # the real node's `down` left the host as it found it
+        assert realnode.host_snapshot(state) == before       # the real node's `down` left the host as it found it
     print("real control plane timings: " + ", ".join("%s %.1f s" % item for item in timings.items()))
 
 

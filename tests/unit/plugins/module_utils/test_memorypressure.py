@@ -86,8 +86,7 @@ def test_drop_cache_writes_v1_force_empty_for_reclaimed_containers_on_dropcache_
     conditions = {0: memorypressure.numa_pressure(3 * GI, 100 * GI, 100), 1: memorypressure.numa_pressure(6 * GI, 100 * GI, 100)}
     containers = [{"cgroup": "/a", "numas": [0, 1], "cache": 0}, {"cgroup": "/b", "numas": [1], "cache": GI},
                   {"cgroup": "/c", "numas": None, "cache": None}]
-    assert memorypressure.drop_cache_writes("v1", conditions, containers) == [(0, "/a/memory.force_empty", "0"),
-                                                                               (0, "/c/memory.force_empty", "0")]
+    assert memorypressure.drop_cache_writes("v1", conditions, containers) == [(0, "/a/memory.force_empty", "0"), (0, "/c/memory.force_empty", "0")]
     assert memorypressure.drop_cache_writes("v1", {1: conditions[1]}, containers) == []
 
 
@@ -98,9 +97,9 @@ def test_drop_cache_writes_v2_target_shared_out_and_bounded_by_file_cache():
     containers = [{"cgroup": "/a", "numas": [0], "cache": 2 * GI}, {"cgroup": "/b", "numas": [0], "cache": 0},
                   {"cgroup": "/c", "numas": None, "cache": 4 * GI}, {"cgroup": "/d", "numas": [0], "cache": GI}]
     assert memorypressure.drop_cache_writes("v2", conditions, containers) == [(0, "/a/memory.reclaim", str(2 * GI)),
-                                                                               (0, "/c/memory.reclaim", str(3 * GI))]
+                                                                              (0, "/c/memory.reclaim", str(3 * GI))]
     # a container on two DropCache NUMA nodes is written once, for the first: NUMA 1's 5Gi go to /e only
     both = {0: conditions[0], 1: conditions[0]}
     shared = [{"cgroup": "/c", "numas": [0, 1], "cache": 4 * GI}, {"cgroup": "/e", "numas": [1], "cache": 6 * GI}]
     assert memorypressure.drop_cache_writes("v2", both, shared) == [(0, "/c/memory.reclaim", str(4 * GI)),
-                                                                     (1, "/e/memory.reclaim", str(5 * GI))]
+                                                                    (1, "/e/memory.reclaim", str(5 * GI))]
