@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import re
 
+from . import overcommit
 from .cgroupv2 import V1, V2, plan_file_writes
 from .qos import RECLAIMED_CORES
 from .reconcile import Plan
@@ -45,20 +46,17 @@ PERIOD_SECONDS = 10
 QUOTA_FILE = {V1: "cpu.cfs_quota_us", V2: "cpu.max"}
 BURST_FILE = {V1: "cpu.cfs_burst_us", V2: "cpu.max.burst"}
 _UINT64_MAX = (1 << 64) - 1
-# Go strconv.ParseFloat, decimal form: sign, digits with an optional fraction, optional exponent; or inf/infinity.
-# (No surrounding space and no "_", which Python's float() would accept; hex floats are not taken.)
-_GO_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_GO_INF = re.compile(r"[+-]?(?:inf|infinity)", re.IGNORECASE)
 
 
 def parse_go_float(name, text):
-    """Go ``strconv.ParseFloat(text, 64)`` for decimal text: the float (``inf`` allowed), or ValueError naming ``name``
-    and the text when Go reports a syntax or range error. NaN and hex floats are refused too."""
-    if not isinstance(text, str) or not (_GO_FLOAT.fullmatch(text) or _GO_INF.fullmatch(text)):
+    """Go ``strconv.ParseFloat(text, 64)`` (``overcommit.parse_go_float``) for an annotation value: the float
+    (``inf`` allowed), or ValueError naming ``name`` and the text. NaN and hex floats, which Go takes, are refused."""
+    try:
+        value = overcommit.parse_go_float(text)
+    except ValueError as exc:
+        raise ValueError("%s=%r is %s" % (name, text, "out of range" if "out of range" in str(exc) else "not a number")) from None
+    if math.isnan(value) or "x" in text.lower():
         raise ValueError("%s=%r is not a number" % (name, text))
-    value = float(text)
-    if math.isinf(value) and not _GO_INF.fullmatch(text):
-        raise ValueError("%s=%r is out of range" % (name, text))
     return value
 
 

@@ -27,6 +27,7 @@ import struct
 from collections import namedtuple
 from dataclasses import dataclass
 
+from .placement import pod_key
 from .qos import RECLAIMED_CORES, SYSTEM_CORES, QoSError, resolve_qos_level
 from .quantity import parse_quantity
 
@@ -221,12 +222,6 @@ def _annotations(pod):
 
 def pod_uid(pod):
     return _meta(pod).get("uid")
-
-
-def pod_key(pod):
-    """``namespace/name`` (namespace ``default`` when absent, as placement.pod_key)."""
-    meta = _meta(pod)
-    return "%s/%s" % (meta.get("namespace") or "default", meta.get("name"))
 
 
 def pod_priority(pod):

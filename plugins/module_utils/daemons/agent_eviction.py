@@ -163,11 +163,12 @@ def rootfs_plan(config, pods):
     shared by the agent's loop and the eviction_plan module."""
     root = below(config, config["eviction_rootfs_path"])
     readings = filesystem_readings(root)
-    met = eviction.rootfs_threshold_met(readings, rootfs_thresholds(config))
+    thresholds = rootfs_thresholds(config)
+    met = eviction.rootfs_threshold_met(readings, thresholds)
     if not any(met):
         return eviction.Plan((), ()), readings, met
     usage = pod_usage(config, pods, os.stat(root).st_dev)
-    plan = eviction.rootfs_top_eviction_pods(pods, usage, readings, rootfs_thresholds(config), int(config["eviction_top_n"]), met)
+    plan = eviction.rootfs_top_eviction_pods(pods, usage, readings, thresholds, int(config["eviction_top_n"]), met)
     return plan, readings, met
 
 
