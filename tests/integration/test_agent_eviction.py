@@ -244,6 +244,37 @@ def test_the_node_condition_and_taint_follow_the_pressure(kubeapi, kube_client, 
         stop_agent(agent)
 
 
+def reload_agent(agent, tmp_path, **changes):
+    """Rewrite the agent's configuration and reload it, as SIGHUP does."""
+    config = json.loads((tmp_path / "agent.yaml").read_text())
+    config.update(changes)
+    (tmp_path / "agent.yaml").write_text(json.dumps(config))
+    agent.reload()
+
+
+def test_switching_eviction_to_dry_run_or_off_lifts_its_condition_and_taint(kubeapi, kube_client, kubelet_fs, node_pods, tmp_path):
+    """A reload to dry-run mode, or with eviction switched off, clears the condition and taint a live pass set at once
+    (not after the 5-minute transition period, and not never: nothing else would lift them)."""
+    core = client.CoreV1Api(kube_client)
+    for name, mib in (("system", 12), ("keep", 10)):       # never-evicted pods keep the pressure up
+        fill(kubelet_fs, node_pods[name], name, mib)
+    agent = start_agent(kubeapi, kubelet_fs, tmp_path, eviction_rootfs_pod_minimum_used="1Mi")
+    tainted = (lambda: ROOTFS_TAINT in taint_keys(core) and rootfs_condition(core).status == "True")
+    lifted = (lambda: ROOTFS_TAINT not in taint_keys(core) and rootfs_condition(core).status == "False")
+    try:
+        for switch in ({"eviction_dry_run": True}, {"eviction_enabled": False}):
+            wait_until(tainted, timeout=60, what="the SystemRootfs condition and taint")
+            reload_agent(agent, tmp_path, **switch)
+            wait_until(lifted, timeout=60, what="the condition and taint lifted after %s" % switch)
+            assert "switched off" in rootfs_condition(core).message or "dry-run" in rootfs_condition(core).message
+            assert_no_node_write_for_passes(core, agent)
+            reload_agent(agent, tmp_path, eviction_dry_run=False, eviction_enabled=True)
+        wait_until(tainted, timeout=60, what="the SystemRootfs condition and taint back in a live run")
+        assert evictions(agent, "evicted") == 0
+    finally:
+        stop_agent(agent)
+
+
 def test_a_bad_threshold_stops_the_agent_naming_the_option(tmp_path):
     (tmp_path / "agent.yaml").write_text(json.dumps({"node_name": NODE, "eviction_enabled": True, "eviction_rootfs_minimum_free": "ten%"}))
     with pytest.raises(ValueError, match="eviction_rootfs_minimum_free"):
@@ -310,6 +341,7 @@ def test_the_agent_role_renders_the_eviction_settings_the_agent_reads(tmp_path):
     rc, _tasks, out = run_playbook(RENDER, tmp_path, [], {
         "repo": REPO, "dest": str(dest), "agent_credential": "kubeconfig", "agent_eviction_enabled": True, "agent_eviction_top_n": 3,
         "agent_eviction_system_memory_enabled": True,
+        "agent_eviction_memory": {"system_free_memory_threshold_minimum": "1Gi", "numa_free_below_watermark_times_threshold": 20},
         "agent_eviction_rootfs": {"minimum_free": "10%", "reclaimed_pod_used_priority": "1Gi", "grace_period_seconds": 30,
                                   "pod_dirs": ["/data/pods/{uid}"]}})
     assert rc == 0, out
@@ -323,3 +355,23 @@ def test_the_agent_role_renders_the_eviction_settings_the_agent_reads(tmp_path):
         == (300, "4Gi", 0)
     assert config["eviction_system_memory_enabled"] is True
     assert config["eviction_numa_memory_enabled"] is False and config["eviction_reclaimed_resources_enabled"] is False
+    assert config["eviction_system_free_memory_threshold_minimum"] == "1Gi" and config["eviction_numa_free_below_watermark_times_threshold"] == 20
+    assert config["eviction_numa_free_below_watermark_times_reclaimed_threshold"] == 6 and config["eviction_system_memory_kswapd_enabled"] is False
+
+
+BAD_MEMORY_KEY = """
+- hosts: localhost
+  gather_facts: false
+  roles:
+    - role: katalyst.colocation.agent
+      vars:
+        agent_node_name: n1
+        agent_credential: none
+        agent_eviction_memory: {system_free_memory_threshold_minimum: 1Gi, top_n: 3}
+"""
+
+
+def test_an_unknown_memory_eviction_key_fails_the_role_before_anything_is_written(tmp_path):
+    rc, _tasks, out = run_playbook(BAD_MEMORY_KEY, tmp_path, [], {})
+    assert rc != 0 and "agent_eviction_memory takes the keys numa_free_below_watermark_times_threshold" in out, out
+    assert "top_n" in out and "Bundle the engine" not in out, out

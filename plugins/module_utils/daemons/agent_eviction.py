@@ -379,7 +379,13 @@ class EvictionManager:
         rate-limit, evict (or report, dry run). Raises when a plugin's readings, the node or an eviction could not be read
         or written (the loop counts it); the other plugins still ran."""
         agent = self.agent
-        if not agent.config["eviction_enabled"] or agent.pods_unknown() or agent.kube is None:
+        if agent.kube is None:
+            return
+        if not agent.config["eviction_enabled"]:
+            # switched off by a reload: a condition or taint set before must not outlive the loop that would lift it
+            self.conditions.release(time.monotonic(), "the agent's eviction is switched off")
+            return
+        if agent.pods_unknown():
             return
         pods = [p for p in agent.node_pods() if (p.get("status") or {}).get("phase") == "Running"
                 and not (p.get("metadata") or {}).get("deletionTimestamp")]
@@ -396,11 +402,14 @@ class EvictionManager:
             messages.update(more)
         plan = eviction.merge_plans(plans)
         now = time.monotonic()
-        if not agent.config["eviction_dry_run"]:
-            try:
+        try:
+            if agent.config["eviction_dry_run"]:
+                # a dry run only reports; what a live run set before is lifted
+                self.conditions.release(now, "the agent's eviction is in dry-run mode")
+            else:
                 self.conditions.converge(plan.conditions, messages, now)
-            except KubeError as exc:
-                failures.append("node condition: %s" % exc)
+        except KubeError as exc:
+            failures.append("node condition: %s" % exc)
         allowed, deferred = self.limiter.admit(plan.evictions, now)
         for wanted in deferred:
             LOG.info("eviction of %s deferred (rate limit or cool-down): %s", wanted.pod_key, wanted.reason_message,

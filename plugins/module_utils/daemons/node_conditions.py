@@ -42,12 +42,13 @@ def wanted_taints(current, in_force, managed=MANAGED_CONDITIONS):
     return kept + [taint for taint in wanted if _taint_id(taint) not in kept_ids]
 
 
-def wanted_condition(current, name, in_force, message, stamp):
+def wanted_condition(current, name, in_force, message, stamp, off_message=None):
     """The node status condition ``name`` to write, or None when the node has it as wanted already.
 
     In force: status True (reason and message of the pressure); not in force: status False, written only over a True
-    one (a node that never had the pressure gets no condition). ``lastTransitionTime`` moves only when the status
-    does; the message is written with a status change only (a new reading each pass would be a write each pass)."""
+    one (a node that never had the pressure gets no condition), with ``off_message`` or the transition period's message.
+    ``lastTransitionTime`` moves only when the status does; the message is written with a status change only (a new
+    reading each pass would be a write each pass)."""
     existing = next((c for c in current or [] if c.get("type") == name), None)
     status = "True" if in_force else "False"
     if existing is None and not in_force:
@@ -56,7 +57,7 @@ def wanted_condition(current, name, in_force, message, stamp):
         return None
     on_reason, off_reason = CONDITION_REASONS.get(name, (name, "No" + name))
     return {"type": name, "status": status, "reason": on_reason if in_force else off_reason,
-            "message": message if in_force else "no threshold of %s met for the transition period" % name,
+            "message": message if in_force else off_message or "no threshold of %s met for the transition period" % name,
             "lastTransitionTime": stamp, "lastHeartbeatTime": stamp}
 
 
@@ -96,19 +97,20 @@ class NodeConditions:
     def converge(self, conditions, messages, now):
         """Feed the conditions met this pass; write what changed. Returns the names of what was written.
 
-        ``messages``: {condition name: the pressure's message} (or one message for every condition). A condition the
+        ``messages``: {condition name: the pressure's message}, or one message for every condition, on or off. A condition the
         kubelet owns (``KUBELET_CONDITIONS``) is written as its taint only, announced when the taint comes or goes."""
         in_force = self.tracker.update(conditions, now)
         node = self.node()
         if node is None:
             return []
+        off_message = None
         if not isinstance(messages, dict):
-            messages = {name: messages for name in MANAGED_CONDITIONS}
+            off_message, messages = messages, {name: messages for name in MANAGED_CONDITIONS}
         written = []
         forced = {condition.name for condition in in_force}
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         current = (node.get("status") or {}).get("conditions")
-        changes = [wanted for wanted in (wanted_condition(current, name, name in forced, messages.get(name) or "", stamp)
+        changes = [wanted for wanted in (wanted_condition(current, name, name in forced, messages.get(name) or "", stamp, off_message)
                                          for name in MANAGED_CONDITIONS if name not in KUBELET_CONDITIONS) if wanted is not None]
         if changes:
             node = self.patch_conditions(node, changes)
@@ -121,6 +123,13 @@ class NodeConditions:
             written.append("taints")
             self.announce_taints(taints, ((after or node).get("spec") or {}).get("taints") or [], messages, stamp)
         return written
+
+    def release(self, now, why):
+        """Nothing of ours stays in force (eviction switched off, or a dry run that must not touch the node): what an
+        earlier pass set is cleared at once, not after the transition period, with ``why`` as the message. Returns what
+        was written."""
+        self.tracker = eviction.ConditionTracker(self.tracker.transition_period)
+        return self.converge((), why, now)
 
     def announce_taints(self, before, after, messages, stamp):
         """Announce the taint-only conditions whose taint came or went."""
