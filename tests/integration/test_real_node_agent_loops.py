@@ -18,6 +18,9 @@ on any node (realnode.install_agent: sysroot /, the kubelet's cgroup root, recla
    files over the agent's window, capped by the node's own ratio annotations.
 6. Restart: across stop + install of the agent, with pods of four OOM priorities and the NUMA-bound pod running, no
    oom_score_adj and no cpuset sampled every 20 ms moves.
+7. Eviction (issue 16): under rootfs pressure on the kubelet's own root directory the agent evicts the reclaimed pod
+   through the real Eviction API and the real kubelet stops it; a PodDisruptionBudget (the real apiserver's) keeps the
+   next one; condition and taint while the pressure lasts, lifted when the agent is reinstalled with eviction off.
 
 Each test installs the agent into its own directory, stops it, deletes its pods and restores what it changed by hand
 (cgroup files, the node's annotations, the CRD it installed, the originals its writes added to the agent's record in
@@ -747,3 +750,95 @@ def test_an_agent_restart_with_pods_running_changes_nothing_it_set(real_node, co
     assert not sampler.errors, sampler.errors[:3]
     assert agent.pid() and agent.pid() != old_pid, "the agent was restarted"
     assert not changed, "values moved across the restart (seconds after the stop began: {key: (before, now)}): %s" % changed[:5]
+
+
+# -- eviction on the real node -----------------------------------------------------------------------------------------
+ROOTFS_TAINT = "node.katalyst.kubewharf.io/SystemRootfs"
+FILL_MIB = 4
+
+
+def filling_pod(name, qos_level, labels=None):
+    """A pod whose process writes FILL_MIB MiB into its emptyDir (on the kubelet's root directory), then sleeps."""
+    body = pod(name, qos_level, command="dd if=/dev/zero of=/scratch/fill bs=1M count=%d && %s" % (FILL_MIB, SLEEP), resources=small())
+    body["metadata"]["labels"].update(labels or {})
+    body["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+    body["spec"]["containers"][0]["volumeMounts"] = [{"name": "scratch", "mountPath": "/scratch"}]
+    return body
+
+
+def pod_gone(core, name):
+    try:
+        core.read_namespaced_pod(name, NAMESPACE)
+    except kubernetes.client.exceptions.ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+def node_events(core, reason, name):
+    return [e for e in core.list_event_for_all_namespaces(field_selector="reason=%s" % reason).items if e.involved_object.name == name]
+
+
+def node_taint_keys(core):
+    return [t.key for t in core.read_node(realnode.NODE_NAME).spec.taints or []]
+
+
+def rootfs_condition(core):
+    return next((c for c in core.read_node(realnode.NODE_NAME).status.conditions or [] if c.type == "SystemRootfs"), None)
+
+
+def test_rootfs_pressure_evicts_through_the_real_eviction_api_and_the_kubelet_stops_the_pod(real_node, core, agent):
+    """Item 7: the agent (installed by its role, eviction on) under rootfs pressure on the kubelet's own root directory:
+    the free-space threshold is the filesystem's capacity (so it is met whatever the machine holds), the reclaimed-pod
+    priority 1 MiB. The reclaimed pod, having written 4 MiB into its emptyDir, is evicted first through the real
+    apiserver's Eviction API and the real kubelet stops its processes; the web pod is next, and its PodDisruptionBudget
+    (enforced by the real apiserver) refuses: EvictionBlocked; the system_cores pod is never a candidate. The node gets
+    the SystemRootfs condition and NoSchedule taint; reinstalled with eviction off, the agent lifts them."""
+    kubelet_root = os.path.join(kube_node.Node(real_node.state, bin_dir=realnode.BIN_DIR).run_dir, "kubelet")
+    stats = os.statvfs(kubelet_root)
+    capacity = stats.f_blocks * stats.f_frsize
+    policy = kubernetes.client.PolicyV1Api(core.api_client)
+    policy.create_namespaced_pod_disruption_budget(NAMESPACE, {"metadata": {"name": "evict-web"}, "spec": {
+        "minAvailable": 1, "selector": {"matchLabels": {"evict": "web"}}}})
+    try:
+        found = start_pods(core, filling_pod("evict-batch", "reclaimed_cores"), filling_pod("evict-web", "shared_cores", {"evict": "web"}),
+                           filling_pod("evict-system", "system_cores"))
+        uids = {name: p["metadata"]["uid"] for name, p in found.items()}
+        for name, uid in uids.items():
+            fill = os.path.join(kubelet_root, "pods", uid, "volumes", "kubernetes.io~empty-dir", "scratch", "fill")
+            wait_for("%s's %d MiB written" % (name, FILL_MIB), lambda path=fill: os.path.exists(path) and os.path.getsize(path) == FILL_MIB << 20,
+                     timeout=LOOP, interval=0.1)
+        eviction = {"agent_eviction_enabled": True, "agent_eviction_period_seconds": 0.5, "agent_eviction_max_per_period": 5,
+                    "agent_eviction_pod_cooldown_seconds": 1, "agent_eviction_condition_transition_seconds": 1,
+                    "agent_eviction_rootfs": {"path": kubelet_root, "pod_dirs": [kubelet_root + "/pods/{uid}"], "minimum_free": str(capacity),
+                                              "reclaimed_pod_used_priority": "1Mi"}}
+        agent.install(**eviction)
+        batch_pids = realnode.pod_pids(uids["evict-batch"])
+        assert batch_pids, "the reclaimed pod has processes before its eviction"
+        wait_for("the reclaimed pod evicted and gone", lambda: pod_gone(core, "evict-batch"), timeout=START, interval=0.2)
+        assert not realnode.pod_pids(uids["evict-batch"]) and not any(os.path.exists("/proc/%d" % pid) for pid in batch_pids)
+        evicted = node_events(core, "Evicted", "evict-batch")
+        assert evicted and "available.rootfs.system<" in evicted[0].message and "pod used=" in evicted[0].message, evicted
+        wait_for("the web pod's budget refusing its eviction", lambda: node_events(core, "EvictionBlocked", "evict-web"), timeout=LOOP, interval=0.2)
+        assert raw_pod(core, "evict-web")["status"]["phase"] == "Running" and raw_pod(core, "evict-system")["status"]["phase"] == "Running"
+        assert not node_events(core, "Evicted", "evict-system") and not node_events(core, "Evicted", "evict-web")
+        wait_for("the SystemRootfs condition and taint", lambda: ROOTFS_TAINT in node_taint_keys(core) and rootfs_condition(core).status == "True",
+                 timeout=LOOP, interval=0.2)
+        print("evicted through the real Eviction API: %s" % evicted[0].message)
+
+        agent.stop()
+        agent.install(**dict(eviction, agent_eviction_enabled=False))
+        wait_for("the condition and taint lifted with eviction off", lambda: ROOTFS_TAINT not in node_taint_keys(core)
+                 and rootfs_condition(core).status == "False", timeout=LOOP, interval=0.2)
+        assert "switched off" in rootfs_condition(core).message
+    finally:
+        agent.stop()
+        policy.delete_namespaced_pod_disruption_budget("evict-web", NAMESPACE)
+        # the node as the test found it: no taint of ours, no SystemRootfs condition
+        node = core.read_node(realnode.NODE_NAME)
+        taints = [t for t in node.spec.taints or [] if t.key != ROOTFS_TAINT]
+        if len(taints) != len(node.spec.taints or []):
+            core.patch_node(realnode.NODE_NAME, {"spec": {"taints": [core.api_client.sanitize_for_serialization(t) for t in taints] or None}})
+        if rootfs_condition(core) is not None:
+            core.patch_node_status(realnode.NODE_NAME, {"status": {"conditions": [{"type": "SystemRootfs", "$patch": "delete"}]}})

@@ -109,7 +109,8 @@ _V2_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def parse_numa_stat(text, version, source="memory.numa_stat"):
-    """``memory.numa_stat`` -> ``{numa id: bytes}`` (v1 ``total=`` line in pages; v2 anon + file in bytes).
+    """``memory.numa_stat`` -> ``{numa id: bytes}`` (v1 ``total=`` line in pages; v2 anon + file + unevictable in bytes,
+    as malachite's ``ParseCgroupNumaValue``; ``unevictable`` is optional: kernels before 5.x lack it).
 
     Empty text (the file does not exist) gives ``{}``. NumaStatError naming ``source`` and quoting the content
     when a line is not in the kernel's format (v1 ``name=<pages> N0=<pages> ...``, v2 ``name N0=<bytes> ...``)
@@ -138,12 +139,12 @@ def parse_numa_stat(text, version, source="memory.numa_stat"):
                 raise malformed("line %d: %r is not N<id>=<amount>" % (number, field))
             amounts.append((int(match.group(1)), int(match.group(2))))
         name = head.group(1) if version == "v1" else fields[0]
-        if name not in needed:
+        if name not in needed and (version == "v1" or name != "unevictable"):
             continue
         seen.add(name)
         for numa, amount in amounts:
             usage[numa] = usage.get(numa, 0) + amount * (4096 if version == "v1" else 1)
-    if seen != needed:
+    if not needed <= seen:
         raise malformed("no %s line" % " or ".join(sorted(needed - seen)))
     return usage
 

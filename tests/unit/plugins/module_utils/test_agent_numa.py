@@ -22,6 +22,8 @@ def test_numa_stat_v1_pages_and_v2_bytes():
     assert agent_numa.parse_numa_stat("total=300 N0=100 N1=200\nfile=10 N0=5 N1=5\nhierarchical_total=1 N0=1 N1=0", "v1") == {
         0: 100 * 4096, 1: 200 * 4096}
     assert agent_numa.parse_numa_stat("anon N0=10 N1=20\nfile N0=1 N1=2\nshmem N0=100 N1=100", "v2") == {0: 11, 1: 22}
+    # v2 adds unevictable (mlocked) memory where the kernel reports it, as malachite does
+    assert agent_numa.parse_numa_stat("anon N0=10 N1=20\nfile N0=1 N1=2\nunevictable N0=1000 N1=0", "v2") == {0: 1011, 1: 22}
     assert agent_numa.parse_numa_stat("", "v1") == {}
 
 
