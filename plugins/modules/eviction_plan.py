@@ -10,10 +10,16 @@ module: eviction_plan
 short_description: Which pods the agent's eviction loop would evict on this node now, and why
 version_added: 0.1.0
 description:
-  - Reads the node's rootfs filesystem (free bytes and inodes of O(rootfs_path)) and each running pod's use of it (bytes
-    and inodes under O(pod_dirs)), and plans the evictions C(katalyst-agent)'s eviction loop would make under the same
-    thresholds (Katalyst's rootfs pressure plugin; reclaimed_cores pods first; system_cores pods and pods annotated
-    C(katalyst.kubewharf.io/do-not-evict=true) never).
+  - Plans the evictions C(katalyst-agent)'s eviction loop would make now, with the agent's own planners, for the
+    plugins in O(plugins) (system_cores pods and pods annotated C(katalyst.kubewharf.io/do-not-evict=true) never go).
+  - V(rootfs) (Katalyst's rootfs pressure plugin) reads the node's rootfs filesystem (free bytes and inodes of
+    O(rootfs_path)) and each running pod's use of it (bytes and inodes under O(pod_dirs)); reclaimed_cores pods first.
+  - V(system_memory) reads C(/proc/meminfo) and C(vm.watermark_scale_factor) (MemFree under MemTotal x the factor / 10000,
+    at least O(system_free_memory_threshold_minimum)); V(numa_memory) the Normal zone of C(/proc/zoneinfo) per NUMA node
+    (free under the agent's low watermark); both rank the pods by their memory cgroups (O(cgroup_driver),
+    O(cgroup_root)). The agent evicts for NUMA pressure only once it lasted several passes: the preview takes the
+    current reading as lasting, so it shows who goes first if it does. V(reclaimed_resources) reads this node's
+    CustomNodeResource (reclaimed_cores requests over 5x its reclaimed allocatable).
   - Read-only unless O(evict=true); then the planned pods are evicted through the policy/v1 Eviction API (so
     PodDisruptionBudgets hold). With C(--check --diff) it previews which pods would go.
 extends_documentation_fragment:
@@ -23,8 +29,14 @@ options:
     description: The node whose pods are considered (field selector C(spec.nodeName)).
     type: str
     required: true
+  plugins:
+    description: The eviction plugins to plan with (the agent runs those it has switched on in one pass, merged).
+    type: list
+    elements: str
+    choices: [rootfs, numa_memory, system_memory, reclaimed_resources]
+    default: [rootfs]
   sysroot:
-    description: Root under which O(rootfs_path) and O(pod_dirs) are read.
+    description: Root under which O(rootfs_path), O(pod_dirs), C(/proc) and the memory cgroups are read.
     type: path
     default: /
   rootfs_path:
@@ -64,8 +76,21 @@ options:
     description: Filesystems smaller than this are never under free-space pressure (a quantity); empty for unset.
     type: str
     default: ""
+  system_free_memory_threshold_minimum:
+    description: The system memory plugin's floor under the watermark-derived free-memory threshold (a quantity).
+    type: str
+    default: "0"
+  cgroup_driver:
+    description: The kubelet's cgroup driver (where the pods' memory cgroups are, for the memory plugins).
+    type: str
+    choices: [cgroupfs, systemd]
+    default: cgroupfs
+  cgroup_root:
+    description: The kubelet's C(--cgroup-root) (C(kubepods) lives below it); empty for the top.
+    type: str
+    default: ""
   grace_period_seconds:
-    description: Grace period of the evictions; 0 for the pods' own.
+    description: Grace period of the rootfs evictions; 0 for the pods' own.
     type: int
     default: 0
   top_n:
@@ -104,20 +129,26 @@ EXAMPLES = r"""
 
 RETURN = r"""
 threshold_met:
-  description: Whether the free-bytes and the free-inodes threshold are met now.
-  returned: success
+  description: Whether the free-bytes and the free-inodes threshold are met now (rootfs).
+  returned: when O(plugins) has V(rootfs)
   type: dict
   sample: {"free": true, "inodes": false}
 readings:
-  description: The filesystem's available bytes, capacity, free inodes and inodes.
+  description: The filesystem's available bytes, capacity, free inodes and inodes (rootfs).
+  returned: when O(plugins) has V(rootfs)
+  type: dict
+plugins:
+  description: Per plugin of O(plugins), what it read and whether its threshold is met now.
   returned: success
   type: dict
+  sample: {"system_memory": {"met": true, "readings": {"free": 33554432, "total": 68719476736, "threshold": 68719476}}}
 evictions:
-  description: The planned evictions, each with the pod, the threshold, the readings and the reason.
+  description: The planned evictions, each with the pod, the plugin, the threshold, the readings and the reason.
   returned: success
   type: list
   elements: dict
-  sample: [{"pod": "default/batch", "threshold": "available.rootfs.system<10%", "reading": "...", "reason": "..."}]
+  sample: [{"pod": "default/batch", "plugin": "rootfs-pressure-eviction-plugin", "threshold": "available.rootfs.system<10%",
+            "reading": "...", "reason": "..."}]
 evicted:
   description: The pods evicted (O(evict=true), not in check mode).
   returned: success
@@ -125,28 +156,43 @@ evicted:
   elements: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
+import re
 
+from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.katalyst.colocation.plugins.module_utils.auth_spec import auth_argument_spec, auth_params
-from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.agent_eviction import ROOTFS_THRESHOLDS, rootfs_plan
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.agent_eviction import ROOTFS_THRESHOLDS
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.eviction_preview import PLUGINS, preview
 from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient, KubeError, require_kubernetes
+from ansible_collections.katalyst.colocation.plugins.module_utils.sysfs import SysFSError
 
 THRESHOLD_OPTIONS = {name: {"type": "str", "default": ""} for name in ROOTFS_THRESHOLDS}
 
 
-def eviction_config(params):
-    """The agent's configuration keys from the module's options (the same engine path as the agent's loop)."""
-    config = {"sysroot": params["sysroot"], "eviction_rootfs_path": params["rootfs_path"], "eviction_rootfs_pod_dirs": params["pod_dirs"],
-              "eviction_rootfs_grace_period_seconds": params["grace_period_seconds"], "eviction_top_n": params["top_n"]}
-    config.update({"eviction_rootfs_" + name: params[name] for name in ROOTFS_THRESHOLDS})
-    return config
+def agent_settings(params):
+    """The agent's settings from the module's options (the same planners as the agent's loop)."""
+    settings = {"sysroot": params["sysroot"], "node_name": params["node_name"], "cgroup_driver": params["cgroup_driver"],
+                "cgroup_root": params["cgroup_root"], "eviction_rootfs_path": params["rootfs_path"],
+                "eviction_rootfs_pod_dirs": params["pod_dirs"], "eviction_rootfs_grace_period_seconds": params["grace_period_seconds"],
+                "eviction_top_n": params["top_n"],
+                "eviction_system_free_memory_threshold_minimum": params["system_free_memory_threshold_minimum"]}
+    settings.update({"eviction_rootfs_" + name: params[name] for name in ROOTFS_THRESHOLDS})
+    return settings
+
+
+def option_name(message):
+    """An error naming the agent's setting names this module's option instead (the setting without its prefix)."""
+    return re.sub(r"\beviction_(rootfs_)?", "", message, count=1)
 
 
 def main():
     argument_spec = auth_argument_spec()
     argument_spec.update(node_name={"type": "str", "required": True}, sysroot={"type": "path", "default": "/"},
+                         plugins={"type": "list", "elements": "str", "choices": list(PLUGINS), "default": ["rootfs"]},
                          rootfs_path={"type": "str", "default": "/var/lib/kubelet"},
                          pod_dirs={"type": "list", "elements": "str", "default": ["/var/lib/kubelet/pods/{uid}", "/var/log/pods/{namespace}_{name}_{uid}"]},
+                         system_free_memory_threshold_minimum={"type": "str", "default": "0"},
+                         cgroup_driver={"type": "str", "choices": ["cgroupfs", "systemd"], "default": "cgroupfs"},
+                         cgroup_root={"type": "str", "default": ""},
                          grace_period_seconds={"type": "int", "default": 0}, top_n={"type": "int", "default": 1},
                          evict={"type": "bool", "default": False}, **THRESHOLD_OPTIONS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -160,12 +206,15 @@ def main():
     except KubeError as exc:
         module.fail_json(msg=str(exc))
     try:
-        plan, readings, met = rootfs_plan(eviction_config(module.params), pods)
-    except ValueError as exc:        # named after the agent's setting: this module's option has the name without the prefix
-        module.fail_json(msg=str(exc).replace("eviction_rootfs_", "", 1))
+        plan, readings, met = preview(agent_settings(module.params), kube, pods, module.params["plugins"])
+    except ValueError as exc:
+        module.fail_json(msg=option_name(str(exc)))
     except OSError as exc:
         module.fail_json(msg="reading %s: %s" % (exc.filename or module.params["rootfs_path"], exc.strerror))
-    planned = [{"pod": e.pod_key, "threshold": e.threshold, "reading": e.reading, "reason": e.reason_message} for e in plan.evictions]
+    except (SysFSError, KubeError) as exc:
+        module.fail_json(msg="reading what the plugins need: %s" % exc)
+    planned = [{"pod": e.pod_key, "plugin": e.plugin, "threshold": e.threshold, "reading": e.reading, "reason": e.reason_message}
+               for e in plan.evictions]
     evicted = []
     if module.params["evict"] and not module.check_mode:
         for wanted in plan.evictions:
@@ -174,9 +223,10 @@ def main():
                     evicted.append(wanted.pod_key)
             except KubeError as exc:
                 module.fail_json(msg="evicting %s: %s" % (wanted.pod_key, exc), evictions=planned, evicted=evicted)
-    result = {"changed": bool(evicted) or (module.check_mode and module.params["evict"] and bool(planned)),
-              "threshold_met": {"free": met.free_met, "inodes": met.inodes_met}, "readings": readings, "evictions": planned,
-              "evicted": evicted}
+    result = {"changed": bool(evicted) or (module.check_mode and module.params["evict"] and bool(planned)), "evictions": planned,
+              "evicted": evicted, "plugins": {plugin: {"met": met[plugin], "readings": readings[plugin]} for plugin in met}}
+    if "rootfs" in met:
+        result.update(threshold_met=met["rootfs"], readings=readings["rootfs"])
     if module._diff:
         before = sorted("%s/%s" % (p["metadata"].get("namespace"), p["metadata"]["name"]) for p in pods)
         going = {e.pod_key for e in plan.evictions}

@@ -281,26 +281,22 @@ def test_a_bad_threshold_stops_the_agent_naming_the_option(tmp_path):
         Agent(str(tmp_path / "agent.yaml")).build()
 
 
-PREVIEW = """
-- hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: preview
+def plan_playbook(preview, refused):
+    """A play with two eviction_plan tasks on the test's node: ``preview`` (its options, `evict: true`) and ``refused``
+    (options that must fail, ignored)."""
+    task = """
+    - name: %s
       katalyst.colocation.eviction_plan:
         kubeconfig: "{{ kc }}"
         node_name: evict-node
         sysroot: "{{ sysroot }}"
-        minimum_free: 20%
-        reclaimed_pod_used_priority: 1Mi
-        evict: true
-    - name: refused
-      katalyst.colocation.eviction_plan:
-        kubeconfig: "{{ kc }}"
-        node_name: evict-node
-        sysroot: "{{ sysroot }}"
-        minimum_free: twenty
-      ignore_errors: true
-"""
+%s"""
+    options = (lambda values: "".join("        %s: %s\n" % item for item in values.items()))
+    return ("- hosts: localhost\n  gather_facts: false\n  tasks:" + task % ("preview", options(dict(preview, evict="true")))
+            + task % ("refused", options(refused)) + "      ignore_errors: true\n")
+
+
+PREVIEW = plan_playbook({"minimum_free": "20%", "reclaimed_pod_used_priority": "1Mi"}, {"minimum_free": "twenty"})
 
 
 def test_the_eviction_plan_module_previews_with_check_and_diff_then_evicts(kubeapi, kube_client, kubelet_fs, node_pods, tmp_path):

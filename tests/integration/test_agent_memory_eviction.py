@@ -25,7 +25,8 @@ from kubernetes import client
 from sandbox.sysroot import build_sysroot
 from tests.integration import oomlib
 from tests.integration.backends import install_crds
-from tests.integration.test_agent_eviction import NODE, events, evicted, eviction_passes, start_agent, stop_agent, taint_keys
+from tests.integration.ansible_runner import run_playbook
+from tests.integration.test_agent_eviction import NODE, events, evicted, eviction_passes, plan_playbook, start_agent, stop_agent, taint_keys
 from tests.integration.waiting import wait_until
 
 QOS = "katalyst.kubewharf.io/qos_level"
@@ -178,13 +179,18 @@ def test_system_memory_pressure_taints_the_node_and_evicts_reclaimed_first(kubea
         stop_agent(agent)
 
 
-def test_reclaimed_requests_over_the_cnr_allocatable_evict_the_largest(kubeapi, kube_client, node, tmp_path):
-    core, sysroot = node
+def cnr_with_reclaimed_allocatable(kube_client, millicpu):
+    """The node's CNR (its CRD installed) with ``millicpu`` reclaimed_millicpu allocatable."""
     install_crds(kube_client, ["customnoderesources"])
     custom = client.CustomObjectsApi(kube_client)
     custom.create_cluster_custom_object(*CNR, {"apiVersion": "node.katalyst.kubewharf.io/v1alpha1", "kind": "CustomNodeResource",
                                                "metadata": {"name": NODE}})
-    custom.patch_cluster_custom_object_status(*CNR, NODE, {"status": {"resources": {"allocatable": {RECLAIMED_CPU: "1000"}}}})
+    custom.patch_cluster_custom_object_status(*CNR, NODE, {"status": {"resources": {"allocatable": {RECLAIMED_CPU: millicpu}}}})
+
+
+def test_reclaimed_requests_over_the_cnr_allocatable_evict_the_largest(kubeapi, kube_client, node, tmp_path):
+    core, sysroot = node
+    cnr_with_reclaimed_allocatable(kube_client, "1000")
     # 3000 + 4000 requested > 5 x 1000: the 4000 one goes, then 3000 fits
     add_pod(core, sysroot, "batch-a", {QOS: "reclaimed_cores"}, {}, {RECLAIMED_CPU: "3000"})
     add_pod(core, sysroot, "batch-b", {QOS: "reclaimed_cores"}, {}, {RECLAIMED_CPU: "4000"})
@@ -246,3 +252,39 @@ def test_system_memory_pressure_on_the_real_kernel(kubeapi, kube_client, tmp_pat
         if agent is not None:
             stop_agent(agent)
         domain.close()
+
+
+MEMORY_PREVIEW = plan_playbook({"plugins": "[numa_memory, system_memory, reclaimed_resources]"},
+                               {"plugins": "[system_memory]", "system_free_memory_threshold_minimum": "lots"})
+
+
+def test_the_eviction_plan_module_previews_the_memory_plugins_then_evicts(kubeapi, kube_client, node, tmp_path):
+    """eviction_plan with the memory plugins, through ansible-playbook: NUMA 1 under its low watermark (one reading stands
+    for a lasting one), MemFree under the watermark, reclaimed requests over 5x the CNR's allocatable. Each plugin's
+    first choice once (merged), the shared pod never; --check --diff only previews, then `evict: true` evicts them."""
+    core, sysroot = node
+    cnr_with_reclaimed_allocatable(kube_client, "1000")
+    write(sysroot, "/proc/zoneinfo", zoneinfo(UNDER_LOW))
+    write(sysroot, "/proc/meminfo", meminfo(64 * GI, 32 << 20))
+    add_pod(core, sysroot, "batch-numa1", {QOS: "reclaimed_cores"}, {1: 2 * GI})
+    add_pod(core, sysroot, "batch-big", {QOS: "reclaimed_cores"}, {0: 6 * GI})
+    add_pod(core, sysroot, "batch-requests", {QOS: "reclaimed_cores"}, {}, {RECLAIMED_CPU: "6000"})
+    add_pod(core, sysroot, "web", {}, {1: 8 * GI})
+    variables = {"kc": kubeapi.kubeconfig, "sysroot": sysroot}
+    rc, tasks, out = run_playbook(MEMORY_PREVIEW, tmp_path, ["--check", "--diff"], variables)
+    assert rc == 0, out
+    preview = tasks["preview"]
+    planned = {e["pod"]: e["plugin"] for e in preview["evictions"]}
+    assert planned == {"default/batch-numa1": NUMA_PLUGIN, "default/batch-big": SYSTEM_PLUGIN, "default/batch-requests": RECLAIMED_PLUGIN}, preview
+    plugins = preview["plugins"]
+    assert plugins["system_memory"]["met"] and plugins["system_memory"]["readings"]["free"] == 32 << 20, plugins
+    assert plugins["numa_memory"]["met"] and plugins["numa_memory"]["readings"]["1"]["free_pages"] == UNDER_LOW[1], plugins
+    assert plugins["reclaimed_resources"]["readings"]["over"] == RECLAIMED_CPU and "threshold_met" not in preview
+    assert "default/web" in preview["diff"]["after"] and "default/batch-big" not in preview["diff"]["after"], preview["diff"]
+    assert preview["changed"] and preview["evicted"] == [] and not evicted(core, "batch-big")
+    refused = tasks["refused"]
+    assert refused["failed"] and refused["msg"].startswith("system_free_memory_threshold_minimum: "), refused
+
+    rc, tasks, out = run_playbook(MEMORY_PREVIEW, tmp_path, [], variables)
+    assert rc == 0 and sorted(tasks["preview"]["evicted"]) == ["default/batch-big", "default/batch-numa1", "default/batch-requests"], out
+    assert all(evicted(core, name) for name in ("batch-big", "batch-numa1", "batch-requests")) and not evicted(core, "web")
