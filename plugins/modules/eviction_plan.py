@@ -17,7 +17,7 @@ description:
   - V(system_memory) reads C(/proc/meminfo) and C(vm.watermark_scale_factor) (MemFree under MemTotal x the factor / 10000,
     at least O(system_free_memory_threshold_minimum)); V(numa_memory) the Normal zone of C(/proc/zoneinfo) per NUMA node
     (free under the agent's low watermark); both rank the pods by their memory cgroups (O(cgroup_driver),
-    O(cgroup_root)). The agent evicts for NUMA pressure only once it lasted several passes: the preview takes the
+    O(cgroup_root)). The agent evicts for NUMA pressure only once it lasted several passes; the preview takes the
     current reading as lasting, so it shows who goes first if it does. V(reclaimed_resources) reads this node's
     CustomNodeResource (reclaimed_cores requests over 5x its reclaimed allocatable).
   - Read-only unless O(evict=true); then the planned pods are evicted through the policy/v1 Eviction API (so
