@@ -566,7 +566,48 @@ class OvercommitPlan:
                 "node_config": self.node_config, "refused": self.refused}
 
 
-def plan_node_overcommit(configs, nodes, cnrs, pods, now="1970-01-01T00:00:00Z"):
+def _version(obj, fingerprint):
+    """What identifies this state of ``obj``: its resourceVersion (every change bumps it), else ``fingerprint(obj)``."""
+    if obj is None:
+        return None
+    version = (obj.get("metadata") or {}).get("resourceVersion")
+    return ("rv", version) if version else ("fp", fingerprint(obj))
+
+
+def node_inputs_fingerprint(node):
+    """The node fields the plan reads: the pool label, the annotations and ``status.allocatable``."""
+    meta = node.get("metadata") or {}
+    return ((meta.get("labels") or {}).get(POOL_LABEL), tuple(sorted((meta.get("annotations") or {}).items())),
+            tuple(sorted(((node.get("status") or {}).get("allocatable") or {}).items())))
+
+
+def _cnr_fingerprint(cnr):
+    return tuple(sorted(((cnr.get("metadata") or {}).get("annotations") or {}).items()))
+
+
+def _configs_key(configs):
+    return tuple(sorted(repr((_name(c), (c.get("metadata") or {}).get("creationTimestamp"), c.get("spec"))) for c in configs))
+
+
+def node_plan_key(node, cnr, requested):
+    """The inputs of one node's decision (with the configs, which ``plan_node_overcommit``'s memo keys apart)."""
+    return (_version(node, node_inputs_fingerprint), _version(cnr, _cnr_fingerprint), tuple(sorted(requested.items())))
+
+
+def _plan_node(node, config, cnr, requested, problems):
+    """One node's decision: ``(violations or None, annotation patch or None)``."""
+    current = (node.get("metadata") or {}).get("annotations") or {}
+    keep = bool(config is not None and problems.get(_name(config)))
+    desired = desired_node_annotations(node, config, cnr, keep_ratios=keep)
+    violations = None
+    if config is not None and not keep and not (config.get("spec") or {}).get("force"):
+        violations = decrease_violations(node, current, desired, cnr, requested) or None
+        if violations:
+            desired = desired_node_annotations(node, config, cnr, keep_ratios=True)
+    return violations, annotation_patch(current, desired) or None
+
+
+def plan_node_overcommit(configs, nodes, cnrs, pods, now="1970-01-01T00:00:00Z", memo=None):
     """The NodeOvercommitConfig controller's whole decision, for every node and config.
 
     * node annotations as katalyst writes them (ratios, realtime copies, precomputed ``overcommit_*``);
@@ -577,6 +618,9 @@ def plan_node_overcommit(configs, nodes, cnrs, pods, now="1970-01-01T00:00:00Z")
       ``InvalidRatio``, ``DecreaseRefused`` (``lastTransitionTime`` kept while the status holds);
     * Events for conditions that turn True or change message.
     ``cnrs`` is a list of CNR objects (or a dict by name); ``now`` is the RFC 3339 time for new conditions.
+    ``memo``: a dict kept by the caller between passes; a node whose inputs (``node_plan_key``: its resourceVersion,
+    its CNR's, the requests on it) and the configs are those of the last pass keeps the last pass's decision
+    without computing it again (``memo["planned"]`` counts the nodes computed this pass).
     """
     plan = OvercommitPlan()
     cnr_by_name = cnrs if isinstance(cnrs, dict) else {_name(cnr): cnr for cnr in cnrs or []}
@@ -584,26 +628,59 @@ def plan_node_overcommit(configs, nodes, cnrs, pods, now="1970-01-01T00:00:00Z")
     requests = node_requests(pods)
     problems = {_name(config): config_ratio_problems(config) for config in configs}
     refused_by_config = {}
+    decided, seen = None, set()
+    if memo is not None:
+        configs_key = _configs_key(configs)
+        if memo.get("configs") != configs_key:
+            memo.clear()
+            memo["configs"] = configs_key
+        decided = memo.setdefault("nodes", {})
+        memo["planned"] = 0
     for node in nodes:
         name = _name(node)
         config = node_config.get(name)
         plan.node_config[name] = _name(config) if config else None
-        current = (node.get("metadata") or {}).get("annotations") or {}
         cnr = cnr_by_name.get(name)
-        keep = bool(config is not None and problems.get(_name(config)))
-        desired = desired_node_annotations(node, config, cnr, keep_ratios=keep)
-        if config is not None and not keep and not (config.get("spec") or {}).get("force"):
-            violations = decrease_violations(node, current, desired, cnr, requests.get(name, {}))
-            if violations:
-                plan.refused[name] = violations
-                refused_by_config.setdefault(_name(config), {})[name] = violations
-                desired = desired_node_annotations(node, config, cnr, keep_ratios=True)
-        patch = annotation_patch(current, desired)
+        requested = requests.get(name, {})
+        if decided is None:
+            violations, patch = _plan_node(node, config, cnr, requested, problems)
+        else:
+            seen.add(name)
+            key = node_plan_key(node, cnr, requested)
+            entry = decided.get(name)
+            if entry is not None and key in entry[0]:
+                violations, patch = entry[1]
+            else:
+                violations, patch = _plan_node(node, config, cnr, requested, problems)
+                decided[name] = ((key,), (violations, patch))
+                memo["planned"] += 1
+        if violations:
+            plan.refused[name] = violations
+            refused_by_config.setdefault(_name(config), {})[name] = violations
         if patch:
             plan.node_patches[name] = patch
+    if decided is not None:
+        for name in [name for name in decided if name not in seen]:
+            del decided[name]
     for config in configs:
         _plan_config_status(plan, config, config_nodes, conflicts, problems, refused_by_config, now)
     return plan
+
+
+def record_patched(memo, node, patch, written):
+    """After ``patch`` (a plan's annotation patch of ``node``) succeeded: the node as the cache still shows it and as
+    the API returned it (``written``, when its inputs are the node's with the patch applied and nothing else) need no
+    patch, so the next passes neither compute nor send it again before the watch delivers the write."""
+    entry = (memo or {}).get("nodes", {}).get(_name(node))
+    if entry is None:
+        return
+    keys = entry[0][:1]
+    if written and (written.get("metadata") or {}).get("resourceVersion"):
+        meta = dict(node.get("metadata") or {})
+        meta["annotations"] = {key: value for key, value in dict(meta.get("annotations") or {}, **patch).items() if value is not None}
+        if node_inputs_fingerprint(written) == node_inputs_fingerprint(dict(node, metadata=meta)):
+            keys += ((_version(written, node_inputs_fingerprint),) + keys[0][1:],)
+    memo["nodes"][_name(node)] = (keys, (entry[1][0], None))
 
 
 def _plan_config_status(plan, config, config_nodes, conflicts, problems, refused_by_config, now):

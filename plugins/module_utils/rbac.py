@@ -94,9 +94,10 @@ RULES = {
     ),
     CONTROLLER: (
         Rule(CORE, ("nodes",), ("list", "watch"), "controller.py INFORMERS[nodes]: the tide, cnr and overcommit reconcilers"),
-        Rule(CORE, ("nodes",), ("get", "update"),
-             "tide_controller.py write_node_changes (KubeClient.mutate: read, edit, replace); cnr_controller.py: a live GET before a delete"),
-        Rule(CORE, ("nodes",), ("patch",), "overcommit_controller.py: the overcommit annotations (merge patch)"),
+        Rule(CORE, ("nodes",), ("get",),
+             "tide_controller.py write_node_changes: a node read again after a 409; cnr_controller.py: a live GET before a delete"),
+        Rule(CORE, ("nodes",), ("patch",), "overcommit_controller.py: the overcommit annotations (merge patch); tide_controller.py "
+             "write_node_changes: labels, annotations and taints (merge patch with the cached resourceVersion as precondition)"),
         Rule(CORE, ("pods",), ("list", "watch"), "controller.py INFORMERS[pods]: the tide and overcommit reconcilers"),
         Rule(TIDE, ("tidenodepools",), ("list", "watch"), "controller.py INFORMERS[tidenodepools]"),
         Rule(TIDE, ("tidenodepools",), ("get", "update"), "tide_controller.py add_finalizer/remove_finalizer (KubeClient.mutate)"),

@@ -311,7 +311,7 @@ def present(module, kube, name, current, now):
             # plan again with the stored object: same nodes and spec, but its generation goes into the status
             result = tide.plan_tide_pool(wanted, nodes, pods, now=now, flips=params["flip"])
         if params["converge"]:
-            tide_controller.write_node_changes(kube, result)
+            tide_controller.write_node_changes(kube, result, nodes={n["metadata"]["name"]: n for n in nodes})
             if result.flip is not None and params["flip"]:
                 tide_controller.flip_event(kube, wanted, result.flip)
             if result.status_changed:

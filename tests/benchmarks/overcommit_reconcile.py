@@ -2,9 +2,15 @@
 
     python tests/benchmarks/overcommit_reconcile.py [--nodes 5000] [--backend emulator|real|both] [--quick] [--state-dir DIR]
 
-Creates N nodes (half in pool "a", with the webhook's original_* annotations), one NodeOvercommitConfig,
-then times (1) the first pass, which annotates every node, and (2) a second pass, which writes nothing.
-Prints seconds, API calls (KubeClient.calls) and the planning time alone.
+Creates N nodes (half in pool "a", with the webhook's original_* annotations), one NodeOvercommitConfig, fills
+the controller's informer caches (a LIST of every kind, timed apart), then times the reconciler's passes on them as
+katalyst-controller runs them: (1) the first pass, which annotates every node (one PATCH per node, no GET: the node's
+state comes from the cache); (2) a pass before the watch delivers those writes (nothing to send again); then, the
+caches relisted, no-op passes: the previous algorithm (``incremental: false``, every node planned: the baseline of
+this run) and the incremental one (a node whose resourceVersion, CNR, requests and the configs are unchanged keeps
+its last decision); and the standalone reconciler's no-op pass (a LIST of every kind, every node planned).
+Prints seconds, the nodes planned and patched, and the HTTP requests of each pass by verb (a machine-independent
+figure: list, get, patch, create...).
 
 ``--backend real`` runs the same code against the pinned kube-apiserver + etcd of sandbox/kube (started in its own
 state directory, kube-apiserver and etcd only: nothing else writes to the nodes; stopped at the end); ``both`` runs
@@ -13,6 +19,7 @@ difference between the two figures is the API server underneath.
 """
 
 import argparse
+import datetime
 import os
 import sys
 import time
@@ -23,7 +30,8 @@ sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO, os.path.dirna
 from kubernetes import client  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests, overcommit  # noqa: E402  pylint: disable=wrong-import-position
-from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import overcommit_controller  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import controller, overcommit_controller  # noqa: E402  pylint: disable=C0413
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.informer import Informer  # noqa: E402  pylint: disable=wrong-import-position
 from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient  # noqa: E402  pylint: disable=wrong-import-position
 import kube_backends  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -54,24 +62,57 @@ def populate(api_client, nodes, backend):
          "spec": {"nodeOvercommitSelectorVal": "a", "resourceOvercommitRatio": {"cpu": "1.5", "memory": "1.2"}}})
 
 
+class PassContext:
+    """What the controller hands its reconcilers (controller.ControllerContext): caches filled by the controller's own
+    Informers (relisted on demand, standing in for the watch), the KubeClient, the reconciler's options."""
+
+    def __init__(self, api_client, options=None):
+        self.kube = KubeClient(api_client=api_client)
+        self.informers = {name: Informer(controller.INFORMERS[name](api_client), name=name) for name in overcommit_controller.INFORMERS}
+        self.options = dict(options or {})
+        self.registry = None
+
+    @staticmethod
+    def now():
+        return datetime.datetime.now(datetime.timezone.utc)
+
+    def relist(self):
+        for informer in self.informers.values():
+            informer._list()  # pylint: disable=protected-access  # the informer's own LIST, without its watch thread
+
+
+def run_pass(reconciler, requests, backend, label):
+    requests.reset()
+    began = time.monotonic()
+    summary = reconciler.reconcile_all()
+    row = {"backend": backend, "pass": label, "seconds": time.monotonic() - began, "requests": str(requests),
+           "gets": requests.get("get"), "patches": requests.get("patch"), "planned": summary["nodes_planned"],
+           "patched": summary["nodes_patched"]}
+    print("%-8s %-40s %7.2fs  %5d nodes planned  %5d patched  requests: %s"
+          % (backend, label, row["seconds"], row["planned"], row["patched"], row["requests"]), flush=True)
+    return row
+
+
 def measure_passes(api_client, backend):
-    """The first pass (writes) and the second (no-op) of OvercommitReconciler; a row per pass."""
-    kube = KubeClient(api_client=api_client)
-    reconciler = overcommit_controller.OvercommitReconciler.standalone(kube)
-    rows = []
-    for label in ("first pass (writes)", "second pass (no-op)"):
-        kube.calls = 0
-        began = time.time()
-        snapshot = reconciler.snapshot()
-        listed = time.time()
-        planned = overcommit.plan_node_overcommit(snapshot["configs"], snapshot["nodes"], snapshot["cnrs"], snapshot["pods"])
-        plan_seconds = time.time() - listed
-        summary = reconciler.reconcile_all(snapshot)
-        row = {"backend": backend, "pass": label, "seconds": time.time() - began, "list": listed - began, "plan": plan_seconds,
-               "calls": kube.calls, "patched": summary["nodes_patched"], "planned": len(planned.node_patches)}
-        rows.append(row)
-        print("%-8s %s: %.2fs total (list %.2fs, plan %.2fs), %d API calls, %d nodes patched, %d planned patches"
-              % (backend, label, row["seconds"], row["list"], row["plan"], row["calls"], row["patched"], row["planned"]), flush=True)
+    """The controller's passes on its informer caches: the first (writes), then no-op passes, the previous algorithm
+    (every node planned on every pass: ``incremental: false``) next to the incremental one; and the standalone
+    reconciler (a LIST of every kind per pass), as modules and the earlier version of this benchmark run it."""
+    requests = kube_backends.RequestCounter(api_client)
+    context, full = PassContext(api_client), PassContext(api_client, {"incremental": False})
+    reconciler, previous = overcommit_controller.OvercommitReconciler(context), overcommit_controller.OvercommitReconciler(full)
+    requests.reset()
+    began = time.monotonic()
+    context.relist()
+    print("%-8s relist (the informers' LIST of every kind) %.2fs, requests: %s" % (backend, time.monotonic() - began, requests), flush=True)
+    rows = [run_pass(reconciler, requests, backend, "first pass (writes)")]
+    rows.append(run_pass(reconciler, requests, backend, "no-op pass before the watch shows them"))
+    context.relist()
+    full.relist()
+    rows.append(run_pass(previous, requests, backend, "no-op pass, previous (every node planned)"))
+    rows.append(run_pass(reconciler, requests, backend, "no-op pass (incremental)"))
+    rows.append(run_pass(reconciler, requests, backend, "no-op pass again (incremental)"))
+    standalone = overcommit_controller.OvercommitReconciler.standalone(KubeClient(api_client=api_client), {"incremental": False})
+    rows.append(run_pass(standalone, requests, backend, "standalone no-op pass (LIST + plan)"))
     return rows
 
 
@@ -89,10 +130,10 @@ def run_real(nodes, state_dir):
 
 def print_side_by_side(rows):
     print("\nside by side (%s):" % kube_backends.load_average())
-    print("%-22s %-9s %9s %9s %9s %10s %8s" % ("pass", "backend", "seconds", "list s", "plan s", "API calls", "patched"))
+    print("%-42s %-9s %9s %8s %8s %8s %8s" % ("pass", "backend", "seconds", "GETs", "PATCHes", "planned", "patched"))
     for row in sorted(rows, key=lambda r: (r["pass"], r["backend"])):
-        print("%-22s %-9s %9.2f %9.2f %9.2f %10d %8d" % (row["pass"], row["backend"], row["seconds"], row["list"], row["plan"],
-                                                         row["calls"], row["patched"]))
+        print("%-42s %-9s %9.2f %8d %8d %8d %8d" % (row["pass"], row["backend"], row["seconds"], row["gets"], row["patches"],
+                                                    row["planned"], row["patched"]))
 
 
 def main():

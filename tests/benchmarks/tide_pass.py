@@ -6,7 +6,8 @@ through an API server: the sandbox emulator or the real kube-apiserver + etcd.
 tide_plan.py times the planning alone (tide.plan_tide_pool on dicts in memory); this one runs what katalyst-controller
 runs, with the API underneath: the nodes and pods are created in the API server, and each pass first lists nodes,
 pods and pools with the controller's own Informer (a relist: what a starting controller, or one after 410 Gone, reads),
-then runs the reconciler's pass on those caches (plan + writes: node read-edit-replace, finalizer, status, Events).
+then runs the reconciler's pass on those caches (plan + writes: a node merge patch from the cache with its
+resourceVersion as precondition, finalizer, status, Events).
 Passes (tide_plan.py's scenarios, in the order a cluster goes through them):
   first pass   every node unlabelled: reserve/tide roles, labels and taints for all of them (the one big write)
   quiet        the nodes relabelled (setup, not measured) as tide_plan.py's labelled pool, no pending pod: the
@@ -17,6 +18,8 @@ The pods are bound as tide_plan.py binds them to its labelled pool (every node n
 nodes, offline pods on offline ones). Prints seconds (relist, plan + writes), API calls (KubeClient.calls) and writes.
 The real backend runs kube-apiserver + etcd only (no scheduler to bind the pending pods, no controller-manager to
 evict on the NoExecute taints): the pass is measured, not what the cluster does after it.
+Each pass also prints its HTTP requests by verb (RequestCounter) next to what the previous read-edit-replace of
+the same node writes sent (a get and an update per node).
 """
 
 import argparse
@@ -115,31 +118,38 @@ def add_pending_pods(api_client, count, backend):
     kube_backends.bulk_write("created %d pending pods" % count, create, pending, backend)
 
 
-def run_pass(context, reconciler, backend, label):
+def run_pass(context, reconciler, requests, backend, label):
     began = time.monotonic()
     context.relist()
     listed = time.monotonic()
     context.kube.calls = 0
+    requests.reset()
     reconciler.reconcile_all()
     result = reconciler.last_plans[POOL["metadata"]["name"]]
     writes = len(result.plan) + (1 if result.status_changed else 0) + (1 if result.add_finalizer else 0)
     flip = "%s %s (%d pods)" % (result.flip["node"], result.flip["direction"], len(result.flip["pods"])) if result.flip else "none: " + result.flip_note
     row = {"backend": backend, "pass": label, "relist": listed - began, "pass_seconds": time.monotonic() - listed,
-           "calls": context.kube.calls, "writes": writes, "flip": flip}
+           "calls": context.kube.calls, "writes": writes, "flip": flip, "requests": str(requests)}
     print("%-8s %-12s relist %6.2fs  pass (plan + writes) %7.2fs  %6d API calls  %5d writes  flip: %s"
           % (backend, label, row["relist"], row["pass_seconds"], row["calls"], row["writes"], flip[:100]), flush=True)
+    # by verb: a node edit is one patch from the cached node (its resourceVersion as precondition), where the previous
+    # algorithm read and replaced it (a get and an update per node: the baseline, a machine-independent figure)
+    print("%-8s %-12s requests: %s (read-edit-replace of the same node writes: %d get, %d update)"
+          % (backend, label, requests, len(reconciler.last_plans[POOL["metadata"]["name"]].plan),
+             len(reconciler.last_plans[POOL["metadata"]["name"]].plan)), flush=True)
     return row
 
 
 def measure_passes(api_client, backend, sizes):
     context = PassContext(api_client)
+    requests = kube_backends.RequestCounter(api_client)
     reconciler = TideReconciler(context)
-    rows = [run_pass(context, reconciler, backend, "first pass")]
+    rows = [run_pass(context, reconciler, requests, backend, "first pass")]
     relabel(api_client, tide_plan.make_nodes(sizes["nodes"], labelled=True), backend)
-    rows.append(run_pass(context, reconciler, backend, "quiet"))
+    rows.append(run_pass(context, reconciler, requests, backend, "quiet"))
     pending = sizes["pending"]
     add_pending_pods(api_client, pending, backend)
-    rows.append(run_pass(context, reconciler, backend, "pending"))
+    rows.append(run_pass(context, reconciler, requests, backend, "pending"))
     return rows
 
 

@@ -95,7 +95,9 @@ class OvercommitReconciler:
     """``reconcile_all()`` converges every node and NodeOvercommitConfig once; returns a summary dict.
 
     Options (``overcommit:`` in the controller's config): ``period_seconds`` (full pass at least this
-    often, default 300), ``dry_run`` (plan and count, write nothing).
+    often, default 300), ``dry_run`` (plan and count, write nothing), ``incremental`` (default true: a node whose
+    resourceVersion, CNR, requests and the configs are those of the last pass keeps its last decision, see
+    ``overcommit.plan_node_overcommit``'s memo; false computes every node on every pass).
     """
 
     name = "overcommit"
@@ -104,6 +106,7 @@ class OvercommitReconciler:
     def __init__(self, context):
         self.context = context
         self.fingerprints = {}
+        self.memo = {}
         self.last_summary = {}
         self.metrics = {}
         if prometheus_client is not None and getattr(context, "registry", None) is not None:
@@ -147,18 +150,23 @@ class OvercommitReconciler:
     # -- the pass ---------------------------------------------------------------------------------
     def reconcile_all(self, snapshot=None):
         snapshot = snapshot or self.snapshot()
+        memo = self.memo if self.context.options.get("incremental", True) else None
         plan = overcommit.plan_node_overcommit(snapshot["configs"], snapshot["nodes"], snapshot["cnrs"], snapshot["pods"],
-                                               now=rfc3339(self.context.now()))
+                                               now=rfc3339(self.context.now()), memo=memo)
         client = self.context.kube
         dry_run = bool(self.context.options.get("dry_run", False))
         summary = {"nodes": len(snapshot["nodes"]), "configs": len(snapshot["configs"]), "nodes_patched": 0, "nodes_gone": 0,
-                   "configs_updated": 0, "events": 0, "refused": sorted(plan.refused), "errors": []}
+                   "configs_updated": 0, "events": 0, "refused": sorted(plan.refused), "errors": [],
+                   "nodes_planned": len(snapshot["nodes"]) if memo is None else memo["planned"]}
+        nodes = {(node.get("metadata") or {}).get("name"): node for node in snapshot["nodes"]} if plan.node_patches and memo is not None else {}
         if self.metrics:
             self.metrics["refused"].set(len(plan.refused))
         for node_name in sorted(plan.node_patches):
             patch = plan.node_patches[node_name]
             try:
-                client.patch("v1", "Node", node_name, {"metadata": {"annotations": patch}}, patch_type="merge", dry_run=dry_run)
+                written = client.patch("v1", "Node", node_name, {"metadata": {"annotations": patch}}, patch_type="merge", dry_run=dry_run)
+                if not dry_run and node_name in nodes:
+                    overcommit.record_patched(memo, nodes[node_name], patch, written)
                 summary["nodes_patched"] += 1
                 self._count("node")
                 LOG.info("node %s annotations: %s", node_name, patch, extra={"node": node_name})

@@ -4,10 +4,10 @@
 
 Every pass, for every TideNodePool (by name): add the finalizer (and go on with the object the API
 returned: Katalyst kept the stale one and its status update conflicted), plan with
-``tide.plan_tide_pool`` (the same engine the modules use), write the node edits (read, edit, replace,
-retried on conflicts; only what differs), emit an Event on every flip naming the pods that caused
-it, write status with the ``Ready`` condition (``InvalidReserve``/``InvalidSpec`` instead of a
-crash loop), and on deletion clean every node of the pool before removing the finalizer.
+``tide.plan_tide_pool`` (the same engine the modules use), write the node edits (only what differs: one merge
+patch per node from the cached node, its resourceVersion as precondition, no read; on a conflict read again,
+edit, patch, retried), emit an Event on every flip naming the pods that caused it, write status with the
+``Ready`` condition (``InvalidReserve``/``InvalidSpec`` instead of a crash loop), and on deletion clean every node of the pool before removing the finalizer.
 
 Options (``tide:`` in the controller configuration): ``period_seconds`` (10, Katalyst's tidePeriod).
 """
@@ -18,6 +18,7 @@ import logging
 import time
 
 from .. import tide
+from ..kube import KubeError
 
 try:
     import prometheus_client
@@ -76,15 +77,69 @@ def write_status(kube, name, status, dry_run=False):
     return kube.mutate(tide.API_VERSION, tide.KIND, name, lambda obj: dict(obj, status=status), subresource="status", dry_run=dry_run)[1]
 
 
-def write_node_changes(kube, result, dry_run=False):
-    """Apply a TidePlan's node edits (read, edit, replace; re-read and re-edited on conflicts; a node
-    that already matches is not written). Returns [(change, node after)] for the nodes written."""
+def _map_patch(before, after):
+    """A merge patch of a string map: changed and new keys, removed keys as None; {} when nothing differs."""
+    before, after = before or {}, after or {}
+    patch = {key: value for key, value in after.items() if before.get(key) != value}
+    patch.update({key: None for key in before if key not in after})
+    return patch
+
+
+def node_edit_patch(node, edit):
+    """The merge patch that makes ``node`` what ``tide.apply_node_edit(node, edit)`` makes of it: the changed labels and
+    annotations (removed ones as None), ``spec.taints`` whole when they change, and ``metadata.resourceVersion`` as a
+    precondition (a node changed since ``node`` was read answers 409, as the read-edit-replace did). None when nothing
+    changes."""
+    after = tide.apply_node_edit(node, edit)
+    meta, after_meta = node.get("metadata") or {}, after.get("metadata") or {}
+    patch_meta = {}
+    for field in ("labels", "annotations"):
+        changed = _map_patch(meta.get(field), after_meta.get(field))
+        if changed:
+            patch_meta[field] = changed
+    patch = {}
+    taints = (after.get("spec") or {}).get("taints") or None
+    if taints != ((node.get("spec") or {}).get("taints") or None):
+        patch["spec"] = {"taints": taints}
+    if not patch_meta and not patch:
+        return None
+    patch_meta["resourceVersion"] = meta["resourceVersion"]
+    patch["metadata"] = patch_meta
+    return patch
+
+
+def write_node_changes(kube, result, dry_run=False, nodes=None):
+    """Apply a TidePlan's node edits, one merge patch per node that differs (a node that already matches is not
+    written). Returns [(change, node after)] for the nodes written.
+
+    The patch is made from the node in ``nodes`` (name -> node, e.g. the informer cache the plan was made from) with
+    its resourceVersion as precondition, without reading it; a node not given (or without a resourceVersion) is
+    read first. On 409 (changed since) the node is read again and the edit made anew (bounded, as KubeClient.mutate);
+    a node gone (404) is done."""
     written = []
+    nodes = nodes or {}
     for change in result.plan:
-        edit = change.data["edit"]
-        before, after = kube.mutate("v1", "Node", change.data["node"], lambda obj, edit=edit: tide.apply_node_edit(obj, edit), dry_run=dry_run)
-        if after is not None and after is not before:
-            written.append((change, after))
+        edit, name = change.data["edit"], change.data["node"]
+        node = nodes.get(name)
+        for _attempt in range(getattr(kube, "conflict_retries", 10) + 1):
+            if node is None or not (node.get("metadata") or {}).get("resourceVersion"):
+                node = kube.get("v1", "Node", name)
+                if node is None:
+                    break
+            patch = node_edit_patch(node, edit)
+            if patch is None:
+                break
+            try:
+                written.append((change, kube.patch("v1", "Node", name, patch, patch_type="merge", dry_run=dry_run)))
+                break
+            except KubeError as exc:
+                if exc.status == 404:
+                    break
+                if exc.status != 409:
+                    raise
+                node = None
+        else:
+            raise KubeError("patch Node %s: still conflicting after %d attempts" % (name, getattr(kube, "conflict_retries", 10)), 409)
     return written
 
 
@@ -179,7 +234,7 @@ class TideReconciler:
         if self.metrics:
             self.metrics["plan_seconds"].observe(time.monotonic() - started)
         self.last_plans[name] = result
-        for change, after in write_node_changes(kube, result):
+        for change, after in write_node_changes(kube, result, nodes=nodes):
             node_name = change.data["node"]
             self._count("node")
             nodes[node_name] = after

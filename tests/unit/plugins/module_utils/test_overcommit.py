@@ -427,3 +427,50 @@ def test_condition_resolution_emits_normal_event():
     assert [(e["type"], e["reason"]) for e in plan.events] == [("Normal", "InvalidRatioResolved")]
     conflict = {c["type"]: c for c in plan.config_status["bad"]["conditions"]}["Conflict"]
     assert conflict["lastTransitionTime"] == "2025-01-01T00:00:00Z" and conflict["observedGeneration"] == 2
+
+
+def with_version(node, version):
+    node["metadata"]["resourceVersion"] = str(version)
+    return node
+
+
+def test_plan_memo_matches_the_full_plan_and_replans_only_what_changed():
+    configs = [noc("pool", "p", {"cpu": "1.2"})]
+    nodes = [with_version(cluster_node("n1", "p", {CPU_RATIO: "2", MEM_RATIO: "1"}), 1), with_version(cluster_node("n2", "p"), 1),
+             with_version(cluster_node("n3"), 1), cluster_node("n4", "p")]
+    pods = [pod("big", node="n1", cpu="60", memory="1Gi")]
+    memo = {}
+    for _round in range(2):
+        incremental = oc.plan_node_overcommit(configs, nodes, [], pods, now="2025-01-01T00:00:00Z", memo=memo)
+        assert incremental.as_dict() == oc.plan_node_overcommit(configs, nodes, [], pods, now="2025-01-01T00:00:00Z").as_dict()
+    assert memo["planned"] == 0 and incremental.refused == {"n1": {"cpu": ("52800m", "60")}}
+    # a pod leaves n1 (its requests change), n2 changes (a new resourceVersion), n4 (no resourceVersion) changes its annotations
+    nodes[1] = with_version(cluster_node("n2", "p", {CPU_RATIO: "3"}), 2)
+    nodes[3]["metadata"]["annotations"][MEM_RATIO] = "1.1"
+    again = oc.plan_node_overcommit(configs, nodes, [], [], now="2025-01-01T00:00:00Z", memo=memo)
+    assert memo["planned"] == 3 and again.as_dict() == oc.plan_node_overcommit(configs, nodes, [], [], now="2025-01-01T00:00:00Z").as_dict()
+    # another config: every node again; a node gone leaves the memo
+    other = oc.plan_node_overcommit([noc("pool", "p", {"cpu": "1.5"})], nodes[:2], [], [], memo=memo)
+    assert memo["planned"] == 2 and sorted(memo["nodes"]) == ["n1", "n2"] and other.node_patches["n1"][CPU_RATIO] == "1.5"
+
+
+def test_record_patched_skips_the_node_until_something_else_changes():
+    configs = [noc("pool", "p", {"cpu": "2"})]
+    node = with_version(cluster_node("n1", "p"), 5)
+    memo = {}
+    patch = oc.plan_node_overcommit(configs, [node], [], [], memo=memo).node_patches["n1"]
+    annotations = {k: v for k, v in dict(node["metadata"]["annotations"], **patch).items() if v is not None}
+    written = copy.deepcopy(node)
+    written["metadata"].update(annotations=annotations, resourceVersion="6")
+    oc.record_patched(memo, node, patch, written)
+    # the cache still shows version 5 (the watch has not delivered the write), then version 6: nothing to plan or send
+    for seen in (node, written):
+        assert oc.plan_node_overcommit(configs, [seen], [], [], memo=memo).node_patches == {} and memo["planned"] == 0
+    # the write as returned carries someone else's change too: not taken for ours
+    memo = {}
+    oc.plan_node_overcommit(configs, [node], [], [], memo=memo)
+    mixed = copy.deepcopy(written)
+    mixed["metadata"]["annotations"]["katalyst.kubewharf.io/original_allocatable_cpu"] = "1"
+    oc.record_patched(memo, node, patch, mixed)
+    oc.plan_node_overcommit(configs, [mixed], [], [], memo=memo)
+    assert memo["planned"] == 1

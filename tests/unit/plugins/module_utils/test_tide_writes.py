@@ -1,0 +1,89 @@
+"""tide_controller.write_node_changes: one merge patch per node from the cached node (its resourceVersion as the
+precondition), a read only after a 409 or for a node not cached."""
+
+import copy
+
+import pytest
+
+from ansible_collections.katalyst.colocation.plugins.module_utils import tide
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import tide_controller
+from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeError
+
+TAINT = {"key": tide.TAINT_EVICT_OFFLINE_POD, "value": "true", "effect": "NoExecute"}
+OTHER = {"key": "other", "value": "x", "effect": "NoSchedule"}
+
+
+def cached_node(name, version="7", labels=None, taints=None):
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "resourceVersion": version, "labels": dict(labels or {"keep": "1", "old": "x"})},
+            "spec": {"taints": list(taints or [])} if taints else {}}
+
+
+class FakeKube:
+    """Gets and patches against ``stored`` (name -> node); ``conflicts``: names whose next patch answers 409."""
+
+    conflict_retries = 2
+
+    def __init__(self, stored, conflicts=()):
+        self.stored, self.conflicts, self.requests = stored, set(conflicts), []
+
+    def get(self, api_version, kind, name):
+        self.requests.append(("get", name))
+        assert (api_version, kind) == ("v1", "Node")
+        return copy.deepcopy(self.stored.get(name))
+
+    def patch(self, api_version, kind, name, patch, patch_type="merge", dry_run=False):
+        self.requests.append(("patch", name, copy.deepcopy(patch)))
+        assert (api_version, kind, patch_type, dry_run) == ("v1", "Node", "merge", False)
+        if name not in self.stored:
+            raise KubeError("gone", 404)
+        if name in self.conflicts or patch["metadata"]["resourceVersion"] != self.stored[name]["metadata"]["resourceVersion"]:
+            self.conflicts.discard(name)
+            raise KubeError("conflict", 409)
+        return {"metadata": {"name": name, "resourceVersion": "8", "labels": patch["metadata"].get("labels")}}
+
+
+def plan_of(*changes):
+    result = tide.TidePlan("np1")
+    for name, edit in changes:
+        result.plan.add("api", "Node/" + name, "patch", None, None, "test", {"node": name, "edit": edit})
+    return result
+
+
+def test_node_edit_patch_carries_the_changes_and_the_resource_version():
+    node = cached_node("n1", taints=[OTHER])
+    edit = tide.node_edit(labels={"new": "y", "old": None, "keep": "1"}, annotations={"a": "b"}, taints={"remove_keys": [TAINT["key"]], "put": TAINT})
+    assert tide_controller.node_edit_patch(node, edit) == {
+        "metadata": {"labels": {"new": "y", "old": None}, "annotations": {"a": "b"}, "resourceVersion": "7"},
+        "spec": {"taints": [OTHER, TAINT]}}
+    removed = tide_controller.node_edit_patch(cached_node("n1", taints=[TAINT]), tide.node_edit(taints={"remove_keys": [TAINT["key"]], "put": None}))
+    assert removed == {"metadata": {"resourceVersion": "7"}, "spec": {"taints": None}}
+    assert tide_controller.node_edit_patch(node, tide.node_edit(labels={"keep": "1"}, taints={"remove_keys": ["absent"], "put": None})) is None
+
+
+def test_write_node_changes_patches_from_the_cache_and_reads_only_after_a_conflict():
+    stored = {name: cached_node(name) for name in ("n1", "n2", "n3")}
+    stored["n2"]["metadata"]["resourceVersion"] = "9"          # changed since the cache saw it: 409, read, patched again
+    cache = {name: cached_node(name) for name in ("n1", "n2", "n4")}
+    edit = tide.node_edit(labels={"new": "y"})
+    kube = FakeKube(stored)
+    written = tide_controller.write_node_changes(kube, plan_of(("n1", edit), ("n2", edit), ("n3", edit), ("n4", edit)), nodes=cache)
+    assert [request[:2] for request in kube.requests] == [("patch", "n1"), ("patch", "n2"), ("get", "n2"), ("patch", "n2"),
+                                                          ("get", "n3"), ("patch", "n3"), ("patch", "n4")]
+    assert [request[2]["metadata"]["resourceVersion"] for request in kube.requests if request[0] == "patch"] == ["7", "7", "9", "7", "7"]
+    # n4 is gone (404): not written; n3 was not cached: read, then patched
+    assert [change.data["node"] for change, _after in written] == ["n1", "n2", "n3"]
+    assert written[0][1]["metadata"]["resourceVersion"] == "8" and written[1][1]["metadata"]["labels"]["new"] == "y"
+    # a node that already matches is not written at all
+    kube = FakeKube(stored)
+    assert tide_controller.write_node_changes(kube, plan_of(("n1", tide.node_edit(labels={"keep": "1"}))), nodes=cache) == []
+    assert kube.requests == []
+
+
+def test_write_node_changes_gives_up_after_bounded_conflicts():
+    kube = FakeKube({"n1": cached_node("n1")})
+    kube.patch = lambda *_args, **_kwargs: (_ for _ in ()).throw(KubeError("conflict", 409))
+    with pytest.raises(KubeError, match="still conflicting after 2 attempts") as raised:
+        tide_controller.write_node_changes(kube, plan_of(("n1", tide.node_edit(labels={"new": "y"}))), nodes={"n1": cached_node("n1")})
+    assert raised.value.status == 409
+    assert kube.requests == [("get", "n1"), ("get", "n1")]
