@@ -21,7 +21,7 @@ def cgroup_pids(fs, cgroup_dir):
         for line in fs.read_text(current + "/cgroup.procs", default="").split():
             if line.isdigit():
                 pids.append(int(line))
-        pending.extend("%s/%s" % (current, name) for name in fs.listdir(current) if fs.isdir("%s/%s" % (current, name)))
+        pending.extend("%s/%s" % (current, name) for name in fs.subdirs(current))
     return sorted(set(pids))
 
 
@@ -87,7 +87,7 @@ def cgroup_tree_ids(fs, cgroup_dir):
             ids.add(fs.inode(current))
         except (SysFSError, OSError):
             continue
-        pending.extend("%s/%s" % (current, name) for name in fs.listdir(current) if fs.isdir("%s/%s" % (current, name)))
+        pending.extend("%s/%s" % (current, name) for name in fs.subdirs(current))
     return ids
 
 
@@ -113,9 +113,11 @@ def shared_domain_pages(fs, pod_cgroup_dirs, hierarchy_root, node_pages):
     smallest domain hold in every larger one. A pod's own limit is left out: only its own processes die of it."""
     smallest = node_pages
     root = hierarchy_root.rstrip("/")
+    seen = set()     # the pods share their few ancestors: each limit is read once
     for cgroup_dir in pod_cgroup_dirs:
         current = cgroup_dir.rstrip("/").rsplit("/", 1)[0]
-        while current.startswith(root + "/"):
+        while current.startswith(root + "/") and current not in seen:
+            seen.add(current)
             limit = memory_limit_bytes(fs, current)
             if limit is not None:
                 smallest = min(smallest, limit // 4096)
@@ -134,3 +136,64 @@ def cgroup_lineage(fs, cgroup_dir, hierarchy_root):
             pass
         current = current.rsplit("/", 1)[0]
     return lineage
+
+
+class MembershipCache:
+    """Who is in a set of cgroup trees, read cheaply enough for every pass of a 1 s loop: the fingerprint of the
+    trees' structure (cgroup ids) and ``cgroup.procs``, read in full every time, and per process its ``statm`` and
+    ``oom_score_adj``: a new process is read at once, the others in turns (each one every ``recheck_every`` calls).
+
+    A directory is listed again only when its (inode, link count) changed: cgroupfs (kernfs), like ext4 and tmpfs,
+    counts a directory's subdirectories in its link count, and a child that went away is caught by its own stat, so
+    equal pairs mean the same children. File systems that do not count (link count below 2) are listed every time.
+    """
+
+    def __init__(self, recheck_every=1):
+        self.recheck_every = max(1, int(recheck_every))
+        self.children = {}      # cgroup dir -> ((inode, nlink), [child dirs])
+        self.readings = {}      # pid (bytes) -> (statm, oom_score_adj) as last read
+        self.turn = 0
+
+    def tree(self, fs, top):
+        """``([(dir, inode)], {dir: listing})`` of ``top`` and every cgroup below it (nothing when ``top`` is gone)."""
+        found, pending, seen = [], [top], {}
+        while pending:
+            current = pending.pop()
+            stat = fs.stat(current)
+            if stat is None:
+                continue
+            key = (stat.st_ino, stat.st_nlink)
+            cached = self.children.get(current)
+            if cached is None or cached[0] != key or stat.st_nlink < 2:
+                cached = (key, ["%s/%s" % (current, name) for name in fs.subdirs(current)])
+            seen[current] = cached
+            found.append((current, stat.st_ino))
+            pending.extend(cached[1])
+        return found, seen
+
+    def forget_readings(self):
+        """Read every process again next time (after a pass that wrote their ``oom_score_adj``)."""
+        self.readings = {}
+
+    def fingerprint(self, fs, tops):
+        """A value that changes when a process enters or leaves one of the trees under ``tops`` or a cgroup is created
+        or removed there (seen on the call after the change), or one of their processes changes its resident size or
+        ``oom_score_adj`` (seen within ``recheck_every`` calls)."""
+        seen, dirs, pids = {}, [], []
+        for top in tops:
+            found, listed = self.tree(fs, top)
+            seen.update(listed)
+            for directory, inode in found:
+                procs = fs.read_bytes(directory + "/cgroup.procs")
+                dirs.append((directory, inode, procs))
+                pids.extend(pid for pid in (procs or b"").split() if pid.isdigit())
+        self.children = seen            # forget the trees of pods that are gone
+        turn, every, readings = self.turn, self.recheck_every, {}
+        self.turn = (turn + 1) % every
+        for pid in pids:
+            reading = self.readings.get(pid)
+            if reading is None or int(pid) % every == turn:
+                reading = (fs.read_bytes("/proc/%s/statm" % pid.decode(), 256), fs.read_bytes("/proc/%s/oom_score_adj" % pid.decode(), 64))
+            readings[pid] = reading
+        self.readings = readings
+        return tuple(dirs), tuple(sorted(readings.items()))

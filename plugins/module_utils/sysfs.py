@@ -41,6 +41,44 @@ class SysFS:
         except FileNotFoundError:
             return []
 
+    def subdirs(self, kernel_path):
+        """Names of the directories in ``kernel_path`` (sorted; [] when it is gone): one scandir, no stat per entry
+        (a cgroup v1 directory holds dozens of control files beside its few child cgroups)."""
+        try:
+            with os.scandir(self.path(kernel_path)) as entries:
+                return sorted(entry.name for entry in entries if entry.is_dir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def stat(self, kernel_path):
+        """``os.stat`` of ``kernel_path``, None when it is gone."""
+        try:
+            return os.stat(self.path(kernel_path))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def read_bytes(self, kernel_path, limit=1 << 20):
+        """Raw content (up to ``limit`` bytes), None when the file is gone or unreadable: for cheap change detection on
+        hot paths (no text decoding, no buffered file object)."""
+        try:
+            fd = os.open(self.path(kernel_path), os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            chunks = []
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+                limit -= len(chunk)
+                if limit <= 0:
+                    return b"".join(chunks)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
     def read_text(self, kernel_path, default=None):
         """File content without the trailing newline; ``default`` when the file is absent."""
         try:

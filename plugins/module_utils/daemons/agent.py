@@ -41,6 +41,12 @@ except ImportError:  # pragma: no cover
 
 LOG = logging.getLogger("katalyst.agent")
 
+# A pass whose inputs are unchanged skips the oom_priority work; its check reads every cgroup.procs (a new process is
+# ordered on the next pass) but each known process's statm and oom_score_adj only every this many passes: a resident
+# size drift (the plan keeps a growth margin for it) or an oom_score_adj someone else wrote is corrected within as many
+# seconds, at a fifth of the reads.
+PROCESS_RECHECK_PASSES = 5
+
 # How far back the OOM observer looks for a victim whose container is gone (events are read every second).
 VIEW_HISTORY_SECONDS = 30.0
 
@@ -62,6 +68,10 @@ DEFAULTS = {
     "reclaimed_cpu_shares": 2,
     "oom_priority_enabled": True,
     "oom_priority_period_seconds": 1,
+    # a pass whose inputs are unchanged (pods, cgroups, their processes' pids, resident sizes and oom_score_adj, the
+    # OOM domain's size) skips planning and writing; a full pass still runs at least this often, for what the cheap
+    # check does not read (swap-only moves, BPF map entries changed by someone else). 0: every pass is a full pass.
+    "oom_priority_full_pass_seconds": 60,
     # false: observe only (priority map and kill explanations, oom_score_adj left as the kubelet set it)
     "oom_score_adj_enabled": True,
     # the pinned maps of the oom_hook role: priority map kept in sync, kill events explained (skipped when absent)
@@ -145,6 +155,8 @@ class Agent:
         self.unparsable_tcp_limits = {}   # memory.kmem.tcp.limit_in_bytes file -> content already logged
         self._node_facts = None
         self.pod_views, self.previous_pod_views = [], []
+        self.oom_membership = oomgather.MembershipCache(PROCESS_RECHECK_PASSES)
+        self.oom_last_full = None     # (inputs, monotonic time) of the last full oom_priority pass that fully succeeded
         # (monotonic time, views) of the recent passes: a kill is read after the victim's container (its cgroup, its
         # pid) is gone, and pod events may have made several passes since, so the observer looks further back
         self.view_history = collections.deque()
@@ -171,6 +183,9 @@ class Agent:
             self.metrics["memory_pressure"] = prometheus_client.Gauge(
                 "katalyst_memory_pressure_state", "Memory pressure state per NUMA node: 0 no risk, 1 tune memcg, 2 drop cache "
                 "(Katalyst's MemoryPressureState)", ["numa"], registry=self.daemon.registry)
+            self.metrics["oom_passes"] = prometheus_client.Counter(
+                "katalyst_oom_priority_passes_total", "oom_priority passes: full (read, plan, write) or unchanged (inputs "
+                "as in the last full pass: nothing to do)", ["kind"], registry=self.daemon.registry)
             self.metrics["oom_map_entries"] = prometheus_client.Gauge(
                 "katalyst_oom_priority_map_entries", "Entries in the pinned OOM priority BPF map", registry=self.daemon.registry)
 
@@ -182,6 +197,7 @@ class Agent:
         with self.lock:
             self.config = fresh
             self._node_facts = None
+            self.oom_last_full = None
         logging.getLogger().setLevel(getattr(logging, str(fresh["log_level"]).upper(), logging.INFO))
 
     def node_facts(self):
@@ -290,7 +306,19 @@ class Agent:
         groups, views, pod_dirs, pod_of = [], [], [], {}
         # whether a pod still runs a container of its own matters only to the OOM observer: read only when it runs
         observing = self.pinned(bpf.EVENTS_MAP) is not None
-        for pod in self.active_pods():
+        pods = self.active_pods()
+        started = time.monotonic()
+        inputs = None
+        if self.config["oom_priority_full_pass_seconds"] > 0:
+            inputs = self.oom_inputs(fs, facts, memory_root, observing, pods)
+            last = self.oom_last_full
+            if last is not None and last[0] == inputs and started - last[1] < self.config["oom_priority_full_pass_seconds"]:
+                self.oom_pass_unchanged(started)
+                return
+        self.oom_last_full = None
+        if self.metrics:
+            self.metrics["oom_passes"].labels("full").inc()
+        for pod in pods:
             annotations = pod["metadata"].get("annotations") or {}
             priority, problem = qos.pod_oom_priority(annotations)
             if problem:
@@ -337,6 +365,38 @@ class Agent:
                 self.metrics["plan_errors"].labels("oom_priority").inc()
             raise SysFSError("%d oom_score_adj write(s) failed (the other processes were set): %s"
                              % (len(failures), "; ".join(message for _change, message in failures[:5])))
+        self.oom_membership.forget_readings()       # what this pass wrote is read back in full next time
+        if inputs is not None:
+            # the inputs were read before this pass: whatever changed while it ran differs from them, so the next
+            # pass is a full one again (a pass that failed saves nothing: the next one retries in full)
+            self.oom_last_full = (inputs, started)
+
+    def oom_inputs(self, fs, facts, memory_root, observing, pods):
+        """Everything a full oom_priority pass depends on that can change without a pod event, read cheaply: compared
+        with the inputs of the last full pass to skip a pass that would plan and write exactly the same."""
+        pods_key = tuple((meta.get("namespace"), meta.get("name"), meta.get("uid"), meta.get("resourceVersion") or repr(pod))
+                         for pod in pods for meta in [pod["metadata"]])
+        prefix, driver = self.cgroup_prefix(), self.config["cgroup_driver"]
+        pod_dirs = [memory_root + prefix + podcgroups.pod_cgroup_path(pod, driver) for pod in pods]
+        priority_map = self.pinned(bpf.PRIORITY_MAP)       # pinned again (the oom_hook role ran): a new, empty map
+        try:
+            map_key = (priority_map, os.stat(priority_map).st_ino if priority_map else None)
+        except OSError:
+            map_key = (priority_map, None)
+        totalpages = oomgather.shared_domain_pages(fs, pod_dirs, memory_root, oomgather.node_totalpages(fs))
+        return (pods_key, prefix, driver, observing, map_key, totalpages, facts["negative_oom_score_adj"], self.config["oom_score_adj_enabled"],
+                self.oom_membership.fingerprint(fs, pod_dirs))
+
+    def oom_pass_unchanged(self, now):
+        """A pass whose inputs are those of the last full pass: the node is as it left it; the views stay current."""
+        if self.metrics:
+            self.metrics["oom_passes"].labels("unchanged").inc()
+        with self.lock:
+            self.previous_pod_views = self.pod_views
+            if self.view_history and self.view_history[-1][1] is self.pod_views:
+                self.view_history[-1] = (now, self.pod_views)       # still what the node looks like
+            while self.view_history and now - self.view_history[0][0] > VIEW_HISTORY_SECONDS:
+                self.view_history.popleft()
 
     def pinned(self, name):
         path = os.path.join(self.config["oom_bpf_pin_dir"], name)
