@@ -16,6 +16,7 @@ Nothing here reads the clock, the network or the disk: callers pass those in.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 
@@ -93,13 +94,51 @@ def parse_go_int(text):
     return value
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed_quantity(text):
+    """``parse_quantity``, remembered: nodes report the same few values over and over (every webhook review parses
+    a dozen of them). Quantities are never modified in place, so sharing one is safe; junk is not remembered."""
+    return parse_quantity(text)
+
+
+_MEMO_SIZE = 4096
+_texts = {}
+_products = {}
+
+
+def _memo_key(quantity, *rest):
+    return (quantity.amount.numerator, quantity.amount.denominator, quantity.format) + rest
+
+
+def _text(quantity):
+    """``str(quantity)``, remembered (the webhook writes the same few values, eight per review)."""
+    key = _memo_key(quantity)
+    text = _texts.get(key)
+    if text is None:
+        text = str(quantity)
+        if len(_texts) < _MEMO_SIZE:
+            _texts[key] = text
+    return text
+
+
+def _multiplied(resource, quantity, ratio):
+    """``multiply_resource_quantity``, remembered per (resource, quantity, ratio)."""
+    key = _memo_key(quantity, resource, ratio)
+    product = _products.get(key)
+    if product is None:
+        product = multiply_resource_quantity(resource, quantity, ratio)
+        if len(_products) < _MEMO_SIZE:
+            _products[key] = product
+    return product
+
+
 def _quantity(value):
     """A quantity from an object's field (strings, or numbers written by hand); ValueError on junk."""
     if isinstance(value, Quantity):
         return value
     if isinstance(value, bool) or value is None:
         raise ValueError("not a quantity: %r" % (value,))
-    return parse_quantity(value if isinstance(value, str) else str(value))
+    return _parsed_quantity(value if isinstance(value, str) else str(value))
 
 
 def _status_quantity(node, field, resource):
@@ -260,8 +299,8 @@ def mutate_node(node, operation, sub_resource, old_node=None):
         else:
             bases[resource] = (_status_quantity(node, "allocatable", resource), _status_quantity(node, "capacity", resource), False)
     for resource in RESOURCES:
-        annotations[ORIGINAL_CAPACITY_KEY[resource]] = str(bases[resource][1])
-        annotations[ORIGINAL_ALLOCATABLE_KEY[resource]] = str(bases[resource][0])
+        annotations[ORIGINAL_CAPACITY_KEY[resource]] = _text(bases[resource][1])
+        annotations[ORIGINAL_ALLOCATABLE_KEY[resource]] = _text(bases[resource][0])
     for resource in RESOURCES:
         base_allocatable, base_capacity, restored = bases[resource]
         new_allocatable = new_capacity = None
@@ -275,13 +314,13 @@ def mutate_node(node, operation, sub_resource, old_node=None):
                 except ValueError:
                     ratio = 1.0
                 if ratio > 1.0 and math.isfinite(ratio):
-                    new_allocatable = multiply_resource_quantity(resource, base_allocatable, ratio)
-                    new_capacity = multiply_resource_quantity(resource, base_capacity, ratio)
+                    new_allocatable = _multiplied(resource, base_allocatable, ratio)
+                    new_capacity = _multiplied(resource, base_capacity, ratio)
         if new_allocatable is None and restored:
             new_allocatable, new_capacity = base_allocatable, base_capacity
         if new_allocatable is not None and new_capacity is not None:
-            status.setdefault("allocatable", {})[resource] = str(new_allocatable)
-            status.setdefault("capacity", {})[resource] = str(new_capacity)
+            status.setdefault("allocatable", {})[resource] = _text(new_allocatable)
+            status.setdefault("capacity", {})[resource] = _text(new_capacity)
     return mutated
 
 

@@ -131,14 +131,58 @@ class WebhookProcess:
             self.process.send_signal(sig)
             self.process.wait(timeout=30)
 
-    def signal(self, sig):
-        self.process.send_signal(sig)
+    def freeze(self):
+        freeze(self.process)
+
+    def thaw(self):
+        thaw(self.process)
 
     def close(self):
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGCONT)
             self.kill()
         self.log.close()
+
+
+def thread_states(pid):
+    """The state letter of every thread of ``pid`` (``T`` stopped), from /proc/<pid>/task/*/stat."""
+    states = []
+    for task in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, task), encoding="ascii") as handle:
+                states.append(handle.read().rsplit(")", 1)[1].split()[0])
+        except FileNotFoundError:       # a thread that ended since the listing
+            continue
+    return states
+
+
+def wait_threads(process, stopped, timeout=30):
+    """Wait until every thread of ``process`` is stopped (``stopped``) or none is; raise if it exits or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError("process %d exited with %s" % (process.pid, process.returncode))
+        states = thread_states(process.pid)
+        if states and all((state == "T") == stopped for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("process %d threads %s: not %s after %ss" % (process.pid, "".join(states), "stopped" if stopped else "running", timeout))
+        time.sleep(0.001)
+
+
+def freeze(process, timeout=30):
+    """SIGSTOP, and return once every thread of ``process`` is stopped. kill() returns when the signal is queued, not
+    when it has taken effect: one thread takes it and stops the others on its way out of the kernel, and until that
+    thread is scheduled the others run on (on this daemon: p95 8 ms, up to 87 ms on a loaded 2-core machine), so a
+    request sent at once could still be answered by a webhook taken for frozen."""
+    process.send_signal(signal.SIGSTOP)
+    wait_threads(process, stopped=True, timeout=timeout)
+
+
+def thaw(process, timeout=30):
+    """SIGCONT, and return once no thread of ``process`` is stopped."""
+    process.send_signal(signal.SIGCONT)
+    wait_threads(process, stopped=False, timeout=timeout)
 
 
 def milli(value):
@@ -231,9 +275,9 @@ def test_heartbeats_through_restarts_stops_and_outages(apis, tmp_path):
                 webhook.start(wait=False)           # the heartbeat races the daemon's start
             elif step == "stop":
                 webhook.wait_healthy()
-                webhook.signal(signal.SIGSTOP)
+                webhook.freeze()        # frozen before the heartbeat: a SIGSTOP still in flight is not a stopped webhook
             elif step == "resume":
-                webhook.signal(signal.SIGCONT)
+                webhook.thaw()
             elif step == "up" and CYCLE[(index - 1) % len(CYCLE)] == "start":
                 webhook.wait_healthy()
             kind = "kubelet" if index % 3 or index < len(NODES) else "pass-through"
@@ -301,3 +345,54 @@ def test_one_of_two_webhooks_killed_while_nodes_heartbeat(apis, emulator, tmp_pa
         for webhook in webhooks:
             webhook.close()
     print("%d kills x %d heartbeats in %.1fs" % (kills, heartbeats_per_kill, time.monotonic() - began))
+
+
+# A child as the webhook is to the test: a main thread that waits and a thread that answers each connection at once.
+PONG_CHILD = """
+import socket, sys, threading
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+def serve():
+    while True:
+        connection = listener.accept()[0]
+        connection.sendall(b"pong " + connection.recv(64))
+        connection.close()
+threading.Thread(target=serve, daemon=True).start()
+sys.stdin.read()
+"""
+
+
+def ping(port, timeout):
+    """The child's answer, or None when it gives none within ``timeout`` (a stopped process accepts in the kernel, never answers)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(b"ping")
+        try:
+            return connection.recv(64)
+        except socket.timeout:
+            return None
+
+
+def test_freeze_returns_once_every_thread_is_stopped():
+    """freeze() is what step "stop" relies on: nothing the process does after it returns. With a bare SIGSTOP, kill()
+    returns before the answering thread is stopped (here in about half the rounds), and some pings sent at once are
+    answered: the heartbeat a frozen webhook amplified in the full-size run of 2026-12-02."""
+    child = subprocess.Popen([sys.executable, "-c", PONG_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        port = int(child.stdout.readline())
+        late = []
+        for attempt in range(100):
+            assert ping(port, timeout=30) == b"pong ping"
+            freeze(child)
+            states = thread_states(child.pid)
+            answer = ping(port, timeout=0.02)
+            if len(states) != 2 or set(states) != {"T"} or answer is not None:
+                late.append((attempt, "".join(states), answer))
+            thaw(child)
+            assert "T" not in thread_states(child.pid)
+        assert not late, late
+    finally:
+        child.send_signal(signal.SIGCONT)
+        child.kill()
+        child.wait(timeout=30)
+        child.stdin.close()
+        child.stdout.close()
