@@ -809,7 +809,7 @@ def test_rootfs_pressure_evicts_through_the_real_eviction_api_and_the_kubelet_st
             fill = os.path.join(kubelet_root, "pods", uid, "volumes", "kubernetes.io~empty-dir", "scratch", "fill")
             wait_for("%s's %d MiB written" % (name, FILL_MIB), lambda path=fill: os.path.exists(path) and os.path.getsize(path) == FILL_MIB << 20,
                      timeout=LOOP, interval=0.1)
-        eviction = {"agent_eviction_enabled": True, "agent_eviction_period_seconds": 0.5, "agent_eviction_max_per_period": 5,
+        eviction = {"agent_eviction_enabled": True, "agent_eviction_period_seconds": 1, "agent_eviction_max_per_period": 5,
                     "agent_eviction_pod_cooldown_seconds": 1, "agent_eviction_condition_transition_seconds": 1,
                     "agent_eviction_rootfs": {"path": kubelet_root, "pod_dirs": [kubelet_root + "/pods/{uid}"], "minimum_free": str(capacity),
                                               "reclaimed_pod_used_priority": "1Mi"}}
@@ -817,7 +817,8 @@ def test_rootfs_pressure_evicts_through_the_real_eviction_api_and_the_kubelet_st
         batch_pids = realnode.pod_pids(uids["evict-batch"])
         assert batch_pids, "the reclaimed pod has processes before its eviction"
         wait_for("the reclaimed pod evicted and gone", lambda: pod_gone(core, "evict-batch"), timeout=START, interval=0.2)
-        assert not realnode.pod_pids(uids["evict-batch"]) and not any(os.path.exists("/proc/%d" % pid) for pid in batch_pids)
+        wait_for("the reclaimed pod's processes gone", lambda: not any(os.path.exists("/proc/%d" % pid) for pid in batch_pids),
+                 timeout=LOOP, interval=0.2)
         evicted = node_events(core, "Evicted", "evict-batch")
         assert evicted and "available.rootfs.system<" in evicted[0].message and "pod used=" in evicted[0].message, evicted
         wait_for("the web pod's budget refusing its eviction", lambda: node_events(core, "EvictionBlocked", "evict-web"), timeout=LOOP, interval=0.2)
