@@ -9,7 +9,8 @@ private --cgroup-root). Needs root and a writable cgroup v1 memory hierarchy.
 The same node (--pods pods of --containers containers, one `sleep` each: one online pod, the others reclaimed_cores) is
 measured under three agents, one after the other:
 
-- previous: the agent of the last commit (``git archive HEAD``), the baseline: every oom_priority pass a full pass;
+- previous: the agent of BASELINE_COMMIT (``git archive``), the last tree before unchanged passes were skipped: every
+  oom_priority pass a full pass, every cgroup tree walked with a stat per entry;
 - full every pass: this tree with ``oom_priority_full_pass_seconds: 0`` (the skip off, the cheaper full pass kept);
 - this tree: unchanged passes skipped.
 
@@ -142,13 +143,17 @@ class Node:
         return all((adj(process.pid) or 0) > 0 for name in names for process in self.processes[name])
 
 
+# the last commit before the steady-state skip and the scandir walks (the previous algorithm)
+BASELINE_COMMIT = "e94c885"
+
+
 def previous_collection(tmp):
-    """The collection as of HEAD (the previous algorithm) under ``tmp``: its PYTHONPATH, or None without git."""
+    """The collection as of BASELINE_COMMIT (the previous algorithm) under ``tmp``: its PYTHONPATH, or None without git."""
     root = os.path.join(tmp, "previous")
     target = os.path.join(root, "ansible_collections", "katalyst", "colocation")
     os.makedirs(target)
     try:
-        archive = subprocess.run(["git", "-C", REPO, "archive", "HEAD", "plugins"], check=True, capture_output=True).stdout
+        archive = subprocess.run(["git", "-C", REPO, "archive", BASELINE_COMMIT, "plugins"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", target], input=archive, check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
         print("previous algorithm: not measured (%s)" % exc)
@@ -245,7 +250,7 @@ def main():
         variants = []
         previous = previous_collection(tmp)
         if previous is not None:
-            variants.append(("previous (HEAD): full pass every second", previous, ""))
+            variants.append(("previous (%s): full pass every second" % BASELINE_COMMIT, previous, ""))
         here = os.path.join(REPO, ".build", "collections")
         variants += [("this tree, skip off (oom_priority_full_pass_seconds 0)", here, ', "oom_priority_full_pass_seconds": 0'),
                      ("this tree: unchanged passes skipped", here, "")]
