@@ -259,8 +259,12 @@ def test_switching_eviction_to_dry_run_or_off_lifts_its_condition_and_taint(kube
     for name, mib in (("system", 12), ("keep", 10)):       # never-evicted pods keep the pressure up
         fill(kubelet_fs, node_pods[name], name, mib)
     agent = start_agent(kubeapi, kubelet_fs, tmp_path, eviction_rootfs_pod_minimum_used="1Mi")
-    tainted = (lambda: ROOTFS_TAINT in taint_keys(core) and rootfs_condition(core).status == "True")
-    lifted = (lambda: ROOTFS_TAINT not in taint_keys(core) and rootfs_condition(core).status == "False")
+
+    def tainted():
+        return ROOTFS_TAINT in taint_keys(core) and rootfs_condition(core).status == "True"
+
+    def lifted():
+        return ROOTFS_TAINT not in taint_keys(core) and rootfs_condition(core).status == "False"
     try:
         for switch in ({"eviction_dry_run": True}, {"eviction_enabled": False}):
             wait_until(tainted, timeout=60, what="the SystemRootfs condition and taint")
@@ -291,7 +295,9 @@ def plan_playbook(preview, refused):
         node_name: evict-node
         sysroot: "{{ sysroot }}"
 %s"""
-    options = (lambda values: "".join("        %s: %s\n" % item for item in values.items()))
+
+    def options(values):
+        return "".join("        %s: %s\n" % item for item in values.items())
     return ("- hosts: localhost\n  gather_facts: false\n  tasks:" + task % ("preview", options(dict(preview, evict="true")))
             + task % ("refused", options(refused)) + "      ignore_errors: true\n")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from .agent_eviction import DEFAULTS as EVICTION_DEFAULTS, EvictionManager, numa_memory_readings, system_memory_readings
+from .agent_eviction import DEFAULTS as EVICTION_DEFAULTS, EvictionManager, system_memory_readings
 from .. import eviction, nodeinfo
 from ..quantity import parse_quantity
 from ..sysfs import SysFS

@@ -82,7 +82,10 @@ def test_write_node_changes_patches_from_the_cache_and_reads_only_after_a_confli
 
 def test_write_node_changes_gives_up_after_bounded_conflicts():
     kube = FakeKube({"n1": cached_node("n1")})
-    kube.patch = lambda *_args, **_kwargs: (_ for _ in ()).throw(KubeError("conflict", 409))
+
+    def conflicting_patch(*_args, **_kwargs):
+        raise KubeError("conflict", 409)
+    kube.patch = conflicting_patch
     with pytest.raises(KubeError, match="still conflicting after 2 attempts") as raised:
         tide_controller.write_node_changes(kube, plan_of(("n1", tide.node_edit(labels={"new": "y"}))), nodes={"n1": cached_node("n1")})
     assert raised.value.status == 409
