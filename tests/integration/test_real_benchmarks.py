@@ -34,8 +34,11 @@ def run_benchmark(tmp_path, script, *args):
 @needs_build
 def test_overcommit_resync_on_the_real_apiserver(tmp_path):
     output = run_benchmark(tmp_path, "overcommit_reconcile.py", "--backend", "real")
-    assert re.search(r"^real +first pass \(writes\): [\d.]+s total .* \d+ API calls, 200 nodes patched", output, re.M), output
-    assert re.search(r"^real +second pass \(no-op\): [\d.]+s total .* \d+ API calls, 0 nodes patched", output, re.M), output
+    # one PATCH per node and no GET on the first pass; no request and no node planned again on the incremental no-op pass
+    assert re.search(r"^real +first pass \(writes\) +[\d.]+s +200 nodes planned +200 patched +requests: .*\b201 patch$", output, re.M), output
+    assert not re.search(r"^real +first pass .*requests: .*\bget\b", output, re.M), output
+    assert re.search(r"^real +no-op pass \(incremental\) +[\d.]+s +0 nodes planned +0 patched +requests: none$", output, re.M), output
+    assert re.search(r"^real +no-op pass, previous \(every node planned\) +[\d.]+s +200 nodes planned +0 patched", output, re.M), output
 
 
 @pytest.mark.slow
