@@ -34,9 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, ".build", "collections"))
 
-from kubernetes import client  # noqa: E402  pylint: disable=wrong-import-position
 
-from sandbox.kubeapi.server import KubeAPIServer, write_kubeconfig  # noqa: E402  pylint: disable=wrong-import-position
 from tests.integration import oomlib  # noqa: E402  pylint: disable=wrong-import-position
 
 NODE = "idle-node"
@@ -231,13 +229,7 @@ def main():
         print("agent_idle: skipped (%s)" % reason)
         return 0
     tmp = tempfile.mkdtemp(prefix="agent-idle-")
-    server = KubeAPIServer().start()
-    kubeconfig = os.path.join(tmp, "kubeconfig")
-    write_kubeconfig(kubeconfig, server.url)
-    configuration = client.Configuration()
-    configuration.host = server.url
-    core = client.CoreV1Api(client.ApiClient(configuration))
-    core.create_node({"metadata": {"name": NODE}})
+    server, kubeconfig, core = oomlib.emulator_with_node(tmp, NODE)
     domain = oomlib.Domain("katalyst-idle-bench-%d" % os.getpid(), 8 << 30)
     node = Node(core, domain)
     try:

@@ -10,6 +10,7 @@ it measures), the wait for CRDs to be served, and the machine's load average, wh
 """
 
 import collections
+import datetime
 import concurrent.futures
 import contextlib
 import os
@@ -229,3 +230,26 @@ def run_backends(backend, run_emulator, run_real, print_side_by_side):
     if backend == "both":
         print_side_by_side(rows)
     return rows
+
+
+class PassContext:
+    """What the controller hands its reconcilers (controller.ControllerContext): caches filled by the controller's own
+    Informers for ``informer_names`` (relisted on demand, standing in for the watch), the KubeClient, the options."""
+
+    def __init__(self, api_client, informer_names, options=None):
+        # imported here: this module is also used by benchmarks that never touch the controller
+        from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import controller  # pylint: disable=import-outside-toplevel
+        from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.informer import Informer  # pylint: disable=C0415
+        from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient  # pylint: disable=import-outside-toplevel
+        self.kube = KubeClient(api_client=api_client)
+        self.informers = {name: Informer(controller.INFORMERS[name](api_client), name=name) for name in informer_names}
+        self.options = dict(options or {})
+        self.registry = None
+
+    @staticmethod
+    def now():
+        return datetime.datetime.now(datetime.timezone.utc)
+
+    def relist(self):
+        for informer in self.informers.values():
+            informer._list()  # pylint: disable=protected-access  # the informer's own LIST, without its watch thread

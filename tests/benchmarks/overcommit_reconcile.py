@@ -19,7 +19,6 @@ difference between the two figures is the API server underneath.
 """
 
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -30,8 +29,7 @@ sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO, os.path.dirna
 from kubernetes import client  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests, overcommit  # noqa: E402  pylint: disable=wrong-import-position
-from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import controller, overcommit_controller  # noqa: E402  pylint: disable=C0413
-from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.informer import Informer  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import overcommit_controller  # noqa: E402  pylint: disable=C0413
 from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient  # noqa: E402  pylint: disable=wrong-import-position
 import kube_backends  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -62,25 +60,6 @@ def populate(api_client, nodes, backend):
          "spec": {"nodeOvercommitSelectorVal": "a", "resourceOvercommitRatio": {"cpu": "1.5", "memory": "1.2"}}})
 
 
-class PassContext:
-    """What the controller hands its reconcilers (controller.ControllerContext): caches filled by the controller's own
-    Informers (relisted on demand, standing in for the watch), the KubeClient, the reconciler's options."""
-
-    def __init__(self, api_client, options=None):
-        self.kube = KubeClient(api_client=api_client)
-        self.informers = {name: Informer(controller.INFORMERS[name](api_client), name=name) for name in overcommit_controller.INFORMERS}
-        self.options = dict(options or {})
-        self.registry = None
-
-    @staticmethod
-    def now():
-        return datetime.datetime.now(datetime.timezone.utc)
-
-    def relist(self):
-        for informer in self.informers.values():
-            informer._list()  # pylint: disable=protected-access  # the informer's own LIST, without its watch thread
-
-
 def run_pass(reconciler, requests, backend, label):
     requests.reset()
     began = time.monotonic()
@@ -98,7 +77,8 @@ def measure_passes(api_client, backend):
     (every node planned on every pass: ``incremental: false``) next to the incremental one; and the standalone
     reconciler (a LIST of every kind per pass), as modules and the earlier version of this benchmark run it."""
     requests = kube_backends.RequestCounter(api_client)
-    context, full = PassContext(api_client), PassContext(api_client, {"incremental": False})
+    context = kube_backends.PassContext(api_client, overcommit_controller.INFORMERS)
+    full = kube_backends.PassContext(api_client, overcommit_controller.INFORMERS, {"incremental": False})
     reconciler, previous = overcommit_controller.OvercommitReconciler(context), overcommit_controller.OvercommitReconciler(full)
     requests.reset()
     began = time.monotonic()

@@ -34,10 +34,7 @@ sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO, os.path.dirna
 from kubernetes import client  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import crd_manifests, tide  # noqa: E402  pylint: disable=wrong-import-position
-from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import controller  # noqa: E402  pylint: disable=wrong-import-position
-from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.informer import Informer  # noqa: E402  pylint: disable=wrong-import-position
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.tide_controller import TideReconciler  # noqa: E402  pylint: disable=C0413
-from ansible_collections.katalyst.colocation.plugins.module_utils.kube import KubeClient  # noqa: E402  pylint: disable=wrong-import-position
 import kube_backends  # noqa: E402  pylint: disable=wrong-import-position
 import tide_plan  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -46,24 +43,6 @@ PENDING = 500
 REAL_CONTROL_PLANE = ("--without", "kube-controller-manager", "--without", "kube-scheduler")
 POOL = {"apiVersion": tide.API_VERSION, "kind": tide.KIND, "metadata": {"name": "big"},
         "spec": {"nodeConfigs": {"nodeSelector": {"pool": "big"}, "reserve": {"online": "10%", "offline": "25%"}}}}
-
-
-class PassContext:
-    """What the controller hands its reconcilers (controller.ControllerContext), with relists on demand."""
-
-    def __init__(self, api_client):
-        self.kube = KubeClient(api_client=api_client)
-        self.informers = {name: Informer(controller.INFORMERS[name](api_client), name=name) for name in TideReconciler.informers}
-        self.options = {}
-        self.registry = None
-
-    @staticmethod
-    def now():
-        return datetime.datetime.now(datetime.timezone.utc)
-
-    def relist(self):
-        for informer in self.informers.values():
-            informer._list()  # pylint: disable=protected-access  # the informer's own LIST, without its watch thread
 
 
 def manifest(obj, kind):
@@ -141,7 +120,7 @@ def run_pass(context, reconciler, requests, backend, label):
 
 
 def measure_passes(api_client, backend, sizes):
-    context = PassContext(api_client)
+    context = kube_backends.PassContext(api_client, TideReconciler.informers)
     requests = kube_backends.RequestCounter(api_client)
     reconciler = TideReconciler(context)
     rows = [run_pass(context, reconciler, requests, backend, "first pass")]

@@ -159,3 +159,18 @@ class Observer:
     def close(self):
         self.bpf.unload_observer(self.pins)
         subprocess.run(["umount", "-l", self.mount], check=False)
+
+
+def emulator_with_node(tmp, node_name):
+    """(server, kubeconfig path, CoreV1Api): the API emulator started, a kubeconfig for it under ``tmp`` and the node
+    ``node_name`` created, for an agent driven against real cgroups (the OOM benchmarks)."""
+    from kubernetes import client  # pylint: disable=import-outside-toplevel
+    from sandbox.kubeapi.server import KubeAPIServer, write_kubeconfig  # pylint: disable=import-outside-toplevel
+    server = KubeAPIServer().start()
+    kubeconfig = os.path.join(tmp, "kubeconfig")
+    write_kubeconfig(kubeconfig, server.url)
+    configuration = client.Configuration()
+    configuration.host = server.url
+    core = client.CoreV1Api(client.ApiClient(configuration))
+    core.create_node({"metadata": {"name": node_name}})
+    return server, kubeconfig, core

@@ -47,6 +47,17 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def http_metrics(registry):
+    """{"requests", "seconds"}: the request counter and latency histogram the daemons' HTTP servers share ({} without
+    prometheus_client or a registry)."""
+    if prometheus_client is None or registry is None:
+        return {}
+    return {"requests": prometheus_client.Counter("katalyst_http_requests_total", "HTTP requests by path and status code",
+                                                  ["daemon", "path", "code"], registry=registry),
+            "seconds": prometheus_client.Histogram("katalyst_http_request_duration_seconds", "Time to answer one request", ["daemon", "path"],
+                                                   registry=registry, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1))}
+
+
 def setup_logging(level="info", json_logs=True):
     handler = logging.StreamHandler()
     handler.setFormatter(JSONFormatter() if json_logs else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))

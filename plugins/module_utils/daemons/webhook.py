@@ -206,15 +206,8 @@ class WebhookServer:
         self.server = None
         self.thread = None
         self.writers = set()
-        self.metrics = {}
+        self.metrics = service.http_metrics(daemon.registry)
         self.children = {}
-        if prometheus_client is not None and daemon.registry is not None:
-            self.metrics["requests"] = prometheus_client.Counter(
-                "katalyst_http_requests_total", "HTTP requests by path and status code", ["daemon", "path", "code"],
-                registry=daemon.registry)
-            self.metrics["seconds"] = prometheus_client.Histogram(
-                "katalyst_http_request_duration_seconds", "Time to answer one request", ["daemon", "path"], registry=daemon.registry,
-                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1))
         self.date = (0, "")
 
     def _observe(self, path, code, seconds):
