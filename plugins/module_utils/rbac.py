@@ -100,8 +100,9 @@ RULES = {
              "write_node_changes: labels, annotations and taints (merge patch with the cached resourceVersion as precondition)"),
         Rule(CORE, ("pods",), ("list", "watch"), "controller.py INFORMERS[pods]: the tide and overcommit reconcilers"),
         Rule(TIDE, ("tidenodepools",), ("list", "watch"), "controller.py INFORMERS[tidenodepools]"),
-        Rule(TIDE, ("tidenodepools",), ("get", "update"), "tide_controller.py add_finalizer/remove_finalizer (KubeClient.mutate)"),
-        Rule(TIDE, ("tidenodepools/status",), ("update",), "tide_controller.py write_status (KubeClient.mutate on the status subresource)"),
+        Rule(TIDE, ("tidenodepools",), ("get", "patch"), "tide_controller.py add_finalizer/remove_finalizer: merge patch from the informer's "
+             "copy with its resourceVersion as precondition (patch_from_copy); get only after a 409"),
+        Rule(TIDE, ("tidenodepools/status",), ("patch",), "tide_controller.py write_status: merge patch of the status subresource (patch_from_copy)"),
         Rule(OVERCOMMIT, ("nodeovercommitconfigs",), ("list", "watch"), "controller.py INFORMERS[nodeovercommitconfigs]"),
         Rule(OVERCOMMIT, ("nodeovercommitconfigs/status",), ("patch",), "overcommit_controller.py: matchedNodeList and conditions (merge patch)"),
         Rule(CNR, ("customnoderesources",), ("list", "watch"), "controller.py INFORMERS[customnoderesources]: the cnr and overcommit reconcilers"),

@@ -315,7 +315,7 @@ def present(module, kube, name, current, now):
             if result.flip is not None and params["flip"]:
                 tide_controller.flip_event(kube, wanted, result.flip)
             if result.status_changed:
-                wanted = tide_controller.write_status(kube, name, result.status) or wanted
+                wanted = tide_controller.write_status(kube, name, result.status, wanted) or wanted
     output = {"changed": bool(pool_changed or converge_changed), "pool": wanted, "plan": result.as_dict()}
     if result.error:
         module.warn("pool %s: %s" % (name, result.error))

@@ -55,46 +55,79 @@ def pod_fingerprint(pod):
 
 
 # -- writes shared by the reconciler and the modules ----------------------------------------------
-def add_finalizer(kube, name, dry_run=False):
-    """Add the finalizer; returns the pool as the API returned it (None when it is gone)."""
-    def mutation(obj):
-        if tide.FINALIZER in (obj["metadata"].get("finalizers") or []):
-            return None
-        obj["metadata"]["finalizers"] = list(obj["metadata"].get("finalizers") or []) + [tide.FINALIZER]
-        return obj
-    _before, after = kube.mutate(tide.API_VERSION, tide.KIND, name, mutation, dry_run=dry_run)
-    return after
+def patch_from_copy(kube, api_version, kind, name, held, make_patch, subresource=None, dry_run=False):
+    """Merge-patch an object from the copy we hold (the informer's, or what the API last returned) without reading it
+    first: ``make_patch(obj)`` gives the merge patch (None: nothing to change), sent with ``obj``'s resourceVersion as a
+    precondition, so an object changed since answers 409 as a read-modify-replace would. On 409 the object is read
+    and the patch made anew (bounded, as KubeClient.mutate); ``held`` None (or without a resourceVersion) is read first.
+
+    Returns ``(written, obj)``: the object after the write, or the current one when nothing changed; obj is None
+    when the object is gone (404)."""
+    obj = held
+    for _attempt in range(getattr(kube, "conflict_retries", 10) + 1):
+        if obj is None or not (obj.get("metadata") or {}).get("resourceVersion"):
+            obj = kube.get(api_version, kind, name)
+            if obj is None:
+                return False, None
+        patch = make_patch(obj)
+        if patch is None:
+            return False, obj
+        patch = dict(patch, metadata=dict(patch.get("metadata") or {}, resourceVersion=obj["metadata"]["resourceVersion"]))
+        try:
+            return True, kube.patch(api_version, kind, name, patch, patch_type="merge", subresource=subresource, dry_run=dry_run)
+        except KubeError as exc:
+            if exc.status == 404:
+                return False, None
+            if exc.status != 409:
+                raise
+            obj = None
+    raise KubeError("patch %s %s: still conflicting after %d attempts" % (kind, name, getattr(kube, "conflict_retries", 10)), 409)
 
 
-def remove_finalizer(kube, name, dry_run=False):
-    def mutation(obj):
-        obj["metadata"]["finalizers"] = [f for f in obj["metadata"].get("finalizers") or [] if f != tide.FINALIZER]
-        return obj
-    return kube.mutate(tide.API_VERSION, tide.KIND, name, mutation, dry_run=dry_run)[1]
+def _finalizers_patch(obj, add):
+    finalizers = list((obj.get("metadata") or {}).get("finalizers") or [])
+    if (tide.FINALIZER in finalizers) == add:
+        return None
+    # a merge patch replaces the list whole; the resourceVersion precondition keeps a finalizer added meanwhile
+    finalizers = finalizers + [tide.FINALIZER] if add else [f for f in finalizers if f != tide.FINALIZER]
+    return {"metadata": {"finalizers": finalizers or None}}
 
 
-def write_status(kube, name, status, dry_run=False):
-    return kube.mutate(tide.API_VERSION, tide.KIND, name, lambda obj: dict(obj, status=status), subresource="status", dry_run=dry_run)[1]
+def add_finalizer(kube, name, pool=None, dry_run=False):
+    """Add the finalizer; returns the pool as the API returned it (None when it is gone). ``pool``: the copy held."""
+    return patch_from_copy(kube, tide.API_VERSION, tide.KIND, name, pool, lambda obj: _finalizers_patch(obj, True), dry_run=dry_run)[1]
 
 
-def _map_patch(before, after):
-    """A merge patch of a string map: changed and new keys, removed keys as None; {} when nothing differs."""
-    before, after = before or {}, after or {}
-    patch = {key: value for key, value in after.items() if before.get(key) != value}
+def remove_finalizer(kube, name, pool=None, dry_run=False):
+    return patch_from_copy(kube, tide.API_VERSION, tide.KIND, name, pool, lambda obj: _finalizers_patch(obj, False), dry_run=dry_run)[1]
+
+
+def write_status(kube, name, status, pool=None, dry_run=False):
+    """Make the pool's status ``status`` (keys it no longer has are removed); returns the pool after."""
+    def status_patch(obj):
+        changes = merge_patch(obj.get("status"), status)
+        return {"status": changes} if changes else None
+    return patch_from_copy(kube, tide.API_VERSION, tide.KIND, name, pool, status_patch, subresource="status", dry_run=dry_run)[1]
+
+
+def merge_patch(before, after):
+    """The JSON merge patch (RFC 7386) that turns ``before`` into ``after``: maps recursively, removed keys as None,
+    anything else whole; {} when nothing differs."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return after
+    patch = {key: (merge_patch(before[key], value) if key in before else value) for key, value in after.items() if before.get(key) != value}
     patch.update({key: None for key in before if key not in after})
     return patch
 
 
 def node_edit_patch(node, edit):
     """The merge patch that makes ``node`` what ``tide.apply_node_edit(node, edit)`` makes of it: the changed labels and
-    annotations (removed ones as None), ``spec.taints`` whole when they change, and ``metadata.resourceVersion`` as a
-    precondition (a node changed since ``node`` was read answers 409, as the read-edit-replace did). None when nothing
-    changes."""
+    annotations (removed ones as None), ``spec.taints`` whole when they change. None when nothing changes."""
     after = tide.apply_node_edit(node, edit)
     meta, after_meta = node.get("metadata") or {}, after.get("metadata") or {}
     patch_meta = {}
     for field in ("labels", "annotations"):
-        changed = _map_patch(meta.get(field), after_meta.get(field))
+        changed = merge_patch(meta.get(field) or {}, after_meta.get(field) or {})
         if changed:
             patch_meta[field] = changed
     patch = {}
@@ -103,43 +136,23 @@ def node_edit_patch(node, edit):
         patch["spec"] = {"taints": taints}
     if not patch_meta and not patch:
         return None
-    patch_meta["resourceVersion"] = meta["resourceVersion"]
-    patch["metadata"] = patch_meta
+    if patch_meta:
+        patch["metadata"] = patch_meta
     return patch
 
 
 def write_node_changes(kube, result, dry_run=False, nodes=None):
     """Apply a TidePlan's node edits, one merge patch per node that differs (a node that already matches is not
-    written). Returns [(change, node after)] for the nodes written.
-
-    The patch is made from the node in ``nodes`` (name -> node, e.g. the informer cache the plan was made from) with
-    its resourceVersion as precondition, without reading it; a node not given (or without a resourceVersion) is
-    read first. On 409 (changed since) the node is read again and the edit made anew (bounded, as KubeClient.mutate);
-    a node gone (404) is done."""
+    written), each from the node in ``nodes`` (name -> node, e.g. the informer cache the plan was made from) without
+    reading it (patch_from_copy). Returns [(change, node after)] for the nodes written."""
     written = []
     nodes = nodes or {}
     for change in result.plan:
         edit, name = change.data["edit"], change.data["node"]
-        node = nodes.get(name)
-        for _attempt in range(getattr(kube, "conflict_retries", 10) + 1):
-            if node is None or not (node.get("metadata") or {}).get("resourceVersion"):
-                node = kube.get("v1", "Node", name)
-                if node is None:
-                    break
-            patch = node_edit_patch(node, edit)
-            if patch is None:
-                break
-            try:
-                written.append((change, kube.patch("v1", "Node", name, patch, patch_type="merge", dry_run=dry_run)))
-                break
-            except KubeError as exc:
-                if exc.status == 404:
-                    break
-                if exc.status != 409:
-                    raise
-                node = None
-        else:
-            raise KubeError("patch Node %s: still conflicting after %d attempts" % (name, getattr(kube, "conflict_retries", 10)), 409)
+        wrote, after = patch_from_copy(kube, "v1", "Node", name, nodes.get(name), lambda node, edit=edit: node_edit_patch(node, edit),
+                                       dry_run=dry_run)
+        if wrote:
+            written.append((change, after))
     return written
 
 
@@ -225,7 +238,7 @@ class TideReconciler:
         name = _name(pool)
         meta = pool["metadata"]
         if not meta.get("deletionTimestamp") and tide.FINALIZER not in (meta.get("finalizers") or []):
-            pool = add_finalizer(kube, name)          # and go on with the object the API returned
+            pool = add_finalizer(kube, name, pool)    # and go on with the object the API returned
             if pool is None:
                 return None
             self._count("pool")
@@ -248,7 +261,7 @@ class TideReconciler:
             LOG.info("tide pool %s: %s", name, message, extra={"pool": name, "node": result.flip["node"], "pods": result.flip["pods"]})
         if result.deleting:
             if result.remove_finalizer:
-                remove_finalizer(kube, name)
+                remove_finalizer(kube, name, pool)
                 self._count("pool")
                 LOG.info("tide pool %s deleted: nodes cleaned, finalizer removed", name, extra={"pool": name})
             return result
@@ -257,6 +270,6 @@ class TideReconciler:
             LOG.warning("tide pool %s: %s", name, result.error, extra={"pool": name})
         self.reported[name] = result.error
         if result.status_changed:
-            write_status(kube, name, result.status)
+            write_status(kube, name, result.status, pool)
             self._count("status")
         return result

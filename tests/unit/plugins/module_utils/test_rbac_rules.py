@@ -128,7 +128,8 @@ def test_agent_grants(request_, allowed):
     ({"verb": "create", "group": "coordination.k8s.io", "resource": "leases", "namespace": "kube-system"}, False),
     ({"verb": "create", "group": "", "resource": "events", "namespace": "default"}, True),
     ({"verb": "create", "group": "", "resource": "events", "namespace": "kube-system"}, False),
-    ({"verb": "update", "group": "tide.katalyst.kubewharf.io", "resource": "tidenodepools/status", "name": "p"}, True),
+    ({"verb": "patch", "group": "tide.katalyst.kubewharf.io", "resource": "tidenodepools/status", "name": "p"}, True),
+    ({"verb": "update", "group": "tide.katalyst.kubewharf.io", "resource": "tidenodepools/status", "name": "p"}, False),
 ])
 def test_controller_grants(request_, allowed):
     assert (rbac.allowing_rule(rbac.CONTROLLER, request_) is not None) is allowed
