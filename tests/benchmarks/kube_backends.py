@@ -57,7 +57,14 @@ def parallel(func, items, workers=WRITE_WORKERS):
 
 def bulk_write(label, func, items, backend):
     """The setup's writes (not what a benchmark measures), as fast as the backend takes them; prints how long."""
-    return timed_step(label, parallel, func, items, SETUP_WRITERS[backend])
+    def write(item):
+        # a _preload_content=False response holds its connection (a file descriptor) until it is read; thousands of
+        # them kept by the pool's result list ran out of descriptors under a 1,024 limit
+        response = func(item)
+        if hasattr(response, "release_conn"):
+            response.drain_conn()
+            response.release_conn()
+    timed_step(label, parallel, write, items, SETUP_WRITERS[backend])
 
 
 def timed_step(label, func, *args):
