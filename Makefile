@@ -12,7 +12,7 @@ DEPS := $(BUILD)/deps
 STAMP := $(VENV)/.installed
 # Collections from the `ansible` package on the package index (Galaxy is not reachable here).
 ANSIBLE_BUNDLE := ansible==12.3.0
-DEP_COLLECTIONS := ansible/posix community/general community/crypto kubernetes/core
+DEP_COLLECTIONS := ansible/posix community/general community/crypto kubernetes/core awx/awx
 SANDBOX_STATE := $(CURDIR)/.sandbox
 export ANSIBLE_COLLECTIONS_PATH := $(BUILD)/collections:$(DEPS)
 export PYTHONPATH := $(BUILD)/collections:$(CURDIR)
@@ -45,6 +45,12 @@ $(DEPS)/.installed: $(STAMP)
 	touch $@
 
 setup: venv links deps
+
+# The execution environment (docs/awx.md): the collection's tarball, then the image (podman or docker).
+.PHONY: ee
+ee: setup
+	rm -f $(BUILD)/ee/*.tar.gz && $(BIN)/ansible-galaxy collection build --force --output-path $(BUILD)/ee
+	$(BIN)/ansible-builder build -f execution-environment.yml -c $(BUILD)/ee/context -t katalyst-colocation-ee:$$(sed -n 's/^version: //p' galaxy.yml)
 
 # --- tests -------------------------------------------------------------------------------------
 # The real control plane is built first (cold: ~1,250 CPU-seconds, 10-35 min on 2 cores; then cached in .build/kube) so that the
