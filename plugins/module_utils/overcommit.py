@@ -795,6 +795,15 @@ def node_filter_state(cnr, node_pods):
             "requested_milli_cpu": sum(pod_requests(pod).get("cpu", 0) for pod in active)}
 
 
+RATIO_KEYS = frozenset(RATIO_KEY.values())
+
+
+def overcommit_annotated(nodes):
+    """For each node, does it carry a cpu or memory overcommit ratio? Without one, ``filter_node_overcommitment``
+    answers Success for any pod on a node whose state is known (both ratios read 1.0), so a caller may skip it."""
+    return [not RATIO_KEYS.isdisjoint((node.get("metadata") or {}).get("annotations") or ()) for node in nodes]
+
+
 def filter_node_overcommitment(pod_state, node, node_state):
     """katalyst ``NodeOvercommitment.Filter``: (code, reason) with code Success, Unschedulable or Error."""
     if pod_state["guaranteed_cpus"] == 0 and pod_state["milli_cpu"] == 0:

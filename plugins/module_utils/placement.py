@@ -28,6 +28,7 @@ import functools
 import itertools
 import json
 import re
+import sys
 
 from .cnr import RECLAIMED_MEMORY, RECLAIMED_MILLICPU, reclaimed_from_cnr
 from .fit import is_active, pod_requests
@@ -522,7 +523,8 @@ def _state_key(policy, cnr, topology, available, placed, existing):
             rows.append((_labels_key(_labels(other)), anti, is_numa_exclusive_pod(other)))
         pods.append((numa, sorted(rows, key=repr)))
     problems = sorted(set(problem for _numa, _key, _terms, problem in existing["anti"] if problem))
-    return repr((policy, cnr is None, topology["policy"], numas, pods, problems))
+    # interned: nodes in one state hold the same string, so grouping them compares identities, not 2 KB of text
+    return sys.intern(repr((policy, cnr is None, topology["policy"], numas, pods, problems)))
 
 
 def _single_numa_fit_view(requests, view, exclusive, aligned):
@@ -906,10 +908,12 @@ def normalize_scores(raw):
     """``{node: raw}`` -> ``{node: 0..MAX_EXTENDER_PRIORITY}`` (ints, min-max over the nodes)."""
     if not raw:
         return {}
-    low, high = min(raw.values()), max(raw.values())
+    distinct = set(raw.values())     # nodes in one state share a raw score: scale each value once
+    low, high = min(distinct), max(distinct)
     if high == low:
-        return {name: 0 for name in raw}
-    return {name: int(round((value - low) * MAX_EXTENDER_PRIORITY / (high - low))) for name, value in raw.items()}
+        return dict.fromkeys(raw, 0)
+    scaled = {value: int(round((value - low) * MAX_EXTENDER_PRIORITY / (high - low))) for value in distinct}
+    return dict(zip(raw, map(scaled.__getitem__, raw.values())))
 
 
 # -- node side ----------------------------------------------------------------------------------------

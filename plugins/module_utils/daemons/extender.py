@@ -7,11 +7,12 @@
 kube-scheduler POSTs ``ExtenderArgs`` (the pod plus full nodes, or node names when the extender is
 ``nodeCacheCapable``) to ``<urlPrefix>/<filterVerb>`` and ``<urlPrefix>/<prioritizeVerb>``; the answer
 is an ``ExtenderFilterResult`` or a ``HostPriorityList``. The decisions are plugins, run in order:
-each has ``filter(pod, nodes, cache)`` -> ``{node name: (code, reason)}`` and optionally
+each has ``filter(pod, nodes, cache)`` -> ``{node name: (code, reason)}`` (a node left out passes) and optionally
 ``prioritize(pod, nodes, cache)`` -> ``{node name: score}``; today ``NodeOvercommitment`` (cluster
 spec 2.7) and ``NUMA`` (extender_numa.py: NUMA topology fit and NUMA-level inter-pod affinity, cluster spec
 3.3, 4.2, 4.3). Pods, nodes and CNRs come from informers; plugins keep per-node results in ``ClusterCache.memo``.
-``/healthz`` and ``/metrics`` are served on the same port.
+Served by ``http_server.KeepAliveServer`` (one asyncio loop, keep-alive, as the webhook); ``/healthz`` and ``/metrics``
+are on the same port.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import json
+import itertools
 import logging
-import ssl
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import service
+from .http_server import KeepAliveServer, json_bytes, parse_json, server_ssl_context
 from .extender_numa import NumaPlugin
 from .informer import Informer, object_key
 from .token_renewal import DEFAULTS as TOKEN_RENEWAL_DEFAULTS, daemon_api_client
@@ -63,103 +63,6 @@ DEFAULTS = {
 DEFAULTS.update(TOKEN_RENEWAL_DEFAULTS)
 
 
-# -- a small JSON-over-HTTP(S) server with /healthz and /metrics (also used by the webhook) ----------
-class JSONServer:
-    """POST routes answering JSON, GET /healthz and /metrics of a service.Daemon, optional TLS, keep-alive."""
-
-    def __init__(self, daemon, routes, address, port, ssl_context=None):
-        self.daemon = daemon
-        self.routes = dict(routes)     # last path segment -> handler(body dict) -> (http code, JSON-able)
-        self.address = address
-        self.port = port
-        self.ssl_context = ssl_context
-        self.http = None
-        self.metrics = service.http_metrics(daemon.registry)
-
-    def _observe(self, path, code, seconds):
-        if self.metrics:
-            self.metrics["requests"].labels(self.daemon.name, path, str(code)).inc()
-            self.metrics["seconds"].labels(self.daemon.name, path).observe(seconds)
-
-    def _handler_class(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True     # headers and body are separate writes: no 40 ms delayed-ACK stalls
-
-            def do_GET(self):  # noqa: N802 (http.server naming)
-                path = self.path.split("?", 1)[0]
-                if path == "/healthz":
-                    ok, loops = server.daemon.health()
-                    self._send(200 if ok else 503, "application/json", json.dumps({"ok": ok, "loops": loops}).encode())
-                elif path == "/metrics" and prometheus_client is not None:
-                    self._send(200, prometheus_client.CONTENT_TYPE_LATEST, prometheus_client.generate_latest(server.daemon.registry))
-                else:
-                    self._send(404, "text/plain", b"not found\n")
-
-            def do_POST(self):  # noqa: N802
-                started = time.monotonic()
-                path = self.path.split("?", 1)[0]
-                verb = path.rstrip("/").rsplit("/", 1)[-1]
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                handler = server.routes.get(verb)
-                if handler is None:
-                    code, payload = 404, {"error": "unknown path %s" % path}
-                else:
-                    try:
-                        body = json.loads(raw or b"{}")
-                        if not isinstance(body, dict):
-                            raise ValueError("expected a JSON object")
-                    except ValueError as exc:
-                        code, payload = 400, {"error": "invalid JSON body: %s" % exc}
-                    else:
-                        try:
-                            code, payload = handler(body)
-                        except Exception as exc:  # pylint: disable=broad-except
-                            LOG.exception("%s %s failed", server.daemon.name, path)
-                            code, payload = 500, {"error": str(exc)}
-                reply = json.dumps(payload, separators=(",", ":")).encode()
-                # counted before the answer goes out: a client that reads /metrics after its reply sees its request
-                server._observe(verb if handler else "unknown", code, time.monotonic() - started)
-                self._send(code, "application/json", reply)
-
-            def _send(self, code, content_type, body):
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):  # requests are counted in /metrics instead
-                pass
-
-        return Handler
-
-    def start(self):
-        self.http = ThreadingHTTPServer((self.address, int(self.port)), self._handler_class())
-        self.http.daemon_threads = True
-        if self.ssl_context is not None:
-            self.http.socket = self.ssl_context.wrap_socket(self.http.socket, server_side=True)
-        threading.Thread(target=self.http.serve_forever, name="%s-http" % self.daemon.name, daemon=True).start()
-        self.port = self.http.server_address[1]
-        return self.port
-
-    def stop(self):
-        if self.http is not None:
-            self.http.shutdown()
-            self.http.server_close()
-
-
-def server_ssl_context(cert_file, key_file):
-    """TLS for a server; re-read on SIGHUP by building a new context (certificates rotate)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_file, key_file)
-    return context
-
-
 # -- the cluster view ----------------------------------------------------------------------------------
 _MISSING = object()
 
@@ -179,7 +82,8 @@ class ClusterCache:
         self.pods_by_node = {}   # node name -> {key: pod}
         self.informers = []
         self.memos = {}          # node name -> {key: value computed from that node's CNR and pods}, at most ``limit`` (FIFO)
-        self.kept = {}           # node name -> {key: value}: node state every request reads (never evicted, only invalidated)
+        self.kept = {}           # key -> {node name: value}: node state every request reads (never evicted, only invalidated;
+        #                          by key first, so a request reads every node's value with one lookup each)
         self.generations = {}    # node name -> count of changes to its CNR or pods
 
     def _changed(self, name, old, new):
@@ -189,7 +93,8 @@ class ClusterCache:
         if old is not None and new is not None and _version(old) is not None and _version(old) == _version(new):
             return
         self.memos.pop(name, None)
-        self.kept.pop(name, None)
+        for values in self.kept.values():
+            values.pop(name, None)
         self.generations[name] = self.generations.get(name, 0) + 1
 
     def memo(self, name, key, build, limit=64, keep=False):
@@ -198,9 +103,12 @@ class ClusterCache:
         Hits take no lock (a dict read is atomic). Per-pod results (``keep=False``) are bounded per node, oldest
         first out; ``keep=True`` is for the node's own parsed state, which every request reads: never evicted.
         """
-        entries = (self.kept if keep else self.memos).get(name)
+        if keep:
+            entries, entry_key = self.kept.get(key), name
+        else:
+            entries, entry_key = self.memos.get(name), key
         if entries is not None:
-            value = entries.get(key, _MISSING)
+            value = entries.get(entry_key, _MISSING)
             if value is not _MISSING:
                 return value
         with self.lock:
@@ -208,11 +116,21 @@ class ClusterCache:
         value = build()
         with self.lock:
             if self.generations.get(name, 0) == generation:
-                entries = (self.kept if keep else self.memos).setdefault(name, {})
+                entries = self.kept.setdefault(key, {}) if keep else self.memos.setdefault(name, {})
                 while not keep and len(entries) >= limit:
                     entries.pop(next(iter(entries)))
-                entries[key] = value
+                entries[entry_key] = value
         return value
+
+    def memo_each(self, names, key, build):
+        """``[memo(name, key, lambda: build(name), keep=True) for name in names]``, with the hits read inline: a request
+        reads every node's kept state, and a function call per node is a large part of its cost."""
+        values = list(map((self.kept.get(key) or {}).get, names, itertools.repeat(_MISSING)))
+        if _MISSING in values:
+            for index, name in enumerate(names):
+                if values[index] is _MISSING:
+                    values[index] = self.memo(name, key, functools.partial(build, name), keep=True)
+        return values
 
     def on_node(self, event_type, node):
         with self.lock:
@@ -290,20 +208,29 @@ class NodeOvercommitmentPlugin:
 
     def filter(self, pod, nodes, cache):
         pod_state = overcommit.pod_filter_state(pod)
-        verdicts = {}
-        for node in nodes:
-            name = node["metadata"]["name"]
-            verdicts[name] = overcommit.filter_node_overcommitment(pod_state, node, self.node_state(name, cache))
-        return verdicts
+        if pod_state["guaranteed_cpus"] == 0 and pod_state["milli_cpu"] == 0:
+            return {}     # a pod that requests no CPU passes every node (a missing verdict is Success)
+        names = [node["metadata"]["name"] for node in nodes]
+        states, annotated = self.node_states(names, cache), overcommit.overcommit_annotated(nodes)
+        if None not in states and True not in annotated:
+            return {}     # no node needs the full check: every verdict is Success
+        # a node the cache knows and that has no overcommit ratio passes without the full check (its answer is Success)
+        return {name: overcommit.filter_node_overcommitment(pod_state, node, state)
+                for name, node, state, ratio in zip(names, nodes, states, annotated) if state is None or ratio}
 
-    def node_state(self, name, cache):
-        return cache.memo(name, self.name, lambda: overcommit.node_filter_state(cache.cnr(name), cache.pods_on(name)), keep=True)
+    def node_states(self, names, cache):
+        return cache.memo_each(names, self.name, functools.partial(self._build_state, cache))
+
+    @staticmethod
+    def _build_state(cache, name):
+        return overcommit.node_filter_state(cache.cnr(name), cache.pods_on(name))
 
     def warm(self, cache):
-        for name in cache.node_names():
-            self.node_state(name, cache)
+        self.node_states(cache.node_names(), cache)
 
 
+SUCCESS_VERDICT = (overcommit.SUCCESS, "")
+ALL_SUCCESS = frozenset([SUCCESS_VERDICT])
 PLUGINS = {NodeOvercommitmentPlugin.name: NodeOvercommitmentPlugin, NumaPlugin.name: NumaPlugin}
 
 
@@ -351,10 +278,13 @@ class SchedulerExtender:
             if not nodes:
                 break
             verdicts = plugin.filter(pod, nodes, self.cache)
+            if set(verdicts.values()) <= ALL_SUCCESS:
+                self._count(plugin.name, {overcommit.SUCCESS: len(nodes)})    # a missing verdict is Success
+                continue
             passing, counts = [], {}
             for node in nodes:
                 name = node["metadata"]["name"]
-                code, reason = verdicts.get(name, (overcommit.SUCCESS, ""))
+                code, reason = verdicts.get(name, SUCCESS_VERDICT)
                 counts[code] = counts.get(code, 0) + 1
                 if code == overcommit.SUCCESS:
                     passing.append(node)
@@ -415,9 +345,26 @@ class ExtenderDaemon:
         context = None
         if self.config["tls_cert_file"]:
             context = server_ssl_context(self.config["tls_cert_file"], self.config["tls_key_file"])
-        self.server = JSONServer(self.daemon, {"filter": lambda body: (200, self.extender.filter(body)),
-                                               "prioritize": lambda body: (200, self.extender.prioritize(body))},
-                                 self.config["listen_address"], self.config["port"], context)
+        self.server = KeepAliveServer(self.daemon, {"filter": self.filter_raw, "prioritize": self.prioritize_raw},
+                                      self.config["listen_address"], self.config["port"], context)
+
+    def filter_raw(self, raw):
+        """POST <urlPrefix>/filter: an ExtenderFilterResult as JSON bytes (400 when the body is not a JSON object)."""
+        return self._answer(raw, self.extender.filter)
+
+    def prioritize_raw(self, raw):
+        """POST <urlPrefix>/prioritize: a HostPriorityList as JSON bytes."""
+        return self._answer(raw, self.extender.prioritize)
+
+    @staticmethod
+    def _answer(raw, verb):
+        try:
+            body = parse_json(raw or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+        except ValueError as exc:
+            return 400, json_bytes({"error": "invalid JSON body: %s" % exc})
+        return 200, json_bytes(verb(body))
 
     def start(self, wait_synced=30.0):
         """Start informers (when there is an API client) and the HTTP server; returns the port."""

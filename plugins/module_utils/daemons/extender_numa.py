@@ -9,9 +9,12 @@ NUMA nodes the filter found, normalized to 0-10 over the candidate nodes.
 
 Speed: pods that no NUMA rule applies to (most pods) are answered without looking at any node. For the rest,
 each node's parsed view (``placement.node_view``: topology, pods per NUMA, available resources) is kept in the
-extender cache until that node's CNR or one of its pods changes, and so are the filter verdict (with its NUMA
-candidates, which prioritize scores) and the score per pod signature: replicas of one template (the usual
-case: a Job's workers) cost one evaluation per node, and a binding re-evaluates only the node it changed.
+extender cache until that node's CNR or one of its pods changes. The filter verdict (with its NUMA candidates,
+which prioritize scores) and the score are kept per pod signature and per view ``state_key`` (everything the
+decision reads from a node): a pod is evaluated once per distinct node state, not per node (a cluster of a few
+node shapes costs a few evaluations even for a pod unlike any before), replicas of one template (the usual case:
+a Job's workers) share them, and a binding re-evaluates only the state of the node it changed. Reclaimed pods and
+pods already on a node are kept per node instead.
 A malformed microtopology annotation makes the pod unschedulable and is reported once as a Warning Event on the pod;
 a ``numa_bind_result`` that cannot be read on a pod already on a node is reported once per value (a log line and a
 Warning Event on that pod) when the node's view is built, and the pod counts as not pinned yet.
@@ -23,6 +26,7 @@ are part of its filter memo key; node views do not depend on them.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import threading
@@ -33,6 +37,8 @@ from ..overcommit import SUCCESS, UNSCHEDULABLE
 from ..qos import RECLAIMED_CORES
 
 LOG = logging.getLogger("katalyst.extender.numa")
+
+STATE_SIGNATURES = 64     # pod signatures whose per-state decisions are kept (as many as per-node memos: ClusterCache.memo)
 
 
 def _meta(obj):
@@ -49,6 +55,8 @@ class NumaPlugin:
         self.aligned_resources = placement.aligned_resource_names(aligned_resources)
         # the per-pod memo key of this plugin's settings (one string: its hash is computed once)
         self.filter_key = "filter:%s:%s" % (policy, ",".join(sorted(self.aligned_resources)))
+        self.view_key = (self.name, "view", policy)
+        self.states = collections.OrderedDict()           # pod signature -> {node view state_key: decide tuple}
         self.lock = threading.Lock()
         self.reported = collections.OrderedDict()         # (pod uid, message) -> True
         self.kube = None
@@ -68,45 +76,80 @@ class NumaPlugin:
     # -- per-node state ------------------------------------------------------------------------------
     def view(self, name, cache):
         """The node's parsed NUMA state, kept by the cache until the node's CNR or pods change."""
-        def build():
-            self.stats["views_built"] += 1
-            view = placement.node_view(cache.cnr(name), cache.pods_on(name), self.policy)
-            for pod, problem in view["bind_result_problems"]:
-                self.report(pod, [problem], "InvalidNUMABindResult")
-            return view
-        return cache.memo(name, (self.name, "view", self.policy), build, keep=True)
+        return cache.memo(name, self.view_key, functools.partial(self._build_view, cache, name), keep=True)
+
+    def views(self, names, cache):
+        """``view`` of each node, in order (one call per request)."""
+        return cache.memo_each(names, self.view_key, functools.partial(self._build_view, cache))
+
+    def _build_view(self, cache, name):
+        self.stats["views_built"] += 1
+        view = placement.node_view(cache.cnr(name), cache.pods_on(name), self.policy)
+        for pod, problem in view["bind_result_problems"]:
+            self.report(pod, [problem], "InvalidNUMABindResult")
+        return view
 
     def warm(self, cache):
         """Build every node's view ahead of the first request (the extender calls this once its caches synced)."""
-        for name in cache.node_names():
-            self.view(name, cache)
+        self.views(cache.node_names(), cache)
 
-    def decide(self, pod, signature, node, cache, query=None, shared=None):
+    def decide(self, pod, signature, node, cache, query=None):
         """``placement.filter_pod`` for one node, and ``placement.score_pod`` when the pod fits there, as
         ``((code, reason), NUMA candidates or None, problems, raw score)``; pods with the same signature share it
         until the node changes (prioritize, which kube-scheduler calls right after filter, only reads it).
 
         Kept as tuples of strings and numbers: the garbage collector stops tracking those, so thousands of kept
-        verdicts do not lengthen its full collections (which would show as latency spikes). ``shared``: a dict for
-        one request; nodes whose views have the same ``state_key`` (same NUMA availability, placed pods' labels and
-        terms) share one evaluation, unless the pod is reclaimed (its fit reads node-level amounts) or already on the node.
-        """
+        verdicts do not lengthen its full collections (which would show as latency spikes)."""
         name = node["metadata"]["name"]
 
         def build():
-            query_ = query or placement.PodQuery(pod, self.policy)
-            view = self.view(name, cache)
-            state = None
-            if shared is not None and query_.qos != RECLAIMED_CORES and query_.key not in view["keys"]:
-                state = view["state_key"]
-                found = shared.get(state)
-                if found is not None:
-                    return found
-            value = self.evaluate(pod, node, view, query_)
-            if state is not None:
-                shared[state] = value
-            return value
+            return self.evaluate(pod, node, self.view(name, cache), query or placement.PodQuery(pod, self.policy))
         return cache.memo(name, (self.name, self.filter_key, signature), build)
+
+    def decisions(self, pod, signature, nodes, cache, query):
+        """(node names, ``decide`` of each node in order, the distinct tuples). A pod that is not reclaimed (its fit
+        reads node-level amounts) gets the same tuple on every node whose view has the same ``state_key`` (same NUMA
+        availability, placed pods' labels and terms) unless it is placed there itself: it is evaluated once per
+        distinct state and signature and kept by that pair, so a novel pod costs one evaluation per state rather than
+        per node, and a node that changes gets a new key. The per-node steps are comprehensions and maps."""
+        names = [node["metadata"]["name"] for node in nodes]
+        if query.qos == RECLAIMED_CORES:
+            found = [self.decide(pod, signature, node, cache, query) for node in nodes]
+            return names, found, found
+        views = self.views(names, cache)
+        states = [view["state_key"] for view in views]
+        pod_key = query.key
+        placed_at = [index for index, view in enumerate(views) if pod_key in view["keys"]]     # the pod counts there
+        representatives = dict(zip(states, range(len(states))))       # one node of each state
+        if placed_at:
+            skip = set(placed_at)
+            representatives = {states[index]: index for index in range(len(states)) if index not in skip}
+        table = self._by_state(signature, len(names))
+        decided = {}
+        for state, index in representatives.items():
+            value = table.get(state)
+            if value is None:
+                value = table[state] = self.evaluate(pod, nodes[index], views[index], query)
+            decided[state] = value
+        found = list(map(decided.get, states))
+        for index in placed_at:
+            found[index] = decided[(index,)] = self.decide(pod, signature, nodes[index], cache, query)
+        return names, found, decided.values()
+
+    def _by_state(self, signature, node_count):
+        """The ``state_key -> decide tuple`` table of one pod signature; the most recent ``STATE_SIGNATURES`` signatures
+        are kept. A table is emptied when it outgrows twice the nodes asked about (states of nodes that have changed since)."""
+        with self.lock:
+            table = self.states.get(signature)
+            if table is None:
+                table = self.states[signature] = {}
+                while len(self.states) > STATE_SIGNATURES:
+                    self.states.popitem(last=False)
+            else:
+                self.states.move_to_end(signature)
+            if len(table) > 2 * node_count + 64:
+                table.clear()
+            return table
 
     def evaluate(self, pod, node, view, query):
         """``decide``'s tuple for one node view."""
@@ -137,25 +180,20 @@ class NumaPlugin:
         query = placement.PodQuery(pod, self.policy)
         if not self.applies(pod, query):
             return {}
-        signature = pod_signature(pod)
-        verdicts, problems, shared = {}, set(), {}
-        for node in nodes:
-            verdict, _numas, node_problems, _score = self.decide(pod, signature, node, cache, query, shared)
-            if node_problems:
-                problems.update(node_problems)
-            verdicts[node["metadata"]["name"]] = verdict
+        names, found, distinct = self.decisions(pod, pod_signature(pod), nodes, cache, query)
+        problems = set()
+        for _verdict, _numas, node_problems, _score in distinct:
+            problems.update(node_problems)
         if problems:
             self.report(pod, sorted(problems))
-        return verdicts
+        return dict(zip(names, [value[0] for value in found]))
 
     def prioritize(self, pod, nodes, cache):
         query = placement.PodQuery(pod, self.policy)
         if not self.applies(pod, query) or query.qos == RECLAIMED_CORES:
             return {}
-        signature = pod_signature(pod)
-        shared = {}
-        raw = {node["metadata"]["name"]: self.decide(pod, signature, node, cache, query, shared)[3] for node in nodes}
-        return placement.normalize_scores(raw)
+        names, found, _distinct = self.decisions(pod, pod_signature(pod), nodes, cache, query)
+        return placement.normalize_scores(dict(zip(names, [value[3] for value in found])))
 
 
 def pod_signature(pod):

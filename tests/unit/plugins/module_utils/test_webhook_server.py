@@ -13,7 +13,7 @@ import jsonpatch
 import pytest
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import overcommit
-from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import service, webhook
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import http_server, service, webhook
 from ansible_collections.katalyst.colocation.plugins.module_utils.quantity import multiply_resource_quantity, parse_quantity
 
 PREFIX = "katalyst.kubewharf.io/"
@@ -116,13 +116,13 @@ class RefusingOrjson:
 
 
 def test_parse_json_falls_back_to_the_stdlib(monkeypatch):
-    monkeypatch.setattr(webhook, "orjson", RefusingOrjson)
-    assert webhook.parse_json(b'{"a": NaN}')["a"] != webhook.parse_json(b'{"a": NaN}')["a"]   # NaN, as json reads it
+    monkeypatch.setattr(http_server, "orjson", RefusingOrjson)
+    assert http_server.parse_json(b'{"a": NaN}')["a"] != http_server.parse_json(b'{"a": NaN}')["a"]   # NaN, as json reads it
     assert RefusingOrjson.calls == 2
     with pytest.raises(ValueError):
-        webhook.parse_json(b"{")
-    monkeypatch.setattr(webhook, "orjson", None)
-    assert webhook.parse_json(b'{"a": [1, 2.5, "x"]}') == {"a": [1, 2.5, "x"]}
+        http_server.parse_json(b"{")
+    monkeypatch.setattr(http_server, "orjson", None)
+    assert http_server.parse_json(b'{"a": [1, 2.5, "x"]}') == {"a": [1, 2.5, "x"]}
 
 
 def test_tune_gc_sets_the_thresholds():
@@ -294,7 +294,7 @@ def test_stop_with_an_open_connection_logs_no_error(caplog):
 
 def test_handler_routes_are_raw(monkeypatch):
     daemon = service.Daemon("t", registry=None)
-    server = webhook.WebhookServer(daemon, {"echo": lambda raw: (201, raw)}, "127.0.0.1", 0)
+    server = http_server.KeepAliveServer(daemon, {"echo": lambda raw: (201, raw)}, "127.0.0.1", 0)
     port = server.start()
     try:
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
