@@ -1,8 +1,6 @@
 """The Prometheus rules of deploy/prometheus/katalyst-rules.yml: valid and unit-tested by the real promtool, every alert with a
 case that fires it and one that does not, and every metric and label they read exported by the daemons' code."""
 
-import ast
-import glob
 import os
 import re
 import shutil
@@ -11,20 +9,18 @@ import subprocess
 import pytest
 import yaml
 
+from scripts.metrics_reference import exported_series  # one scan of the code for the rules, the dashboards and docs/metrics.md
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RULES = os.path.join(ROOT, "deploy", "prometheus", "katalyst-rules.yml")
 TESTS = os.path.join(ROOT, "tests", "prometheus", "katalyst-rules.test.yml")
 OPERATIONS = os.path.join(ROOT, "docs", "operations.md")
-CODE = os.path.join(ROOT, "plugins", "module_utils")
 
 # what Prometheus itself adds to every scraped target, and what the scrape adds to every series
 SCRAPE_SERIES = {"up": set()}
 SCRAPE_LABELS = {"job", "instance"}
 KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "inf", "nan"}
 IDENTIFIER = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-# the suffixes prometheus_client exposes for each metric type (a Counter's name loses a trailing "_total" first)
-SUFFIXES = {"Counter": ("_total", "_created"), "Gauge": ("",), "Histogram": ("_bucket", "_sum", "_count", "_created"),
-            "Summary": ("", "_sum", "_count", "_created"), "Info": ("_info",), "Enum": ("",)}
 
 
 def load(path):
@@ -42,33 +38,6 @@ def alerts():
 
 def recorded():
     return {rule["record"] for rule in rules() if "record" in rule}
-
-
-def _constant(node):
-    return node.value if isinstance(node, ast.Constant) else None
-
-
-def exported_series():
-    """{series name: label names} of every prometheus_client metric constructed under plugins/module_utils, as /metrics shows them."""
-    series = {}
-    for path in sorted(glob.glob(os.path.join(CODE, "**", "*.py"), recursive=True)):
-        filename = os.path.relpath(path, ROOT)
-        with open(path, encoding="utf-8") as handle:
-            tree = ast.parse(handle.read())
-        for node in ast.walk(tree):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SUFFIXES
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "prometheus_client"):
-                continue
-            name = _constant(node.args[0]) if node.args else None
-            assert isinstance(name, str), "%s: a metric whose name is not a literal" % filename
-            labelnames = node.args[2] if len(node.args) > 2 else next((kw.value for kw in node.keywords if kw.arg == "labelnames"), None)
-            labels = {_constant(item) for item in labelnames.elts} if isinstance(labelnames, (ast.List, ast.Tuple)) else set()
-            kind = node.func.attr
-            if kind == "Counter" and name.endswith("_total"):
-                name = name[:-len("_total")]
-            for suffix in SUFFIXES[kind]:
-                series[name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
-    return series
 
 
 def selectors(expr):
