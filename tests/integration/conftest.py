@@ -102,3 +102,14 @@ def real_node(tmp_path_factory):
         pytest.skip(reason)
     with realnode.real_node(tmp_path_factory.mktemp("real-node")) as node:
         yield node
+
+
+@pytest.fixture
+def sandbox_state(tmp_path):
+    """A sandbox state directory (``python -m sandbox ... --state DIR``), the sandbox always taken down at the end."""
+    from tests.integration.test_site_demo import sandbox  # pylint: disable=import-outside-toplevel  (a test module: imported when used)
+    state = tmp_path / "sandbox"
+    try:
+        yield state
+    finally:
+        sandbox(state, "down", timeout=120)

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import yaml
 from kubernetes import client, config
 
@@ -90,15 +89,6 @@ def changed_tasks(output):
         if changed:
             changes.append((task, changed.group(1)))
     return changes
-
-
-@pytest.fixture
-def sandbox_state(tmp_path):
-    state = tmp_path / "sandbox"
-    try:
-        yield state
-    finally:
-        sandbox(state, "down", timeout=120)
 
 
 def test_site_on_the_sandbox_shows_colocation(sandbox_state):
