@@ -107,7 +107,8 @@ def real_node(tmp_path_factory):
 @pytest.fixture
 def sandbox_state(tmp_path):
     """A sandbox state directory (``python -m sandbox ... --state DIR``), the sandbox always taken down at the end."""
-    from tests.integration.test_site_demo import sandbox  # pylint: disable=import-outside-toplevel  (a test module: imported when used)
+    # a test module: imported when the fixture is used
+    from tests.integration.test_site_demo import sandbox  # pylint: disable=import-outside-toplevel
     state = tmp_path / "sandbox"
     try:
         yield state

@@ -20,7 +20,7 @@ from tests.integration.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("awx-templates")]
 NODES = ("sandbox-node-1", "sandbox-node-2", "sandbox-node-3")
-OVERCOMMIT_GROUP, OVERCOMMIT_PLURAL = overcommit.NOC_API_VERSION.split("/")[0], "nodeovercommitconfigs"
+OVERCOMMIT_GROUP, OVERCOMMIT_PLURAL = overcommit.NOC_API_VERSION.split("/", maxsplit=1)[0], "nodeovercommitconfigs"
 
 
 class AwxSite:
