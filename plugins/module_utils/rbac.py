@@ -100,8 +100,8 @@ RULES = {
              "write_node_changes: labels, annotations and taints (merge patch with the cached resourceVersion as precondition)"),
         Rule(CORE, ("pods",), ("list", "watch"), "controller.py INFORMERS[pods]: the tide and overcommit reconcilers"),
         Rule(TIDE, ("tidenodepools",), ("list", "watch"), "controller.py INFORMERS[tidenodepools]"),
-        Rule(TIDE, ("tidenodepools",), ("get", "patch"), "tide_controller.py add_finalizer/remove_finalizer: merge patch from the informer's "
-             "copy with its resourceVersion as precondition (patch_from_copy); get only after a 409"),
+        Rule(TIDE, ("tidenodepools",), ("get", "patch"), "tide_controller.py add_finalizer: merge patch from the informer's copy with "
+             "its resourceVersion as precondition (patch_from_copy; get after a 409); remove_finalizer: get the live pool, then patch"),
         Rule(TIDE, ("tidenodepools/status",), ("patch",), "tide_controller.py write_status: merge patch of the status subresource (patch_from_copy)"),
         Rule(OVERCOMMIT, ("nodeovercommitconfigs",), ("list", "watch"), "controller.py INFORMERS[nodeovercommitconfigs]"),
         Rule(OVERCOMMIT, ("nodeovercommitconfigs/status",), ("patch",), "overcommit_controller.py: matchedNodeList and conditions (merge patch)"),

@@ -261,7 +261,7 @@ class TideReconciler:
             LOG.info("tide pool %s: %s", name, message, extra={"pool": name, "node": result.flip["node"], "pods": result.flip["pods"]})
         if result.deleting:
             if result.remove_finalizer:
-                remove_finalizer(kube, name, pool)
+                remove_finalizer(kube, name)      # from the live pool: the last write before it goes, so no stale copy
                 self._count("pool")
                 LOG.info("tide pool %s deleted: nodes cleaned, finalizer removed", name, extra={"pool": name})
             return result
