@@ -5,7 +5,8 @@ import os
 import re
 import subprocess
 import sys
-import time
+
+from tests.integration.hostcgroups import own_memory_cgroup, remove_cgroups
 
 MEMORY_ROOT = "/sys/fs/cgroup/memory"
 KILLED = re.compile(r"Killed process (\d+)")
@@ -25,15 +26,6 @@ if sys.stdin.readline().strip() == "grow":
         time.sleep(0.005)
 time.sleep(60)
 """
-
-
-def own_memory_cgroup():
-    with open("/proc/self/cgroup") as handle:
-        for line in handle:
-            _hid, controllers, path = line.strip().split(":", 2)
-            if "memory" in controllers.split(","):
-                return path
-    return None
 
 
 def usable():
@@ -80,7 +72,8 @@ class Domain:
     """A memory cgroup with a hard limit (the OOM domain) and one child cgroup per pod."""
 
     def __init__(self, name, limit_bytes):
-        self.path = "%s%s/%s" % (MEMORY_ROOT, own_memory_cgroup().rstrip("/"), name)
+        self.cgroup = "%s/%s" % (own_memory_cgroup().rstrip("/"), name)
+        self.path = MEMORY_ROOT + self.cgroup
         os.mkdir(self.path)
         self._write("memory.limit_in_bytes", str(limit_bytes))
         self._write("memory.swappiness", "0")
@@ -119,14 +112,7 @@ class Domain:
             if process.poll() is None:
                 process.kill()
             process.wait(10)
-        nested = [os.path.join(top, d) for top, dirs, _files in os.walk(self.path) for d in dirs]
-        for child in sorted(nested, key=len, reverse=True) + [self.path]:
-            for _attempt in range(50):
-                try:
-                    os.rmdir(child)
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        remove_cgroups(["memory"], self.cgroup, [self.path])
 
 
 OBSERVER_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),

@@ -4,20 +4,14 @@ dir, a free loopback port; ready when /-/ready answers; queried through its HTTP
 import json
 import os
 import shutil
-import socket
 import subprocess
 import urllib.parse
 import urllib.request
 
 import yaml
 
+from tests.integration.role_testing import free_port
 from tests.integration.waiting import wait_until
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def scrape_config(job, address, ca_file=None):

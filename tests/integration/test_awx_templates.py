@@ -15,7 +15,8 @@ from kubernetes import client, config
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import overcommit, tide
 from tests.integration import awx_launch
-from tests.integration.test_site_demo import free_port, sandbox
+from tests.integration.role_testing import free_port
+from tests.integration.test_site_demo import sandbox
 from tests.integration.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("awx-templates")]

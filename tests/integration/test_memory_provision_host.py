@@ -13,7 +13,6 @@ memory guard reads (``memory.numa_stat`` of processes really running in ``bestef
 Expected limits are computed here from node spec §3.1 (canonical provision) and §3.4 (memory guard) plus our floor.
 """
 
-import errno
 import json
 import os
 import subprocess
@@ -25,7 +24,8 @@ import pytest
 from ansible_collections.katalyst.colocation.plugins.module_utils import nodeinfo
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.agent import Agent
 from ansible_collections.katalyst.colocation.plugins.module_utils.sysfs import SysFS
-from tests.integration.oomlib import HOLDER, MEMORY_ROOT, own_memory_cgroup
+from tests.integration.hostcgroups import make_cgroup_path, own_memory_cgroup, remove_cgroups
+from tests.integration.oomlib import HOLDER, MEMORY_ROOT
 
 GI = 1 << 30
 MI = 1 << 20
@@ -130,20 +130,6 @@ RECLAIMED_POD = {
 }
 
 
-def _rmdir(path, attempts=50):
-    """Remove a cgroup directory (the kernel may need a moment after its last process exits)."""
-    for _attempt in range(attempts):
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
-                raise
-            time.sleep(0.1)
-
-
 @pytest.fixture
 def host(tmp_path):
     controllers = ["memory"] + [c for c in ("cpu", "cpuset") if os.access("/sys/fs/cgroup/%s" % c, os.W_OK)]
@@ -151,16 +137,7 @@ def host(tmp_path):
     created, holders = [], []
     try:
         for controller in controllers:         # the kubelet's part: <prefix>/kubepods/besteffort
-            path = "/sys/fs/cgroup/%s" % controller
-            for part in (prefix + "/kubepods/besteffort").strip("/").split("/"):
-                path += "/" + part
-                if not os.path.isdir(path):
-                    os.mkdir(path)
-                    created.append(path)
-                    if controller == "cpuset":   # v1 cpusets start empty; a child needs its parent's set
-                        for name in ("cpuset.cpus", "cpuset.mems"):
-                            with open(os.path.join(os.path.dirname(path), name)) as parent, open(os.path.join(path, name), "w") as child:
-                                child.write(parent.read().strip())
+            make_cgroup_path(controller, prefix + "/kubepods/besteffort", created)
         fs = HostFS(str(tmp_path / "overlay"))
         config = {"node_name": "memprov-host", "sysroot": "/", "cgroup_root": prefix, "reclaim_root": prefix + "/kubepods/besteffort",
                   "memory_provision_enabled": True, "reserved_memory_for_allocate": str(RESERVED),
@@ -179,9 +156,7 @@ def host(tmp_path):
             if process.poll() is None:
                 process.kill()
             process.wait(10)
-        below = [os.path.join(top, d) for c in controllers for top, dirs, _files in os.walk("/sys/fs/cgroup/%s%s" % (c, prefix)) for d in dirs]
-        for path in sorted(set(below) | set(created), key=len, reverse=True):
-            _rmdir(path, attempts=50 if path.startswith("/sys/fs/cgroup/memory") else 3)
+        remove_cgroups(controllers, prefix, created)
 
 
 def limit_path(root, numa=None):

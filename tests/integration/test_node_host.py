@@ -12,18 +12,10 @@ import subprocess
 import pytest
 
 from tests.integration.ansible_runner import REPO, run_playbook
+from tests.integration.hostcgroups import make_cgroup_path, own_memory_cgroup, remove_cgroups
 
 V1 = ("cpu", "cpuset", "memory")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (real cgroups and namespaces)")
-
-
-def own_memory_cgroup():
-    with open("/proc/self/cgroup") as handle:
-        for line in handle:
-            _hid, controllers, path = line.strip().split(":", 2)
-            if "memory" in controllers.split(","):
-                return path
-    return None
 
 
 @pytest.fixture
@@ -34,27 +26,9 @@ def v1_base():
     base = "%s/katalyst-test-%d" % (own_memory_cgroup().rstrip("/"), os.getpid())
     created = []
     for controller in V1:
-        path = "/sys/fs/cgroup/%s" % controller
-        for part in (base + "/besteffort").strip("/").split("/"):
-            path += "/" + part
-            if not os.path.isdir(path):
-                os.mkdir(path)
-                created.append(path)
-                if controller == "cpuset":   # v1 cpusets start empty; a child needs its parent's set
-                    for name in ("cpuset.cpus", "cpuset.mems"):
-                        with open(os.path.join(os.path.dirname(path), name)) as parent, open(os.path.join(path, name), "w") as child:
-                            child.write(parent.read().strip())
+        make_cgroup_path(controller, base + "/besteffort", created)
     yield base
-    for path in sorted(set(created) | {p for c in V1 for p in _children("/sys/fs/cgroup/%s%s" % (c, base))}, key=len, reverse=True):
-        if os.path.isdir(path):
-            os.rmdir(path)
-
-
-def _children(path):
-    found = []
-    for dirpath, dirnames, _files in os.walk(path):
-        found.extend(os.path.join(dirpath, d) for d in dirnames)
-    return found
+    remove_cgroups(V1, base, created)
 
 
 PLAY = """

@@ -15,8 +15,6 @@ Every wait is on a condition with a generous timeout: the test machines are load
 import base64
 import json
 import ssl
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -31,6 +29,7 @@ from sandbox.kube import cluster as kube_cluster
 from sandbox.kube.fakenodes import conditions, now_seconds
 from tests.integration.ansible_runner import REPO, run_playbook
 from tests.integration.realcluster import cluster_cli, cluster_down, needs_build, start_fakenodes, stop_fakenodes, wait_for
+from tests.integration.role_testing import stop_sandbox_service
 
 kubernetes = pytest.importorskip("kubernetes")
 
@@ -81,8 +80,7 @@ def run_site(base, extra, playbook=SITE):
 
 
 def stop_service(base, name):
-    subprocess.run([sys.executable, "-m", "sandbox", "service", "--state-dir", str(base / "services"), "stop", name],
-                   cwd=REPO, capture_output=True, check=False, timeout=120)
+    stop_sandbox_service(base / "services", name, timeout=120)
 
 
 def fake_options(prefix, count, status_seconds):

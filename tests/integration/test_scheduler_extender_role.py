@@ -3,13 +3,8 @@ the KubeSchedulerConfiguration, configures the sandbox scheduler with it, and th
 client (kube-scheduler's JSON and verbs) places a pod through it; idempotent; the systemd unit verifies."""
 
 import json
-import re
 import shutil
-import socket
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
 import yaml
@@ -18,43 +13,19 @@ from kubernetes import client
 from sandbox.scheduler import ExtenderError, SandboxScheduler, load_extenders
 from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import REPO, run_playbook
+from tests.integration.role_testing import assert_unit_hardened, free_port, role_play, stop_sandbox_service, unit_play
+from tests.integration import waiting
 from tests.integration.test_extender_numa import CNR_ARGS, GPU, gpu_body, gpu_cnr_status
 
 PREFIX = "katalyst.kubewharf.io/"
-PLAY = """
-- hosts: localhost
-  gather_facts: false
-  roles:
-    - role: katalyst.colocation.scheduler_extender
-"""
-UNIT_PLAY = """
-- hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: unit
-      ansible.builtin.include_role:
-        name: katalyst.colocation.scheduler_extender
-        tasks_from: unit.yml
-"""
+PLAY = role_play("scheduler_extender")
+UNIT_PLAY = unit_play("scheduler_extender")
 SERVICE_TASK = "katalyst.colocation.scheduler_extender : Run katalyst-scheduler-extender on the sandbox"
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if predicate():
-                return
-        except ExtenderError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for %s" % what)
+    """Until ``predicate()``; an extender that does not answer yet is "not yet"."""
+    waiting.wait_until(predicate, timeout=timeout, what=what, interval=0.2, ignore=(ExtenderError,))
 
 
 def make_node(core, name, cpu, annotations):
@@ -74,8 +45,7 @@ def pod_body(name, cpu, guaranteed=False, node=None):
 
 
 def stop_service(tmp_path):
-    subprocess.run([sys.executable, "-m", "sandbox", "service", "--state-dir", str(tmp_path / "sandbox"), "stop",
-                    "katalyst-scheduler-extender-localhost"], cwd=REPO, capture_output=True, check=False, timeout=60)
+    stop_sandbox_service(tmp_path / "sandbox", "katalyst-scheduler-extender-localhost")
 
 
 def test_role_runs_the_extender_that_the_sandbox_scheduler_calls(kubeapi, kube_client, tmp_path):
@@ -200,8 +170,4 @@ def test_unit_verifies_and_is_hardened(tmp_path):
     assert "LoadCredential=token:/etc/katalyst/credentials/scheduler-extender.token" in text
     assert "StateDirectory=katalyst-scheduler-extender" in text and "StateDirectoryMode=0700" in text
     assert "LoadCredential=tls.key:/etc/katalyst/pki/webhook.key" in text
-    report = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True, check=False)
-    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", report.stdout + report.stderr)
-    assert match, report.stdout + report.stderr
-    print("systemd-analyze security exposure: %s" % match.group(1))
-    assert float(match.group(1)) <= 2.0, report.stdout
+    assert_unit_hardened(unit)

@@ -13,7 +13,6 @@ the nodes."""
 
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from kubernetes import client, config
 from ansible_collections.katalyst.colocation.plugins.module_utils import credentials, overcommit, qos, tide
 from ansible_collections.katalyst.colocation.plugins.module_utils.quantity import parse_quantity
 from tests.integration.ansible_runner import REPO
+from tests.integration.role_testing import free_port
 from tests.integration.waiting import wait_until
 
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE)
@@ -33,12 +33,6 @@ TASK_HEADER = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(.+?)\] \**$")
 CHANGED = re.compile(r"^changed: \[([^\]]+)\]")
 # the tasks that start a daemon under the sandbox's service stand-in: the only changes a demo after down/up may report
 DAEMON_START = re.compile(r"^katalyst\.colocation\.\w+ : Run katalyst-[a-z-]+ on the sandbox( node)?$")
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sandbox(state, *args, timeout=900):       # a demo takes 40-60 s on a quiet machine, minutes on a loaded one

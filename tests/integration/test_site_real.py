@@ -30,7 +30,8 @@ from ansible_collections.katalyst.colocation.plugins.module_utils.crd_manifests 
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.webhook import WEBHOOK_CONFIGURATION_NAME
 from tests.integration import realnode
 from tests.integration.realcluster import DOWN_TIMEOUT, needs_build, wait_for
-from tests.integration.test_site_demo import check_sample_workload, check_summary, demo_recap, free_port, sandbox, workload_changes
+from tests.integration.role_testing import free_port
+from tests.integration.test_site_demo import check_sample_workload, check_summary, demo_recap, sandbox, workload_changes
 
 pytestmark = [needs_build, pytest.mark.xdist_group("real-node")]
 NO_REAL_NODE = realnode.skip_reason()   # why this host runs no real kubelet node (None: it does)

@@ -2,11 +2,7 @@
 stand-in) against the emulator; idempotent; the systemd unit verifies and is hardened."""
 
 import json
-import re
 import shutil
-import subprocess
-import sys
-import time
 
 import pytest
 from kubernetes import client
@@ -14,33 +10,13 @@ from kubernetes import client
 from ansible_collections.katalyst.colocation.plugins.module_utils import tide
 from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import REPO, run_playbook
+from tests.integration.role_testing import assert_unit_hardened, role_play, stop_sandbox_service, unit_play
+from tests.integration.waiting import wait_until
 
-PLAY = """
-- hosts: localhost
-  gather_facts: false
-  roles:
-    - role: katalyst.colocation.tide
-"""
+PLAY = role_play("tide")
 
 SERVICE_TASK = "katalyst.colocation.tide : Run katalyst-controller on the sandbox"
-UNIT_PLAY = """
-- hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: unit
-      ansible.builtin.include_role:
-        name: katalyst.colocation.tide
-        tasks_from: unit.yml
-"""
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for %s" % what)
+UNIT_PLAY = unit_play("tide")
 
 
 def role_vars(tmp_path, kubeconfig):
@@ -51,8 +27,7 @@ def role_vars(tmp_path, kubeconfig):
 
 
 def stop_service(tmp_path):
-    subprocess.run([sys.executable, "-m", "sandbox", "service", "--state-dir", str(tmp_path / "sandbox"), "stop", "katalyst-controller-localhost"],
-                   cwd=REPO, capture_output=True, check=False, timeout=60)
+    stop_sandbox_service(tmp_path / "sandbox", "katalyst-controller-localhost")
 
 
 def test_role_runs_the_controller_which_converges_a_pool_and_is_idempotent(kubeapi, kube_client, tmp_path):
@@ -106,8 +81,4 @@ def test_unit_verifies_and_is_hardened(tmp_path):
     assert "LoadCredential=token:/etc/katalyst/credentials/controller.token" in text
     assert "StateDirectory=katalyst-controller" in text and "StateDirectoryMode=0700" in text
     assert "ExecStart=/usr/bin/python3 -m katalyst_colocation.daemons.controller --config /etc/katalyst/controller.yaml" in text
-    report = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True, check=False)
-    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", report.stdout + report.stderr)
-    assert match, report.stdout + report.stderr
-    print("systemd-analyze security exposure: %s" % match.group(1))
-    assert float(match.group(1)) <= 2.0, report.stdout
+    assert_unit_hardened(unit)

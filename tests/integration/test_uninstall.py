@@ -12,7 +12,8 @@ import time
 from kubernetes import client, config
 
 from tests.integration.ansible_runner import REPO
-from tests.integration.test_site_demo import RECAP, changed_tasks, demo_recap, free_port, sandbox
+from tests.integration.role_testing import free_port
+from tests.integration.test_site_demo import RECAP, changed_tasks, demo_recap, sandbox
 from tests.integration.waiting import wait_until
 
 NODES = ("sandbox-node-1", "sandbox-node-2", "sandbox-node-3")

@@ -4,9 +4,7 @@ emulator come back amplified; idempotent; check mode writes nothing; the systemd
 
 import base64
 import json
-import re
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -15,32 +13,14 @@ from kubernetes import client
 
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.webhook import WEBHOOK_CONFIGURATION_NAME
 from tests.integration.ansible_runner import REPO, run_playbook
+from tests.integration.role_testing import assert_unit_hardened, free_port, role_play, stop_sandbox_service, unit_play
 from tests.integration.tlsutil import make_ca_and_server_cert
 
 PREFIX = "katalyst.kubewharf.io/"
-PLAY = """
-- hosts: localhost
-  gather_facts: false
-  roles:
-    - role: katalyst.colocation.webhook
-"""
-UNIT_PLAY = """
-- hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: unit
-      ansible.builtin.include_role:
-        name: katalyst.colocation.webhook
-        tasks_from: unit.yml
-"""
+PLAY = role_play("webhook")
+UNIT_PLAY = unit_play("webhook")
 SERVICE_TASK = "katalyst.colocation.webhook : Run katalyst-webhook on the sandbox"
 REGISTER_TASK = "katalyst.colocation.webhook : Register the MutatingWebhookConfiguration with the CA bundle"
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def role_vars(tmp_path, kubeconfig, port):
@@ -51,8 +31,7 @@ def role_vars(tmp_path, kubeconfig, port):
 
 
 def stop_service(tmp_path, name="katalyst-webhook-localhost"):
-    subprocess.run([sys.executable, "-m", "sandbox", "service", "--state-dir", str(tmp_path / "sandbox"), "stop", name],
-                   cwd=REPO, capture_output=True, check=False, timeout=60)
+    stop_sandbox_service(tmp_path / "sandbox", name)
 
 
 def heartbeat(core, name):
@@ -149,11 +128,7 @@ def test_unit_verifies_and_is_hardened(tmp_path):
     text = unit.read_text()
     assert "DynamicUser=yes" in text and "LoadCredential=tls.key:/etc/katalyst/pki/webhook.key" in text
     assert "ExecStart=/usr/bin/python3 -m katalyst_colocation.daemons.webhook --config /etc/katalyst/webhook.yaml" in text
-    report = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True, check=False)
-    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", report.stdout + report.stderr)
-    assert match, report.stdout + report.stderr
-    print("systemd-analyze security exposure: %s" % match.group(1))
-    assert float(match.group(1)) <= 2.0, report.stdout
+    assert_unit_hardened(unit)
 
 
 TWO_HOSTS_PLAY = """

@@ -1,0 +1,54 @@
+"""What the role tests share: the one-role plays, a free local port, stopping a daemon under the sandbox's service
+stand-in, and the check that a role's systemd unit is hardened."""
+
+import re
+import socket
+import subprocess
+import sys
+
+from tests.integration.ansible_runner import REPO
+
+
+def role_play(role):
+    """A play on localhost that runs ``katalyst.colocation.<role>``."""
+    return """
+- hosts: localhost
+  gather_facts: false
+  roles:
+    - role: katalyst.colocation.%s
+""" % role
+
+
+def unit_play(role):
+    """A play on localhost that renders (and verifies) only the systemd unit of ``katalyst.colocation.<role>``."""
+    return """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: unit
+      ansible.builtin.include_role:
+        name: katalyst.colocation.%s
+        tasks_from: unit.yml
+""" % role
+
+
+def free_port():
+    """A TCP port nobody listens on at 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_sandbox_service(state_dir, name, timeout=60):
+    """Stop the daemon ``name`` that `python -m sandbox service` runs from ``state_dir`` (nothing when it does not run)."""
+    subprocess.run([sys.executable, "-m", "sandbox", "service", "--state-dir", str(state_dir), "stop", name],
+                   cwd=REPO, capture_output=True, check=False, timeout=timeout)
+
+
+def assert_unit_hardened(unit, most_exposed=2.0):
+    """``systemd-analyze security --offline`` rates the unit file ``unit`` at ``most_exposed`` or better (printed)."""
+    report = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True, check=False)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", report.stdout + report.stderr)
+    assert match, report.stdout + report.stderr
+    print("systemd-analyze security exposure: %s" % match.group(1))
+    assert float(match.group(1)) <= most_exposed, report.stdout
