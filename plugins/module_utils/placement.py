@@ -908,12 +908,16 @@ def normalize_scores(raw):
     """``{node: raw}`` -> ``{node: 0..MAX_EXTENDER_PRIORITY}`` (ints, min-max over the nodes)."""
     if not raw:
         return {}
-    distinct = set(raw.values())     # nodes in one state share a raw score: scale each value once
+    scaled = score_scale(set(raw.values()))     # nodes in one state share a raw score: scale each value once
+    return dict(zip(raw, map(scaled.__getitem__, raw.values())))
+
+
+def score_scale(distinct):
+    """``normalize_scores`` of each distinct raw score (a non-empty set): ``{raw: 0..MAX_EXTENDER_PRIORITY}``."""
     low, high = min(distinct), max(distinct)
     if high == low:
-        return dict.fromkeys(raw, 0)
-    scaled = {value: int(round((value - low) * MAX_EXTENDER_PRIORITY / (high - low))) for value in distinct}
-    return dict(zip(raw, map(scaled.__getitem__, raw.values())))
+        return dict.fromkeys(distinct, 0)
+    return {value: int(round((value - low) * MAX_EXTENDER_PRIORITY / (high - low))) for value in distinct}
 
 
 # -- node side ----------------------------------------------------------------------------------------

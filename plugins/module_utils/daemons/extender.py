@@ -22,6 +22,7 @@ import functools
 import gc
 import itertools
 import logging
+import operator
 import sys
 import threading
 import time
@@ -85,6 +86,8 @@ class ClusterCache:
         self.kept = {}           # key -> {node name: value}: node state every request reads (never evicted, only invalidated;
         #                          by key first, so a request reads every node's value with one lookup each)
         self.generations = {}    # node name -> count of changes to its CNR or pods
+        self.placed_keys = {}    # placement.pod_key -> how many cached pods on a node have it (a pod absent here is on no node)
+        self.ratio_nodes = set()   # names of the nodes whose Node carries an overcommit ratio (overcommit.overcommit_annotated)
 
     def _changed(self, name, old, new):
         """Forget what was computed from node ``name`` unless the object is the same version (resync)."""
@@ -134,10 +137,24 @@ class ClusterCache:
 
     def on_node(self, event_type, node):
         with self.lock:
+            name = node["metadata"]["name"]
             if event_type == "DELETED":
-                self.nodes.pop(node["metadata"]["name"], None)
+                self.nodes.pop(name, None)
+                self.ratio_nodes.discard(name)
             else:
-                self.nodes[node["metadata"]["name"]] = node
+                self.nodes[name] = node
+                if overcommit.overcommit_annotated([node])[0]:
+                    self.ratio_nodes.add(name)
+                else:
+                    self.ratio_nodes.discard(name)
+
+    def ratio_free(self, nodes, names):
+        """True when none of ``nodes`` (the cache's current Node objects of ``names``) carries an overcommit ratio,
+        read from ``ratio_nodes``; None when that cannot tell (a node is not the cache's current object)."""
+        with self.lock:
+            if not all(map(operator.is_, nodes, map(self.nodes.get, names))):
+                return None
+            return self.ratio_nodes.isdisjoint(names)
 
     def on_cnr(self, event_type, cnr):
         with self.lock:
@@ -156,6 +173,8 @@ class ClusterCache:
             if old is not None:
                 old_node = (old.get("spec") or {}).get("nodeName")
                 self.pods_by_node.get(old_node, {}).pop(key, None)
+                if old_node:
+                    self._unplace(placement.pod_key(old))
                 if old_node != node_name or event_type == "DELETED":
                     self._changed(old_node, None, None)
             if event_type != "DELETED":
@@ -165,6 +184,13 @@ class ClusterCache:
             self.pods[key] = pod
             if node_name:
                 self.pods_by_node.setdefault(node_name, {})[key] = pod
+                placed = placement.pod_key(pod)
+                self.placed_keys[placed] = self.placed_keys.get(placed, 0) + 1
+
+    def _unplace(self, placed):
+        count = self.placed_keys.pop(placed, 0) - 1
+        if count > 0:
+            self.placed_keys[placed] = count
 
     def node(self, name):
         with self.lock:
@@ -206,17 +232,27 @@ class NodeOvercommitmentPlugin:
 
     name = "NodeOvercommitment"
 
-    def filter(self, pod, nodes, cache):
+    def filter(self, pod, nodes, cache, names=None):
+        """``{node name: (code, reason)}`` of the nodes that need the full check (``names``: the nodes' names when the caller has them)."""
         pod_state = overcommit.pod_filter_state(pod)
         if pod_state["guaranteed_cpus"] == 0 and pod_state["milli_cpu"] == 0:
             return {}     # a pod that requests no CPU passes every node (a missing verdict is Success)
-        names = [node["metadata"]["name"] for node in nodes]
-        states, annotated = self.node_states(names, cache), overcommit.overcommit_annotated(nodes)
+        if names is None:
+            names = [node["metadata"]["name"] for node in nodes]
+        states, ratio_free = self.node_states(names, cache), getattr(cache, "ratio_free", None)
+        if None not in states and ratio_free is not None and ratio_free(nodes, names):
+            return {}     # no node needs the full check: every verdict is Success (read from the cache's index of ratios)
+        annotated = overcommit.overcommit_annotated(nodes)
         if None not in states and True not in annotated:
             return {}     # no node needs the full check: every verdict is Success
         # a node the cache knows and that has no overcommit ratio passes without the full check (its answer is Success)
         return {name: overcommit.filter_node_overcommitment(pod_state, node, state)
                 for name, node, state, ratio in zip(names, nodes, states, annotated) if state is None or ratio}
+
+    def failures(self, pod, nodes, cache, names=None):
+        """``filter`` without its Success verdicts."""
+        verdicts = self.filter(pod, nodes, cache, names)
+        return {name: verdict for name, verdict in verdicts.items() if verdict[0] != overcommit.SUCCESS} if verdicts else verdicts
 
     def node_states(self, names, cache):
         return cache.memo_each(names, self.name, functools.partial(self._build_state, cache))
@@ -250,19 +286,18 @@ class SchedulerExtender:
         self.metrics = metrics or {}
 
     def _nodes(self, args):
-        """(node objects, names that were asked for but are unknown, names-only request?)"""
+        """(node objects, their names (None for full nodes: read from them when needed, as the plugins do), names that
+        were asked for but are unknown, names-only request?)"""
         if args.get("nodenames") is not None and not (args.get("nodes") or {}).get("items"):
-            nodes, unknown = [], []
+            requested = list(args.get("nodenames") or [])
             with self.cache.lock:
-                known = self.cache.nodes
-                for name in args.get("nodenames") or []:
-                    node = known.get(name)
-                    if node is None:
-                        unknown.append(name)
-                    else:
-                        nodes.append(node)
-            return nodes, unknown, True
-        return list((args.get("nodes") or {}).get("items") or []), [], False
+                nodes = list(map(self.cache.nodes.get, requested))
+            if None not in nodes:
+                return nodes, requested, [], True
+            unknown = [name for name, node in zip(requested, nodes) if node is None]
+            names = [name for name, node in zip(requested, nodes) if node is not None]
+            return [node for node in nodes if node is not None], names, unknown, True
+        return list((args.get("nodes") or {}).get("items") or []), None, [], False
 
     def _count(self, plugin_name, counts):
         if self.metrics:
@@ -272,22 +307,25 @@ class SchedulerExtender:
     def filter(self, args):
         args = extender_args(args)
         pod = args.get("pod") or {}
-        nodes, unknown, by_name = self._nodes(args)
+        nodes, names, unknown, by_name = self._nodes(args)
         failed = {name: "node not found in the extender's cache" for name in unknown}
         for plugin in self.plugins:
             if not nodes:
                 break
-            verdicts = plugin.filter(pod, nodes, self.cache)
+            if hasattr(plugin, "failures"):
+                verdicts = plugin.failures(pod, nodes, self.cache, names)     # only the verdicts that are not Success
+            else:
+                verdicts = plugin.filter(pod, nodes, self.cache)
             if set(verdicts.values()) <= ALL_SUCCESS:
                 self._count(plugin.name, {overcommit.SUCCESS: len(nodes)})    # a missing verdict is Success
                 continue
-            passing, counts = [], {}
-            for node in nodes:
-                name = node["metadata"]["name"]
+            passing, passing_names, counts = [], [], {}
+            for name, node in zip(names if names is not None else [node["metadata"]["name"] for node in nodes], nodes):
                 code, reason = verdicts.get(name, SUCCESS_VERDICT)
                 counts[code] = counts.get(code, 0) + 1
                 if code == overcommit.SUCCESS:
                     passing.append(node)
+                    passing_names.append(name)
                 elif code == overcommit.ERROR and self.error_policy == "error":
                     self._count(plugin.name, counts)
                     return {"nodes": None, "nodenames": None, "failedNodes": {}, "failedAndUnresolvableNodes": {},
@@ -295,10 +333,10 @@ class SchedulerExtender:
                 else:
                     failed[name] = reason
             self._count(plugin.name, counts)
-            nodes = passing
+            nodes, names = passing, passing_names
         result = {"failedNodes": failed, "failedAndUnresolvableNodes": {}, "error": ""}
         if by_name:
-            result.update(nodes=None, nodenames=[n["metadata"]["name"] for n in nodes])
+            result.update(nodes=None, nodenames=names)
         else:
             result.update(nodes={"items": nodes}, nodenames=None)
         return result
@@ -306,13 +344,20 @@ class SchedulerExtender:
     def prioritize(self, args):
         args = extender_args(args)
         pod = args.get("pod") or {}
-        nodes, _unknown, _by_name = self._nodes(args)
-        scores = {node["metadata"]["name"]: 0 for node in nodes}
+        nodes, names, _unknown, _by_name = self._nodes(args)
+        if names is None:
+            names = [node["metadata"]["name"] for node in nodes]
+        scores, summed = dict.fromkeys(names, 0), False
         for plugin in self.plugins:
-            if hasattr(plugin, "prioritize"):
-                for name, score in plugin.prioritize(pod, nodes, self.cache).items():
-                    if name in scores:
-                        scores[name] += int(score)
+            if hasattr(plugin, "scores"):
+                found = plugin.scores(pod, nodes, self.cache, names)
+            elif hasattr(plugin, "prioritize"):
+                found = plugin.prioritize(pod, nodes, self.cache)
+            else:
+                continue
+            if found:     # each node's sum, read in C: + int(found.get(name, 0)) for the nodes asked about (the first: 0 + it)
+                added = map(int, map(found.get, scores, itertools.repeat(0)))
+                scores, summed = dict(zip(scores, map(operator.add, scores.values(), added) if summed else added)), True
         return [{"host": name, "score": score} for name, score in scores.items()]
 
 

@@ -14,7 +14,10 @@ which prioritize scores) and the score are kept per pod signature and per view `
 decision reads from a node): a pod is evaluated once per distinct node state, not per node (a cluster of a few
 node shapes costs a few evaluations even for a pod unlike any before), replicas of one template (the usual case:
 a Job's workers) share them, and a binding re-evaluates only the state of the node it changed. Reclaimed pods and
-pods already on a node are kept per node instead.
+pods already on a node are kept per node instead. A request reads each node's ``state_key`` (kept apart from its view)
+and one view per distinct state; it looks for the pod among the nodes' placed pods only when the cache holds a pod of
+that key on a node (``ClusterCache.placed_keys``). The extender reads ``failures`` (no per-node verdict when every
+distinct decision fits) and ``scores`` (scaled once per distinct raw score) with the node names it already has.
 A malformed microtopology annotation makes the pod unschedulable and is reported once as a Warning Event on the pod;
 a ``numa_bind_result`` that cannot be read on a pod already on a node is reported once per value (a log line and a
 Warning Event on that pod) when the node's view is built, and the pod counts as not pinned yet.
@@ -27,8 +30,10 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import json
 import logging
+import operator
 import threading
 
 from .. import placement
@@ -56,6 +61,7 @@ class NumaPlugin:
         # the per-pod memo key of this plugin's settings (one string: its hash is computed once)
         self.filter_key = "filter:%s:%s" % (policy, ",".join(sorted(self.aligned_resources)))
         self.view_key = (self.name, "view", policy)
+        self.state_key = (self.name, "state", policy)     # each node's view["state_key"], kept apart: read for every node
         self.states = collections.OrderedDict()           # pod signature -> {node view state_key: decide tuple}
         self.lock = threading.Lock()
         self.reported = collections.OrderedDict()         # (pod uid, message) -> True
@@ -82,6 +88,9 @@ class NumaPlugin:
         """``view`` of each node, in order (one call per request)."""
         return cache.memo_each(names, self.view_key, functools.partial(self._build_view, cache))
 
+    def _build_state(self, cache, name):
+        return self.view(name, cache)["state_key"]
+
     def _build_view(self, cache, name):
         self.stats["views_built"] += 1
         view = placement.node_view(cache.cnr(name), cache.pods_on(name), self.policy)
@@ -106,35 +115,54 @@ class NumaPlugin:
             return self.evaluate(pod, node, self.view(name, cache), query or placement.PodQuery(pod, self.policy))
         return cache.memo(name, (self.name, self.filter_key, signature), build)
 
-    def decisions(self, pod, signature, nodes, cache, query):
+    def decisions(self, pod, signature, nodes, cache, query, names=None):
         """(node names, ``decide`` of each node in order, the distinct tuples). A pod that is not reclaimed (its fit
         reads node-level amounts) gets the same tuple on every node whose view has the same ``state_key`` (same NUMA
         availability, placed pods' labels and terms) unless it is placed there itself: it is evaluated once per
         distinct state and signature and kept by that pair, so a novel pod costs one evaluation per state rather than
-        per node, and a node that changes gets a new key. The per-node steps are comprehensions and maps."""
-        names = [node["metadata"]["name"] for node in nodes]
+        per node, and a node that changes gets a new key. The per-node steps are maps (read in C, no Python frame per
+        node). ``names``: the nodes' names when the caller has them."""
+        if names is None:
+            names = [node["metadata"]["name"] for node in nodes]
         if query.qos == RECLAIMED_CORES:
             found = [self.decide(pod, signature, node, cache, query) for node in nodes]
             return names, found, found
+        table = self._by_state(signature, len(names))
+        placed_keys = getattr(cache, "placed_keys", (query.key,))
+        if query.key not in placed_keys:
+            # the pod is on no node (the usual case): only the nodes' state keys are read, and a view per distinct state
+            states = cache.memo_each(names, self.state_key, functools.partial(self._build_state, cache))
+            decided = self._decide_states(pod, nodes, names, cache, query, table, dict(zip(states, range(len(states)))))
+            if decided is not None and query.key not in placed_keys:      # (and still on none: not bound meanwhile)
+                return names, list(map(decided.get, states)), decided.values()
         views = self.views(names, cache)
-        states = [view["state_key"] for view in views]
-        pod_key = query.key
-        placed_at = [index for index, view in enumerate(views) if pod_key in view["keys"]]     # the pod counts there
+        states = list(map(_STATE_KEY, views))
+        # where the pod counts itself (a retried pod already placed): the nodes whose view holds its key
+        placed_at = list(itertools.compress(itertools.count(), map(operator.contains, map(_KEYS, views), itertools.repeat(query.key))))
         representatives = dict(zip(states, range(len(states))))       # one node of each state
         if placed_at:
             skip = set(placed_at)
             representatives = {states[index]: index for index in range(len(states)) if index not in skip}
-        table = self._by_state(signature, len(names))
-        decided = {}
-        for state, index in representatives.items():
-            value = table.get(state)
-            if value is None:
-                value = table[state] = self.evaluate(pod, nodes[index], views[index], query)
-            decided[state] = value
+        decided = self._decide_states(pod, nodes, names, cache, query, table, representatives, views)
         found = list(map(decided.get, states))
         for index in placed_at:
             found[index] = decided[(index,)] = self.decide(pod, signature, nodes[index], cache, query)
         return names, found, decided.values()
+
+    def _decide_states(self, pod, nodes, names, cache, query, table, representatives, views=None):
+        """``{state_key: decide tuple}`` of each state from its representative node (``{state: node index}``), from the
+        table or evaluated there and kept. Without ``views``, the representatives' views are read from the cache: None
+        when one no longer has the state it was asked for (its node changed during the request: the caller reads again)."""
+        decided = {}
+        for state, index in representatives.items():
+            value = table.get(state)
+            if value is None:
+                view = views[index] if views is not None else self.view(names[index], cache)
+                if view["state_key"] != state:
+                    return None
+                value = table[state] = self.evaluate(pod, nodes[index], view, query)
+            decided[state] = value
+        return decided
 
     def _by_state(self, signature, node_count):
         """The ``state_key -> decide tuple`` table of one pod signature; the most recent ``STATE_SIGNATURES`` signatures
@@ -177,23 +205,51 @@ class NumaPlugin:
 
     # -- verbs -------------------------------------------------------------------------------------
     def filter(self, pod, nodes, cache):
+        """``{node name: (code, reason)}`` for every node (when the pod is one a NUMA rule applies to)."""
         query = placement.PodQuery(pod, self.policy)
         if not self.applies(pod, query):
             return {}
-        names, found, distinct = self.decisions(pod, pod_signature(pod), nodes, cache, query)
+        names, found, _distinct = self._filter(pod, nodes, cache, query, None)
+        return dict(zip(names, map(_VERDICT, found)))
+
+    def failures(self, pod, nodes, cache, names=None):
+        """``filter`` without its Success verdicts (what the extender reads): nothing per node when every distinct
+        decision fits."""
+        query = placement.PodQuery(pod, self.policy)
+        if not self.applies(pod, query):
+            return {}
+        names, found, distinct = self._filter(pod, nodes, cache, query, names)
+        if all(value[0][0] == SUCCESS for value in distinct):
+            return {}
+        return {name: value[0] for name, value in zip(names, found) if value[0][0] != SUCCESS}
+
+    def _filter(self, pod, nodes, cache, query, names):
+        names, found, distinct = self.decisions(pod, pod_signature(pod), nodes, cache, query, names)
         problems = set()
         for _verdict, _numas, node_problems, _score in distinct:
             problems.update(node_problems)
         if problems:
             self.report(pod, sorted(problems))
-        return dict(zip(names, [value[0] for value in found]))
+        return names, found, distinct
 
     def prioritize(self, pod, nodes, cache):
+        return self.scores(pod, nodes, cache)
+
+    def scores(self, pod, nodes, cache, names=None):
+        """``{node name: 0..10}`` (``prioritize``; ``names``: the nodes' names when the caller has them)."""
         query = placement.PodQuery(pod, self.policy)
         if not self.applies(pod, query) or query.qos == RECLAIMED_CORES:
             return {}
-        names, found, _distinct = self.decisions(pod, pod_signature(pod), nodes, cache, query)
-        return placement.normalize_scores(dict(zip(names, [value[3] for value in found])))
+        names, found, distinct = self.decisions(pod, pod_signature(pod), nodes, cache, query, names)
+        if not names:
+            return {}
+        # placement.normalize_scores, its scale read from the distinct decisions (every node's score is one of theirs)
+        scaled = placement.score_scale({value[3] for value in distinct})
+        return dict(zip(names, map(scaled.__getitem__, map(_SCORE, found))))
+
+
+_STATE_KEY, _KEYS = operator.itemgetter("state_key"), operator.itemgetter("keys")
+_VERDICT, _SCORE = operator.itemgetter(0), operator.itemgetter(3)
 
 
 def pod_signature(pod):
