@@ -46,6 +46,14 @@ PLUGIN_SYSTEM_MEMORY = "system-memory-pressure-eviction-plugin"
 PLUGIN_RECLAIMED_RESOURCES = "reclaimed-resource-pressure-eviction-plugin"
 CONDITION_SYSTEM_ROOTFS = "SystemRootfs"
 CONDITION_MEMORY_PRESSURE = "MemoryPressure"
+# the node conditions the agent's eviction loop manages (daemons/node_conditions.py; the others on the node, and their
+# taints, are not its business), with the reasons it writes each one with (in force, cleared)
+MANAGED_CONDITIONS = (CONDITION_SYSTEM_ROOTFS, CONDITION_MEMORY_PRESSURE)
+CONDITION_REASONS = {CONDITION_SYSTEM_ROOTFS: ("RootfsPressure", "NoRootfsPressure"),
+                     CONDITION_MEMORY_PRESSURE: ("MemoryPressure", "NoMemoryPressure")}
+# status condition types the kubelet owns and rewrites on each node status update: writing them would fight it, so these
+# conditions are carried by their taint (and Events) only
+KUBELET_CONDITIONS = ("Ready", "MemoryPressure", "DiskPressure", "PIDPressure", "NetworkUnavailable")
 EFFECT_NO_SCHEDULE = "NoSchedule"
 # Katalyst's eviction manager turns a node condition into the taint "<KatalystNodeDomainPrefix>/<condition>".
 TAINT_KEY_PREFIX = "node.katalyst.kubewharf.io/"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: node_cleanup
-short_description: Take katalyst.colocation's labels, annotations and taints off the Nodes
+short_description: Take katalyst.colocation's labels, annotations, taints and node conditions off the Nodes
 version_added: 0.2.0
 description:
   - Removes from each Node what the collection's daemons put there, and nothing else, for an uninstall
@@ -16,6 +16,8 @@ description:
     C(tide.katalyst.kubewharf.io/online-not-used) and C(offline-not-used) and the agent's eviction taints
     (C(node.katalyst.kubewharf.io/*)); the overcommit annotations
     (C(katalyst.kubewharf.io/*_overcommit_ratio), C(original_*), C(overcommit_*)) and C(katalyst.colocation/tide-last-flip).
+  - The node conditions the agent's eviction loop writes (C(SystemRootfs) with the reasons C(RootfsPressure) or C(NoRootfsPressure)),
+    deleted by a strategic merge patch of the C(nodes/status) subresource; the kubelet's conditions stay.
   - The user's labels stay, C(katalyst.kubewharf.io/overcommit_node_pool) and a TideNodePool's nodeSelector labels included.
   - Stop katalyst-controller and unregister katalyst-webhook first, or they put the keys back.
 options:
@@ -49,7 +51,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 removed:
-  description: Node name to the labels, annotations and taints removed (or that would be, in check mode).
+  description: Node name to the labels, annotations, taints and status conditions removed (or that would be, in check mode).
   returned: always
   type: dict
 """
@@ -72,14 +74,23 @@ def main():
         names = module.params["nodes"] or sorted(node["metadata"]["name"] for node in kube.list("v1", "Node"))
         for name in names:
             before, after = kube.mutate("v1", "Node", name, nodecleanup.strip_node, dry_run=module.check_mode)
-            if before is not None and after is not before:
-                removed[name] = nodecleanup.owned_metadata(before)
+            if before is None:
+                continue
+            owned = dict(nodecleanup.owned_metadata(before) if after is not before else {"labels": {}, "annotations": {}, "taints": []},
+                         conditions=[])
+            node = after if after is not None else before
+            patch = nodecleanup.conditions_patch(node)
+            if patch is not None:
+                kube.patch("v1", "Node", name, patch, patch_type="strategic", subresource="status", dry_run=module.check_mode)
+                owned["conditions"] = nodecleanup.owned_conditions(node)
+            if any(owned.values()):
+                removed[name] = owned
     except KubeError as exc:
         module.fail_json(msg=str(exc), removed=removed)
     result = {"changed": bool(removed), "removed": removed}
     if module._diff:
         result["diff"] = {"before": {"Node/%s" % name: owned for name, owned in removed.items()},
-                          "after": {"Node/%s" % name: {"labels": {}, "annotations": {}, "taints": []} for name in removed}}
+                          "after": {"Node/%s" % name: {"labels": {}, "annotations": {}, "taints": [], "conditions": []} for name in removed}}
     module.exit_json(**result)
 
 

@@ -16,13 +16,8 @@ from ..kube import KubeError
 
 LOG = logging.getLogger("katalyst.agent")
 
-# the node conditions this loop manages (the others on the node, and their taints, are not its business)
-MANAGED_CONDITIONS = (eviction.CONDITION_SYSTEM_ROOTFS, eviction.CONDITION_MEMORY_PRESSURE)
-CONDITION_REASONS = {eviction.CONDITION_SYSTEM_ROOTFS: ("RootfsPressure", "NoRootfsPressure"),
-                     eviction.CONDITION_MEMORY_PRESSURE: ("MemoryPressure", "NoMemoryPressure")}
-# status condition types the kubelet owns and rewrites on each node status update: writing them would fight it, so these
-# conditions are carried by their taint (and Events) only
-KUBELET_CONDITIONS = ("Ready", "MemoryPressure", "DiskPressure", "PIDPressure", "NetworkUnavailable")
+# the conditions this loop manages, their reasons, and the kubelet's (eviction.py: uninstall's node_cleanup removes ours)
+MANAGED_CONDITIONS, CONDITION_REASONS, KUBELET_CONDITIONS = eviction.MANAGED_CONDITIONS, eviction.CONDITION_REASONS, eviction.KUBELET_CONDITIONS
 CONDITION_CONFLICT_RETRIES = 3
 
 

@@ -33,3 +33,22 @@ def test_owned_metadata_names_what_goes():
 def test_a_clean_node_is_left_alone():
     node = {"metadata": {"name": "n2", "labels": {overcommit.POOL_LABEL: "pool"}}, "spec": {"taints": [USER_TAINT]}}
     assert nodecleanup.strip_node(node) is None
+
+
+def conditions(*entries):
+    return {"metadata": {"name": "n3"}, "status": {"conditions": [{"type": kind, "status": status, "reason": reason} for kind, status, reason in entries]}}
+
+
+def test_the_agents_node_conditions_go_the_kubelets_stay():
+    node = conditions(("Ready", "True", "KubeletReady"), ("SystemRootfs", "True", "RootfsPressure"), ("MemoryPressure", "False", "KubeletHasSufficientMemory"))
+    assert [condition["type"] for condition in nodecleanup.owned_conditions(node)] == ["SystemRootfs"]
+    assert nodecleanup.conditions_patch(node) == {"status": {"conditions": [{"type": "SystemRootfs", "$patch": "delete"}]}}
+    # cleared by the agent (status False after the transition period): still the agent's, still removed
+    assert nodecleanup.conditions_patch(conditions(("SystemRootfs", "False", "NoRootfsPressure")))["status"]["conditions"][0]["type"] == "SystemRootfs"
+
+
+def test_a_condition_of_the_same_type_written_by_someone_else_stays():
+    assert nodecleanup.conditions_patch(conditions(("SystemRootfs", "True", "SomeoneElsesReason"), ("Ready", "True", "KubeletReady"))) is None
+    assert nodecleanup.conditions_patch({"metadata": {"name": "n4"}}) is None
+    # the kubelet owns MemoryPressure: the agent carries that pressure as its taint only, the condition is never ours
+    assert nodecleanup.conditions_patch(conditions(("MemoryPressure", "True", "MemoryPressure"))) is None
