@@ -96,6 +96,7 @@ class Daemons:
             "node_name": AGENT_NODE, "kubeconfig": kubeconfig, "sysroot": sysroot, "port": 0, "resync_seconds": 30,
             "qos_cgroups_period_seconds": 1, "realtime_overcommit_enabled": True, "realtime_overcommit_period_seconds": 1,
             "memory_provision_enabled": True, "memory_provision_period_seconds": 1, "reclaimed_resources_period_seconds": 1,
+            "reclaimed_window_seconds": 3,     # the first per-NUMA reclaimed report after 3 passes, not the default 120
             "host_watermark_enabled": True, "host_watermark_period_seconds": 1, "host_watermark_scale_factor": 30,
             "eviction_enabled": True, "eviction_rootfs_minimum_free": "1%"})
         agent = Agent(config).build()

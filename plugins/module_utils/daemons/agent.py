@@ -28,8 +28,9 @@ from .agent_overcommit import DEFAULTS as REALTIME_OVERCOMMIT_DEFAULTS, Realtime
 from .token_renewal import DEFAULTS as TOKEN_RENEWAL_DEFAULTS, daemon_api_client
 from .informer import Informer
 from .pod_events import PodWarnings, pod_uid
-from .. import bpf, cgroups, memorypressure, nodeinfo, oom, oomgather, oomobserver, overcommit, podcgroups, qos, sysctl, tcpmem
+from .. import bpf, cgroups, cnr, memorypressure, nodeinfo, oom, oomgather, oomobserver, overcommit, podcgroups, qos, sysctl, tcpmem
 from ..kube import KubeClient
+from ..nodeinfo import parse_cpu_list
 from ..quantity import parse_quantity
 from ..reconcile import PlanError
 from ..sysfs import SysFS, SysFSError
@@ -138,6 +139,34 @@ def failures_by_pod(failures, pod_of):
     return grouped
 
 
+# the numa label of the reclaimed root cgroup (its children are besteffort-<N>, numa="<N>")
+ALL_NUMAS = "all"
+
+
+def qos_cgroup_cpus(desired, per_numa):
+    """{numa label: CPUs in the cpuset.cpus the QoS cgroup plan ``desired`` writes} for each per-NUMA cgroup
+    (``per_numa``: NUMA id -> relative path, from ``cgroups.reclaim_paths``)."""
+    counts = {}
+    for cgroup in desired["cgroups"]:
+        for numa, relative in per_numa.items():
+            if cgroup["path"].endswith(relative):
+                for name, value in cgroup["files"].items():
+                    if name.endswith("/cpuset.cpus"):
+                        counts[str(numa)] = len(parse_cpu_list(value))
+    return counts
+
+
+def reclaimed_per_numa(reclaimed):
+    """{(numa, resource): amount} of a ``cnr.revise_reclaimed`` result's per-NUMA allocatable: cpu in cores, memory in bytes."""
+    amounts = {}
+    for numa, resources in (reclaimed.get("numa_allocatable") or {}).items():
+        if cnr.RECLAIMED_MILLICPU in resources:
+            amounts[(str(numa), "cpu")] = float(parse_quantity(resources[cnr.RECLAIMED_MILLICPU]).amount) / 1000.0
+        if cnr.RECLAIMED_MEMORY in resources:
+            amounts[(str(numa), "memory")] = float(parse_quantity(resources[cnr.RECLAIMED_MEMORY]).amount)
+    return amounts
+
+
 class Agent:
     def __init__(self, config_path, kube_api_client=None):
         self.config_path = config_path
@@ -188,6 +217,30 @@ class Agent:
                 "as in the last full pass: nothing to do)", ["kind"], registry=self.daemon.registry)
             self.metrics["oom_map_entries"] = prometheus_client.Gauge(
                 "katalyst_oom_priority_map_entries", "Entries in the pinned OOM priority BPF map", registry=self.daemon.registry)
+            self.metrics["qos_cpu_shares"] = prometheus_client.Gauge(
+                "katalyst_qos_cgroup_cpu_shares", "cpu.shares the qos_cgroups loop keeps on the QoS cgroups (cgroup v2: cpu.weight is "
+                "written from it), by QoS level and NUMA node (all: the QoS level's root cgroup)", ["qos_level", "numa"],
+                registry=self.daemon.registry)
+            self.metrics["qos_cpuset_cpus"] = prometheus_client.Gauge(
+                "katalyst_qos_cgroup_cpuset_cpus", "CPUs in the cpuset.cpus the qos_cgroups loop keeps on each per-NUMA QoS cgroup",
+                ["qos_level", "numa"], registry=self.daemon.registry)
+            self.metrics["qos_memory_limit"] = prometheus_client.Gauge(
+                "katalyst_qos_cgroup_memory_limit_bytes", "Memory limit the memory_provision loop keeps on the QoS cgroups (v1 "
+                "memory.limit_in_bytes, v2 memory.max), by QoS level and NUMA node (all: the root)", ["qos_level", "numa"],
+                registry=self.daemon.registry)
+            self.metrics["provision"] = prometheus_client.Gauge(
+                "katalyst_memory_provision_bytes", "Memory provisioned for reclaimed pods per NUMA node (the canonical provision, "
+                "before the floor and the memory guard)", ["numa"], registry=self.daemon.registry)
+            self.metrics["provision_floor"] = prometheus_client.Gauge(
+                "katalyst_memory_provision_floor_bytes", "The floor below which the memory limit of a per-NUMA reclaimed cgroup is "
+                "never set", ["numa"], registry=self.daemon.registry)
+            self.metrics["reclaimed_cpu"] = prometheus_client.Gauge(
+                "katalyst_reclaimed_cpu_cores", "Reclaimed CPU per NUMA node reported in the CNR (reclaimed_millicpu / 1000)", ["numa"],
+                registry=self.daemon.registry)
+            self.metrics["reclaimed_memory"] = prometheus_client.Gauge(
+                "katalyst_reclaimed_memory_bytes", "Reclaimed memory per NUMA node reported in the CNR", ["numa"],
+                registry=self.daemon.registry)
+        self.series = collections.defaultdict(set)      # metric key -> label values set by the last pass
 
     # -- configuration ------------------------------------------------------------------------
     def reload(self):
@@ -234,6 +287,15 @@ class Agent:
                 self.metrics["plan_errors"].labels("qos_cgroups").inc()
             raise
         self.record("qos_cgroups", applied)
+        if self.metrics:
+            per_numa = cgroups.reclaim_paths(self.config["cgroup_driver"], self.config["reclaim_root"], [n["id"] for n in facts["numa_nodes"]])[1]
+            shares = {(qos.RECLAIMED_CORES, numa): self.config["reclaimed_cpu_shares"] for numa in [ALL_NUMAS] + [str(n) for n in per_numa]}
+            self.export("qos_cpu_shares", shares)
+            self.export("qos_cpuset_cpus", {(qos.RECLAIMED_CORES, numa): count for numa, count in qos_cgroup_cpus(desired, per_numa).items()})
+
+    def export(self, metric, values):
+        """The gauge ``metric`` shows exactly ``values`` ({label values: number}); series of the last call not in it are removed."""
+        self.series[metric] = service.set_gauge_series(self.metrics[metric], values, self.series[metric])
 
     def cgroup_prefix(self):
         """The kubelet's --cgroup-root: kubepods lives below it."""
@@ -449,6 +511,10 @@ class Agent:
             return
         self.record("reclaimed_resources", self.numa.reclaimed_resources(self.sysfs, self.node_pods(), self.kube, self.config,
                                                                          time.monotonic()))
+        if self.metrics and self.numa.last_reclaimed is not None:
+            amounts = reclaimed_per_numa(self.numa.last_reclaimed)
+            self.export("reclaimed_cpu", {(numa,): amount for (numa, resource), amount in amounts.items() if resource == "cpu"})
+            self.export("reclaimed_memory", {(numa,): amount for (numa, resource), amount in amounts.items() if resource == "memory"})
 
     def converge_memory_provision(self):
         """Per-NUMA memory limits of besteffort-<N> and the reclaimed root, from the canonical provision (with a floor)."""
@@ -458,6 +524,16 @@ class Agent:
         if self.metrics and self.numa.last_pressure:
             for numa, condition in self.numa.last_pressure["numa"].items():
                 self.metrics["memory_pressure"].labels(str(numa)).set(memorypressure.STATE_VALUES[condition.state])
+        if self.metrics and self.numa.last_limits is not None:
+            limits = self.numa.last_limits
+            self.export("provision", {(str(numa),): amount for numa, amount in limits["provisions"].items()})
+            self.export("provision_floor", {(str(numa),): amount for numa, amount in limits["floors"].items()})
+        if self.metrics and self.numa.written_limits is not None:
+            written = self.numa.written_limits
+            # the kernel keeps whole pages: the value written and read back
+            memory_limits = {(qos.RECLAIMED_CORES, str(numa)): cgroups.page_aligned(amount) for numa, amount in written["numa"].items()}
+            memory_limits[(qos.RECLAIMED_CORES, ALL_NUMAS)] = cgroups.page_aligned(written["root"])
+            self.export("qos_memory_limit", memory_limits)
 
     def converge_numa_binding(self):
         """cpuset.cpus/mems of dedicated_cores + numa_binding pods, and their numa_bind_result annotation."""

@@ -338,6 +338,8 @@ class NumaLoops:
         self.numa_stat_reported = collections.OrderedDict()  # (file, content) of malformed files already logged
         self.last_status = None
         self.last_limits = None
+        self.written_limits = None                           # last_limits once the cgroups held them (not while they are missing)
+        self.last_reclaimed = None                           # the last revise_reclaimed result that went into the CNR status
         self.last_pressure = None                            # {"node": PressureCondition, "numa": {numa: PressureCondition}}
         self.drop_cache_at = {}                              # numa -> monotonic time of its last page-cache drop
 
@@ -441,6 +443,7 @@ class NumaLoops:
         if reports["cpu"] is None or reports["memory"] is None:
             return None
         reclaimed = cnr.revise_reclaimed(**headroom.reclaimed_report_maps(reports["cpu"], reports["memory"]))
+        self.last_reclaimed = reclaimed
         status = cnr.build_cnr_status(reclaimed, cnr.numa_sockets_from_facts(facts))
         if config["numa_topology_report"]:
             add_numa_capacity(status, facts, memprovision.reserved_memory_per_numa(config.get("memory_resource_plugin_reserved_gb", RESERVED_GB),
@@ -556,6 +559,7 @@ class NumaLoops:
         desired = memprovision.desired_memory_limits(facts, limits, config["cgroup_driver"], config["reclaim_root"])
         try:
             applied = cgroups.converge(fs, desired)[1]
+            self.written_limits = limits
         except cgroups.CgroupError as exc:
             self.note("memory provision waits for the reclaimed cgroups: %s" % exc)
             applied = []

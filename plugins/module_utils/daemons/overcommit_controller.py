@@ -21,6 +21,7 @@ import threading
 from .. import overcommit
 from ..fit import is_active, pod_requests
 from ..kube import KubeError
+from .service import set_gauge_series
 
 try:
     import prometheus_client
@@ -114,6 +115,14 @@ class OvercommitReconciler:
                 "katalyst_overcommit_api_writes_total", "API writes by the overcommit reconciler", ["kind"], registry=context.registry)
             self.metrics["refused"] = prometheus_client.Gauge(
                 "katalyst_overcommit_refused_nodes", "Nodes where a ratio decrease is refused by the guard", registry=context.registry)
+            self.metrics["config_ratio"] = prometheus_client.Gauge(
+                "katalyst_overcommit_config_ratio", "Overcommit ratio a NodeOvercommitConfig sets, by config, pool (its "
+                "nodeOvercommitSelectorVal) and resource (1 where it sets none; no series while the ratio is invalid)",
+                ["config", "pool", "resource"], registry=context.registry)
+            self.metrics["config_nodes"] = prometheus_client.Gauge(
+                "katalyst_overcommit_config_nodes", "Nodes a NodeOvercommitConfig applies to (of a pool's configs the newest wins a node), "
+                "by config and pool", ["config", "pool"], registry=context.registry)
+        self.series = {"config_ratio": set(), "config_nodes": set()}
 
     @classmethod
     def standalone(cls, client, options=None, now=None):
@@ -147,6 +156,25 @@ class OvercommitReconciler:
         if self.metrics:
             self.metrics["writes"].labels(kind).inc()
 
+    def export_configs(self, configs, plan):
+        """Per config: its ratios (those the plan applies: valid ones) and the nodes it applies to in this plan."""
+        ratios, nodes, applied = {}, {}, {}
+        for config_name in plan.node_config.values():
+            if config_name is not None:
+                applied[config_name] = applied.get(config_name, 0) + 1
+        for config in configs:
+            name = (config.get("metadata") or {}).get("name")
+            spec = config.get("spec") or {}
+            pool = spec.get("nodeOvercommitSelectorVal") or ""
+            nodes[(name, pool)] = applied.get(name, 0)
+            if overcommit.config_ratio_problems(config):
+                continue
+            set_ratios = spec.get("resourceOvercommitRatio") or {}
+            for resource in overcommit.RESOURCES:
+                ratios[(name, pool, resource)] = overcommit.check_ratio_value(set_ratios.get(resource, overcommit.DEFAULT_RATIO))
+        self.series["config_ratio"] = set_gauge_series(self.metrics["config_ratio"], ratios, self.series["config_ratio"])
+        self.series["config_nodes"] = set_gauge_series(self.metrics["config_nodes"], nodes, self.series["config_nodes"])
+
     # -- the pass ---------------------------------------------------------------------------------
     def reconcile_all(self, snapshot=None):
         snapshot = snapshot or self.snapshot()
@@ -161,6 +189,7 @@ class OvercommitReconciler:
         nodes = {(node.get("metadata") or {}).get("name"): node for node in snapshot["nodes"]} if plan.node_patches and memo is not None else {}
         if self.metrics:
             self.metrics["refused"].set(len(plan.refused))
+            self.export_configs(snapshot["configs"], plan)
         for node_name in sorted(plan.node_patches):
             patch = plan.node_patches[node_name]
             try:

@@ -58,6 +58,20 @@ def http_metrics(registry):
                                                    registry=registry, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1))}
 
 
+def set_gauge_series(gauge, values, previous=()):
+    """Make ``gauge`` show exactly ``values`` ({label values tuple: number}): each set, and the series of ``previous``
+    (what the last call set) that are gone removed, so a deleted pool or config leaves no stale series. Returns the
+    keys set, for the next call's ``previous``."""
+    for key, value in values.items():
+        gauge.labels(*key).set(value)
+    for key in set(previous) - set(values):
+        try:
+            gauge.remove(*key)
+        except KeyError:
+            pass
+    return set(values)
+
+
 def setup_logging(level="info", json_logs=True):
     handler = logging.StreamHandler()
     handler.setFormatter(JSONFormatter() if json_logs else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))

@@ -19,6 +19,7 @@ import time
 
 from .. import tide
 from ..kube import KubeError
+from .service import set_gauge_series
 
 try:
     import prometheus_client
@@ -28,6 +29,8 @@ except ImportError:  # pragma: no cover
 LOG = logging.getLogger("katalyst.controller.tide")
 COMPONENT = "katalyst-controller"
 OVERLAY_SECONDS = 30.0
+# the roles katalyst_tide_pool_nodes always shows (0 when no node has them); the others only when a node has them
+MAIN_ROLES = (tide.ROLE_ONLINE_RESERVE, tide.ROLE_OFFLINE_RESERVE, tide.ROLE_TIDE_ONLINE, tide.ROLE_TIDE_OFFLINE)
 
 
 def _name(obj):
@@ -183,6 +186,10 @@ class TideReconciler:
             self.metrics["plan_seconds"] = prometheus_client.Histogram(
                 "katalyst_tide_plan_seconds", "Time to plan one pool", registry=context.registry,
                 buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
+            self.metrics["pool_nodes"] = prometheus_client.Gauge(
+                "katalyst_tide_pool_nodes", "Nodes of a tide pool by role after the last pass (online-reserve, offline-reserve, tide-online, "
+                "tide-offline; tide, unknown, ignored when any)", ["pool", "role"], registry=context.registry)
+        self.pool_series = set()
 
     @property
     def period_seconds(self):
@@ -225,8 +232,25 @@ class TideReconciler:
             except Exception as exc:  # pylint: disable=broad-except
                 LOG.exception("tide pool %s: %s", _name(pool), exc, extra={"pool": _name(pool)})
                 failures.append("%s: %s" % (_name(pool), exc))
+        if self.metrics:
+            self.export_roles(self.context.informers["tidenodepools"].items())
         if failures:
             raise RuntimeError("tide: %d pool(s) failed: %s" % (len(failures), "; ".join(failures)))
+
+    def export_roles(self, pools):
+        """katalyst_tide_pool_nodes from each pool's last plan (a pool that failed this pass keeps its last counts; a pool
+        being deleted or gone has no series)."""
+        counts = {}
+        for pool in pools:
+            name = _name(pool)
+            result = self.last_plans.get(name)
+            if result is None or result.deleting:
+                continue
+            for role in MAIN_ROLES:
+                counts[(name, role)] = 0
+            for role in result.roles.values():
+                counts[(name, role)] = counts.get((name, role), 0) + 1
+        self.pool_series = set_gauge_series(self.metrics["pool_nodes"], counts, self.pool_series)
 
     def _count(self, kind):
         if self.metrics:
