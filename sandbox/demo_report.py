@@ -18,6 +18,7 @@ import os
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import cnr as cnr_engine
 from ansible_collections.katalyst.colocation.plugins.module_utils import oom, oomgather, overcommit, placement, qos, tide
+from ansible_collections.katalyst.colocation.plugins.module_utils.podview import pod_view
 from ansible_collections.katalyst.colocation.plugins.module_utils.fit import is_active, pod_requests
 from ansible_collections.katalyst.colocation.plugins.module_utils.quantity import parse_quantity
 from ansible_collections.katalyst.colocation.plugins.module_utils.sysfs import SysFS
@@ -213,11 +214,12 @@ def pod_rows(node, pods, processes=None, host_pages=0, negative_allowed=True):
 
 def numa_text(pod):
     """The NUMA node(s) the agent bound a numa_binding pod to, 'pending' before it did, '-' for other pods."""
-    if not placement.is_numa_binding_pod(pod):
+    view = pod_view(pod)
+    if not view.numa_binding:
         return "-"
-    if placement.bind_result_problem(pod) is not None:
+    if view.bind_result_problem is not None:
         return "invalid"
-    bound = placement.bind_result(pod)
+    bound = view.bind_result
     return ",".join(str(numa) for numa in bound) if bound else "pending"
 
 

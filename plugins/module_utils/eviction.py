@@ -28,7 +28,8 @@ from collections import namedtuple
 from dataclasses import dataclass
 
 from .placement import pod_key
-from .qos import RECLAIMED_CORES, SYSTEM_CORES, QoSError, resolve_qos_level
+from .podview import pod_view
+from .qos import RECLAIMED_CORES, SYSTEM_CORES
 from .quantity import parse_quantity
 
 MI = 1 << 20
@@ -240,10 +241,7 @@ def pod_priority(pod):
 
 def is_reclaimed(pod):
     """``CheckReclaimedQoSForPod``; an invalid qos_level is not reclaimed (Katalyst logs the error and says false)."""
-    try:
-        return resolve_qos_level(_annotations(pod)) == RECLAIMED_CORES
-    except QoSError:
-        return False
+    return pod_view(pod).qos_level == RECLAIMED_CORES      # an invalid level reads as the default, shared_cores
 
 
 def is_critical_pod(pod):
@@ -281,10 +279,8 @@ def is_evictable(pod, skipped_annotation_keys=(), skipped_label_keys=()):
     if str(annotations.get(DO_NOT_EVICT_KEY, "")).lower() == "true":
         return False
     # Katalyst quirk: Katalyst does not exclude system_cores pods (full eviction may pick them); we never do.
-    try:
-        return resolve_qos_level(annotations) != SYSTEM_CORES
-    except QoSError:
-        return True         # an invalid qos_level is treated as not reclaimed, not as protected
+    # An invalid qos_level reads as the default, shared_cores: not reclaimed, not protected.
+    return pod_view(pod).qos_level != SYSTEM_CORES
 
 
 def evictable_pods(pods, skipped_annotation_keys=(), skipped_label_keys=()):

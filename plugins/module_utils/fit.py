@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 
+from .podview import effective_requests
 from .quantity import parse_quantity
 from .selectors import node_selector_requirement
 
@@ -27,16 +28,9 @@ def _amount(resource, text):
 def pod_requests(pod):
     """Effective requests: max(sum of containers, each init container) + overhead; cpu in milli."""
     spec = pod.get("spec") or {}
-    total = {}
-    for container in spec.get("containers") or []:
-        for resource, value in ((container.get("resources") or {}).get("requests") or {}).items():
-            total[resource] = total.get(resource, 0) + _amount(resource, value)
-    for container in spec.get("initContainers") or []:
-        for resource, value in ((container.get("resources") or {}).get("requests") or {}).items():
-            total[resource] = max(total.get(resource, 0), _amount(resource, value))
-    for resource, value in (spec.get("overhead") or {}).items():
-        total[resource] = total.get(resource, 0) + _amount(resource, value)
-    return total
+    return effective_requests([(c.get("resources") or {}).get("requests") or {} for c in spec.get("containers") or []],
+                              [(c.get("resources") or {}).get("requests") or {} for c in spec.get("initContainers") or []],
+                              spec.get("overhead") or {}, _amount)
 
 
 def node_allocatable(node):

@@ -19,7 +19,7 @@ Inputs shared by the functions here and by ``memprovision``:
      "disable_reclaim_level": "Pod",          # SPD DisableReclaimLevel: Pod | NUMA | Socket | Node
      "metrics": {"rss": .., "cache": .., "shmem": .., "usage": .., "numa_total": {0: ..}}}   # missing = absent
 
-* ``pods``: ``{pod uid: pod dict}`` (Kubernetes JSON) for ``PodIsActive``.
+* ``pods``: ``{pod uid: pod dict}`` (Kubernetes JSON, or its ``podview.PodView``) for ``PodIsActive``.
 * ``numa_metrics``: ``{numa id: {"free": .., "total": .., "inactive_file": ..}}`` (bytes).
 """
 
@@ -29,6 +29,7 @@ import math
 from fractions import Fraction
 
 from .cnr import RECLAIMED_MEMORY, RECLAIMED_MILLICPU
+from .podview import as_view
 from .quantity import BINARY_SI, DECIMAL_SI, Quantity, new_milli_quantity, new_quantity, parse_quantity
 
 GI = 1 << 30
@@ -63,16 +64,8 @@ class HeadroomError(ValueError):
 
 # -- §4.1 ----------------------------------------------------------------------------------------
 def pod_is_active(pod):
-    """``PodIsActive``: not Failed/Succeeded, and not (being deleted with no container running)."""
-    if pod is None:
-        return False
-    status = pod.get("status") or {}
-    if status.get("phase") in ("Failed", "Succeeded"):
-        return False
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
-        running = any("running" in (s.get("state") or {}) for s in status.get("containerStatuses") or [])
-        return running
-    return True
+    """``PodIsActive`` (``PodView.pod_is_active``) of a pod or its PodView; False for None."""
+    return pod is not None and as_view(pod).pod_is_active
 
 
 def pod_enable_reclaim(container, node_enable_reclaim):

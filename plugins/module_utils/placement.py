@@ -31,18 +31,11 @@ import re
 import sys
 
 from .cnr import RECLAIMED_MEMORY, RECLAIMED_MILLICPU, reclaimed_from_cnr
-from .fit import is_active, pod_requests
+from .fit import pod_requests
 from .nodeinfo import parse_cpu_list
-from .quantity import parse_quantity
-from .qos import (
-    DEDICATED_CORES, MEMORY_ENHANCEMENT_KEY, NUMA_BIND_RESULT_KEY, QoSError, RECLAIMED_CORES, memory_enhancement, parse_numa_bind_result,
-    resolve_qos_level,
-)
-from .selectors import label_selector_from_dict
+from .podview import ANTI_AFFINITY_KEY, amount as _amount, as_view, pod_view
+from .qos import DEDICATED_CORES, NUMA_BIND_RESULT_KEY, RECLAIMED_CORES
 
-AFFINITY_KEY = "katalyst.kubewharf.io/microtopology_affinity"
-ANTI_AFFINITY_KEY = "katalyst.kubewharf.io/microtopology_antiaffinity"
-MAIN_CONTAINER_KEY = "kubernetes.io/main-container-name"
 NATIVE = "native"
 DYNAMIC = "dynamic"
 SINGLE_NUMA_CONTAINER = "SingleNUMANodeContainerLevel"
@@ -52,13 +45,8 @@ NUMERIC_CONTAINER = "NumericContainerLevel"
 DEFAULT_ALIGNED_RESOURCES = frozenset(("cpu", "memory"))
 SCORED_RESOURCES = ("cpu", "memory")     # LeastAllocated over the best NUMA (Katalyst's scoringStrategy default)
 NATIVE_RESOURCES = ("cpu", "memory", "ephemeral-storage", "pods")
-ZONES = ("numa", "socket")
 UNSCHEDULABLE_AFFINITY = "node(s) didn't satisfy numa level inter pod affinity rules"
 MAX_EXTENDER_PRIORITY = 10
-
-
-class AffinityError(ValueError):
-    """A microtopology (anti-)affinity annotation that cannot be honoured."""
 
 
 # a Kubernetes resource name: ``cpu``, ``hugepages-2Mi`` or a qualified name such as ``nvidia.com/gpu``
@@ -95,57 +83,18 @@ def pod_key(pod):
     return "%s/%s" % (meta.get("namespace") or "default", meta.get("name"))
 
 
-def _qos(pod):
-    try:
-        return resolve_qos_level(_annotations(pod))
-    except QoSError:
-        return None
-
-
-@functools.lru_cache(maxsize=4096)
-def _memory_flags(text):
-    """(numa_binding, numa_exclusive) of a memory_enhancement annotation text (cached: pods repeat a few texts)."""
-    values = memory_enhancement({MEMORY_ENHANCEMENT_KEY: text})[0] if text is not None else {}
-    return values.get("numa_binding") == "true", values.get("numa_exclusive") == "true"
-
-
-def is_numa_binding_pod(pod):
-    """``dynamic`` support: dedicated_cores with ``memory_enhancement.numa_binding == "true"``."""
-    return _qos(pod) == DEDICATED_CORES and _memory_flags(_annotations(pod).get(MEMORY_ENHANCEMENT_KEY))[0]
-
-
-def is_numa_exclusive_pod(pod):
-    return is_numa_binding_pod(pod) and _memory_flags(_annotations(pod).get(MEMORY_ENHANCEMENT_KEY))[1]
-
-
-@functools.lru_cache(maxsize=4096)
-def _parsed_amount(resource, text):
-    quantity = parse_quantity(text)
-    return quantity.milli_value() if resource == "cpu" else quantity.value()
-
-
-def _amount(resource, value):
-    """cpu in milli, everything else in base units (parsed quantities are cached: CNRs repeat the same strings)."""
-    if isinstance(value, str):
-        return _parsed_amount(resource, value)
-    quantity = parse_quantity(str(value))
-    return quantity.milli_value() if resource == "cpu" else quantity.value()
-
-
-def _container_requests(container):
-    requests = (container.get("resources") or {}).get("requests") or {}
-    return {name: _amount(name, value) for name, value in requests.items()}
+def _qos(view):
+    """The QoS level, None when the annotation is invalid (neither reclaimed nor dedicated)."""
+    return None if view.qos_error else view.qos_level
 
 
 def is_guaranteed(pod):
-    """Kubernetes QoS class Guaranteed: every container has cpu and memory limits equal to its requests."""
-    spec = pod.get("spec") or {}
-    containers = (spec.get("containers") or []) + (spec.get("initContainers") or [])
-    if not spec.get("containers"):
+    """Kubernetes QoS class Guaranteed: every container has cpu and memory limits equal to its requests (a pod or a PodView)."""
+    view = as_view(pod)
+    if not view.containers:
         return False
-    for container in containers:
-        resources = container.get("resources") or {}
-        limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
+    for container in view.containers + view.init_containers:
+        limits, requests = container.limits, container.requests
         for name in ("cpu", "memory"):
             if name not in limits:
                 return False
@@ -155,26 +104,25 @@ def is_guaranteed(pod):
 
 
 def is_native_supported(pod):
-    """``native`` support: Guaranteed and every (init) container asks for whole CPUs."""
-    if not is_guaranteed(pod):
+    """``native`` support: Guaranteed and every (init) container asks for whole CPUs (a pod or a PodView)."""
+    view = as_view(pod)
+    if not is_guaranteed(view):
         return False
-    spec = pod.get("spec") or {}
-    for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
-        resources = container.get("resources") or {}
-        cpu = (resources.get("requests") or {}).get("cpu", (resources.get("limits") or {}).get("cpu"))
+    for container in view.containers + view.init_containers:
+        cpu = container.requests.get("cpu", container.limits.get("cpu"))
         if cpu is None or _amount("cpu", cpu) % 1000 != 0:
             return False
     return True
 
 
-def main_container(pod):
-    spec = pod.get("spec") or {}
-    containers = spec.get("containers") or []
-    wanted = _annotations(pod).get(MAIN_CONTAINER_KEY)
-    for container in containers:
-        if wanted and container.get("name") == wanted:
-            return container
-    return containers[0] if containers else {}
+class _Views(dict):
+    """PodViews by pod identity, for one computation over pods that stay unchanged while it runs."""
+
+    def of(self, pod):
+        found = self.get(id(pod))
+        if found is None:
+            found = self[id(pod)] = pod_view(pod)
+        return found
 
 
 def _labels_key(labels):
@@ -192,14 +140,15 @@ class PodQuery:
 
     def __init__(self, pod, policy=DYNAMIC):
         self.pod = pod
+        self.view = view = pod_view(pod)
         self.policy = policy
-        self.key = pod_key(pod)
-        self.labels = _labels(pod)
+        self.key = view.key
+        self.labels = view.labels
         self.labels_key = _labels_key(self.labels)
-        self.qos = _qos(pod)
-        self.binding = is_numa_binding_pod(pod)
-        self.exclusive = self.binding and is_numa_exclusive_pod(pod)
-        self.supported = self.binding if policy == DYNAMIC else is_native_supported(pod)
+        self.qos = _qos(view)
+        self.binding = view.numa_binding
+        self.exclusive = view.numa_exclusive
+        self.supported = self.binding if policy == DYNAMIC else is_native_supported(view)
         self._matches = {}
 
     @functools.cached_property
@@ -208,20 +157,23 @@ class PodQuery:
 
     @functools.cached_property
     def main_requests(self):
-        return _container_requests(main_container(self.pod))
+        main = self.view.main_container
+        return main.request_amounts if main else {}
 
     @functools.cached_property
     def fit_containers(self):
-        return [(c.get("name"), _container_requests(c)) for c in _containers_to_fit(self.pod, self.policy)]
+        if self.policy == DYNAMIC:
+            main = self.view.main_container
+            return [(main.name, main.request_amounts) if main else (None, {})]
+        return [(c.name, c.request_amounts) for c in self.view.containers]
 
     @functools.cached_property
     def microtopology(self):
         """``(affinity, anti_affinity, None)``, or ``(None, None, AffinityError)`` for a malformed annotation."""
-        try:
-            affinity, anti = pod_microtopology(self.pod)
-        except AffinityError as exc:
-            return None, None, exc
-        return affinity, anti, None
+        error = self.view.microtopology_error
+        if error is not None:
+            return None, None, error
+        return self.view.affinity, self.view.anti_affinity, None
 
     def matches_of(self, selector):
         """``{label set key: selector.matches(labels)}`` remembered for this query (filled by ``match``)."""
@@ -296,57 +248,41 @@ def _parse_numa_topology(cnr):
     return {"policy": status.get("topologyPolicy") or "", "numas": numas}
 
 
-@functools.lru_cache(maxsize=4096)
-def _parsed_bind_result(text):
-    """``(NUMA ids or None, problem or None)`` of one annotation text (cached: the same few texts repeat)."""
-    try:
-        return parse_numa_bind_result(text), None
-    except QoSError as exc:
-        return None, str(exc)
-
-
-def _bind_result_and_problem(pod):
-    value = _annotations(pod).get(NUMA_BIND_RESULT_KEY)
-    if value is None:
-        return None, None
-    if not isinstance(value, str):
-        return None, "%s=%r must be a string of NUMA ids" % (NUMA_BIND_RESULT_KEY, value)
-    return _parsed_bind_result(value)
-
-
 def bind_result(pod):
     """The NUMA ids of the pod's ``numa_bind_result`` (a sorted tuple), or None when it is absent or malformed.
 
     A malformed value (``bind_result_problem`` says why) is read as no result: a NUMA-binding pod then counts as
     not pinned yet (on every NUMA node in the extender's fit), and the pod's owner is told by the caller.
     """
-    return _bind_result_and_problem(pod)[0]
+    return as_view(pod).bind_result
 
 
 def bind_result_problem(pod):
     """Why the pod's ``numa_bind_result`` is malformed (for an Event or a log line), or None."""
-    return _bind_result_and_problem(pod)[1]
+    return as_view(pod).bind_result_problem
 
 
-def bind_result_problems(pods):
+def bind_result_problems(pods, views=None):
     """``[(pod, problem)]`` for the active pods whose ``numa_bind_result`` is malformed."""
+    views = _Views() if views is None else views
     found = []
     for pod in pods:
-        if NUMA_BIND_RESULT_KEY in _annotations(pod) and is_active(pod):
-            problem = bind_result_problem(pod)
-            if problem is not None:
-                found.append((pod, problem))
+        view = views.of(pod)
+        if view.bind_result_problem is not None and view.active:
+            found.append((pod, view.bind_result_problem))
     return found
 
 
-def pods_by_numa(topology, pods_on_node):
+def pods_by_numa(topology, pods_on_node, views=None):
     """Which active pods sit on which NUMA node: CNR allocation consumers (``ns/name/uid``) and ``numa_bind_result``."""
+    views = _Views() if views is None else views
     by_uid, by_key = {}, {}
     for pod in pods_on_node:
-        if not is_active(pod):
+        view = views.of(pod)
+        if not view.active:
             continue
-        by_uid[_meta(pod).get("uid")] = pod
-        by_key[pod_key(pod)] = pod
+        by_uid[view.uid] = pod
+        by_key[view.key] = pod
     placed = {numa: {} for numa in topology["numas"]}
     for numa, zone in topology["numas"].items():
         for consumer, _requests in zone["allocations"]:
@@ -354,14 +290,14 @@ def pods_by_numa(topology, pods_on_node):
             pod = by_uid.get(parts[2]) if len(parts) >= 3 else None
             pod = pod or by_key.get("/".join(parts[:2]))
             if pod is not None:
-                placed[numa][pod_key(pod)] = pod
-    for pod in by_key.values():
-        for numa in bind_result(pod) or []:
-            placed.setdefault(numa, {})[pod_key(pod)] = pod
+                placed[numa][views.of(pod).key] = pod
+    for key, pod in by_key.items():
+        for numa in views.of(pod).bind_result or []:
+            placed.setdefault(numa, {})[key] = pod
     return {numa: list(pods.values()) for numa, pods in placed.items()}
 
 
-def numa_available(topology, pods_on_node, policy=DYNAMIC):
+def numa_available(topology, pods_on_node, policy=DYNAMIC, views=None):
     """``available = allocatable - requests`` per NUMA (floored at 0).
 
     ``dynamic`` counts only dedicated_cores pods; ``native`` counts every allocation. Pods bound by
@@ -369,8 +305,9 @@ def numa_available(topology, pods_on_node, policy=DYNAMIC):
     the policy that is on the node but has neither (the agent has not pinned it yet) is counted on
     **every** NUMA node, as Katalyst's scheduler does with its assumed pods (pessimistic).
     """
-    active = {pod_key(p): p for p in pods_on_node if is_active(p)}
-    by_uid = {_meta(p).get("uid"): p for p in active.values()}
+    views = _Views() if views is None else views
+    active = {views.of(p).key: p for p in pods_on_node if views.of(p).active}
+    by_uid = {views.of(p).uid: p for p in active.values()}
     counted_keys = set()
     used = {numa: {} for numa in topology["numas"]}
     for numa, zone in topology["numas"].items():
@@ -378,22 +315,23 @@ def numa_available(topology, pods_on_node, policy=DYNAMIC):
             parts = consumer.split("/")
             pod = by_uid.get(parts[2]) if len(parts) >= 3 else None
             pod = pod or active.get("/".join(parts[:2]))
-            if policy == DYNAMIC and (pod is None or _qos(pod) != DEDICATED_CORES):
+            if policy == DYNAMIC and (pod is None or _qos(views.of(pod)) != DEDICATED_CORES):
                 continue
             if pod is not None:
-                counted_keys.add((pod_key(pod), numa))
+                counted_keys.add((views.of(pod).key, numa))
             for name, value in requests.items():
                 used[numa][name] = used[numa].get(name, 0) + value
     for key, pod in active.items():
         if any((key, n) in counted_keys for n in topology["numas"]):
             continue
-        numas = [n for n in bind_result(pod) or [] if n in used]
-        if not numas and bind_result(pod) is None and (is_numa_binding_pod(pod) if policy == DYNAMIC else is_native_supported(pod)):
+        view = views.of(pod)
+        numas = [n for n in view.bind_result or [] if n in used]
+        if not numas and view.bind_result is None and (view.numa_binding if policy == DYNAMIC else is_native_supported(view)):
             for name, value in pod_requests(pod).items():
                 for numa in used:
                     used[numa][name] = used[numa].get(name, 0) + value
             continue
-        if not numas or (policy == DYNAMIC and _qos(pod) != DEDICATED_CORES):
+        if not numas or (policy == DYNAMIC and _qos(view) != DEDICATED_CORES):
             continue
         for name, value in pod_requests(pod).items():
             for numa in numas:
@@ -423,12 +361,6 @@ def _single_numa_fit(requests, available, allocatable, numas, exclusive, aligned
             ok.add(numa)
         fitting &= ok
     return fitting
-
-
-def _containers_to_fit(pod, policy):
-    if policy == DYNAMIC:
-        return [main_container(pod)]
-    return (pod.get("spec") or {}).get("containers") or []
 
 
 def _numeric_fit(requests, available, allocatable, numas, sockets, binding, exclusive, aligned_names=DEFAULT_ALIGNED_RESOURCES):
@@ -487,8 +419,9 @@ def node_view(cnr, pods_on_node, policy=DYNAMIC):
     pods whose ``numa_bind_result`` is malformed and was read as absent, for the caller to report).
     """
     topology = numa_topology(cnr)
-    placed = pods_by_numa(topology, pods_on_node)
-    available = numa_available(topology, pods_on_node, policy)
+    views = _Views()
+    placed = pods_by_numa(topology, pods_on_node, views)
+    available = numa_available(topology, pods_on_node, policy, views)
     sockets = {n: z["socket"] for n, z in topology["numas"].items()}
     most, total, rows = {}, {}, {}
     for numa in sorted(available):
@@ -499,16 +432,17 @@ def node_view(cnr, pods_on_node, policy=DYNAMIC):
     scored = {numa: tuple((name, values[name], float(zone["allocatable"][name])) for name in SCORED_RESOURCES
                           if zone["allocatable"].get(name, 0) > 0)
               for numa, zone, values in ((n, z, available[n]) for n, z in topology["numas"].items())}
-    existing = existing_pod_terms(placed)
+    existing = existing_pod_terms(placed, views)
     return {"topology": topology, "placed": placed, "existing": existing, "available": available, "policy": policy,
-            "cnr": cnr, "pods": pods_on_node, "sockets": sockets, "zones": _zone_table(sockets), "entries": _placed_entries(placed),
+            "cnr": cnr, "pods": pods_on_node, "sockets": sockets, "zones": _zone_table(sockets), "entries": _placed_entries(placed, views),
             "allocatable": {n: z["allocatable"] for n, z in topology["numas"].items()}, "numa_ids": sorted(topology["numas"]),
             "most_available": most, "total_available": total, "resource_rows": rows, "scored": scored,
-            "keys": frozenset(pod_key(p) for pods in placed.values() for p in pods), "bind_result_problems": bind_result_problems(pods_on_node),
-            "state_key": _state_key(policy, cnr, topology, available, placed, existing)}
+            "keys": frozenset(views.of(p).key for pods in placed.values() for p in pods),
+            "bind_result_problems": bind_result_problems(pods_on_node, views),
+            "state_key": _state_key(policy, cnr, topology, available, placed, existing, views)}
 
 
-def _state_key(policy, cnr, topology, available, placed, existing):
+def _state_key(policy, cnr, topology, available, placed, existing, views):
     """Everything ``filter_pod`` and ``score_pod`` read from a view for a non-reclaimed pod that is not placed on
     the node, as one string: nodes with equal keys give such a pod the same verdict, candidates and score."""
     numas = [(n, topology["numas"][n]["socket"], sorted(topology["numas"][n]["allocatable"].items()), sorted(available[n].items()))
@@ -520,7 +454,8 @@ def _state_key(policy, cnr, topology, available, placed, existing):
             anti = _annotations(other).get(ANTI_AFFINITY_KEY)
             if anti is not None and not isinstance(anti, str):
                 anti = json.dumps(anti, sort_keys=True, default=str)
-            rows.append((_labels_key(_labels(other)), anti, is_numa_exclusive_pod(other)))
+            view = views.of(other)
+            rows.append((_labels_key(view.labels), anti, view.numa_exclusive))
         pods.append((numa, sorted(rows, key=repr)))
     problems = sorted(set(problem for _numa, _key, _terms, problem in existing["anti"] if problem))
     # interned: nodes in one state hold the same string, so grouping them compares identities, not 2 KB of text
@@ -620,7 +555,7 @@ def numa_resource_fit(pod, cnr, pods_on_node, policy=DYNAMIC, view=None, query=N
 # -- QoS-aware fit of reclaimed resources (cluster §3.3) ------------------------------------------------
 def reclaimed_resource_fit(pod, cnr, pods_on_node, view=None):
     """``QoSAwareNodeResourcesFit`` for reclaimed_cores pods: ``(fit, reason)``."""
-    if _qos(pod) != RECLAIMED_CORES:
+    if _qos(pod_view(pod)) != RECLAIMED_CORES:
         return True, ""
     return _reclaimed_fit(pod_requests(pod), _reclaimed_free(view, cnr, pods_on_node))
 
@@ -632,7 +567,8 @@ def _reclaimed_free(view, cnr, pods_on_node):
     allocatable = reclaimed_from_cnr(cnr)["allocatable"] if cnr else {}
     used = {}
     for other in pods_on_node:
-        if is_active(other) and _qos(other) == RECLAIMED_CORES:
+        other_view = pod_view(other)
+        if other_view.active and _qos(other_view) == RECLAIMED_CORES:
             for name, value in pod_requests(other).items():
                 used[name] = used.get(name, 0) + value
     free = {name: (allocatable[name].value() if name in allocatable else 0) - used.get(name, 0)
@@ -651,75 +587,6 @@ def _reclaimed_fit(requests, free):
 
 
 # -- NUMA-level inter-pod affinity (cluster §4.3) ---------------------------------------------------------
-def _lower_keys(obj):
-    return {str(k).lower(): v for k, v in obj.items()} if isinstance(obj, dict) else None
-
-
-def _parse_term(term, where, preferred):
-    fields = _lower_keys(term)
-    if fields is None:
-        raise AffinityError("%s must be an object, got %r" % (where, term))
-    zone = fields.get("zone") or "numa"
-    if not isinstance(zone, str) or zone.lower() not in ZONES:
-        raise AffinityError("%s: unknown zone %r (numa or socket)" % (where, zone))
-    selector = {}
-    if fields.get("matchlabels") is not None:
-        selector["matchLabels"] = fields["matchlabels"]
-    if fields.get("matchexpressions") is not None:
-        selector["matchExpressions"] = fields["matchexpressions"]
-    if not selector.get("matchLabels") and not selector.get("matchExpressions"):
-        raise AffinityError("%s: empty selector (matchLabels or matchExpressions is required)" % where)
-    try:
-        compiled = label_selector_from_dict(selector)
-    except ValueError as exc:
-        raise AffinityError("%s: %s" % (where, exc))
-    weight = fields.get("weight", 1) if preferred else 1
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 100:
-        raise AffinityError("%s: weight %r must be an integer 1-100" % (where, weight))
-    return {"selector": compiled, "zone": zone.lower(), "weight": weight}
-
-
-def parse_microtopology(annotations, key):
-    """``{"required": [term], "preferred": [term]}`` from one annotation; AffinityError when malformed (read-only result)."""
-    text = (annotations or {}).get(key)
-    if text is None:
-        return {"required": [], "preferred": []}
-    if not isinstance(text, str):
-        return _parse_microtopology_text(key, text)
-    return _cached_microtopology(key, text)
-
-
-@functools.lru_cache(maxsize=4096)
-def _cached_microtopology(key, text):
-    return _parse_microtopology_text(key, text)
-
-
-def _parse_microtopology_text(key, text):
-    try:
-        value = json.loads(text)
-    except (TypeError, ValueError, RecursionError) as exc:    # RecursionError: nesting deeper than the decoder's stack
-        raise AffinityError("%s is not valid JSON: %s" % (key, exc))
-    fields = _lower_keys(value)
-    if fields is None:
-        raise AffinityError("%s must be a JSON object with required/preferred lists" % key)
-    unknown = set(fields) - {"required", "preferred"}
-    if unknown:
-        raise AffinityError("%s: unknown field(s) %s" % (key, ", ".join(sorted(unknown))))
-    out = {}
-    for kind in ("required", "preferred"):
-        terms = fields.get(kind) or []
-        if not isinstance(terms, list):
-            raise AffinityError("%s.%s must be a list" % (key, kind))
-        out[kind] = [_parse_term(t, "%s.%s[%d]" % (key, kind, i), kind == "preferred") for i, t in enumerate(terms)]
-    return out
-
-
-def pod_microtopology(pod):
-    """``(affinity, anti_affinity)`` of a pod; AffinityError when an annotation is malformed."""
-    annotations = _annotations(pod)
-    return parse_microtopology(annotations, AFFINITY_KEY), parse_microtopology(annotations, ANTI_AFFINITY_KEY)
-
-
 def _zone_table(sockets):
     """``{"numa": {numa: (numa,)}, "socket": {numa: NUMA ids of its socket}}``."""
     by_socket = {}
@@ -735,13 +602,10 @@ def _zone(zones, zone, numa):
     return found
 
 
-def _labels(pod):
-    return _meta(pod).get("labels") or {}
-
-
-def _placed_entries(placed):
+def _placed_entries(placed, views=None):
     """``{numa: [(pod key, label set key, labels)]}`` of ``placed`` (``{numa: [pods]}``)."""
-    return {numa: [(pod_key(p), _labels_key(_labels(p)), _labels(p)) for p in pods] for numa, pods in placed.items()}
+    views = _Views() if views is None else views
+    return {numa: [(views.of(p).key, _labels_key(views.of(p).labels), views.of(p).labels) for p in pods] for numa, pods in placed.items()}
 
 
 def _count_in_zone(query, selector, zone_numas, entries):
@@ -758,19 +622,20 @@ def _count_in_zone(query, selector, zone_numas, entries):
     return count
 
 
-def existing_pod_terms(placed):
+def existing_pod_terms(placed, views=None):
     """What ``affinity_numas`` reads from the pods already placed (``{numa: [pods]}``), parsed once per node state:
     ``{"exclusive": {numa: {pod key}}, "anti": [(numa, pod key, required anti-affinity terms, problem or None)]}``."""
+    views = _Views() if views is None else views
     exclusive, anti = {}, []
     for other_numa, pods in placed.items():
         for other in pods:
-            other_key = pod_key(other)
-            if is_numa_exclusive_pod(other):
-                exclusive.setdefault(other_numa, set()).add(other_key)
-            try:
-                anti.append((other_numa, other_key, parse_microtopology(_annotations(other), ANTI_AFFINITY_KEY)["required"], None))
-            except AffinityError as exc:
-                anti.append((other_numa, other_key, [], "%s: %s" % (other_key, exc)))
+            view = views.of(other)
+            if view.numa_exclusive:
+                exclusive.setdefault(other_numa, set()).add(view.key)
+            if view.anti_affinity_error is None:
+                anti.append((other_numa, view.key, view.anti_affinity["required"], None))
+            else:
+                anti.append((other_numa, view.key, [], "%s: %s" % (view.key, view.anti_affinity_error)))
     return {"exclusive": exclusive, "anti": anti}
 
 
@@ -930,39 +795,38 @@ def choose_numa_for_pod(pod, facts, pods_on_node):
     An existing ``numa_bind_result`` of the pod is kept. AffinityError for a malformed annotation.
     """
     numa_nodes = {n["id"]: n for n in facts.get("numa_nodes") or []}
-    if not is_numa_binding_pod(pod):
+    query = PodQuery(pod)
+    if not query.binding:
         return {"numa": None, "reason": "not a dedicated_cores pod with numa_binding"}
-    current = bind_result(pod)
+    current = query.view.bind_result
     if current and len(current) == 1 and current[0] in numa_nodes:
         return _binding(numa_nodes[current[0]])
     sockets = {n: str(info.get("socket", 0)) for n, info in numa_nodes.items()}
-    key = pod_key(pod)
-    others = [p for p in pods_on_node if pod_key(p) != key and is_active(p)]
+    views = _Views()
+    others = [p for p in pods_on_node if views.of(p).key != query.key and views.of(p).active]
     placed = {n: [] for n in numa_nodes}
     for other in others:
-        for numa in bind_result(other) or []:
+        for numa in views.of(other).bind_result or []:
             placed.setdefault(numa, []).append(other)
-    query = PodQuery(pod)
-    allowed, _problems = affinity_numas(pod, placed, sockets, query=query)
+    allowed, _problems = affinity_numas(pod, placed, sockets, existing_pod_terms(placed, views), query)
     requests = query.requests
-    exclusive = is_numa_exclusive_pod(pod)
     fitting = []
     for numa in sorted(allowed):
         info = numa_nodes[numa]
-        cpu_used = sum(pod_requests(p).get("cpu", 0) // max(len(bind_result(p) or [1]), 1) for p in placed.get(numa, []))
-        mem_used = sum(pod_requests(p).get("memory", 0) // max(len(bind_result(p) or [1]), 1) for p in placed.get(numa, []))
+        cpu_used = sum(pod_requests(p).get("cpu", 0) // max(len(views.of(p).bind_result or [1]), 1) for p in placed.get(numa, []))
+        mem_used = sum(pod_requests(p).get("memory", 0) // max(len(views.of(p).bind_result or [1]), 1) for p in placed.get(numa, []))
         cpu_free = info.get("cpu_count", len(parse_cpu_list(info.get("cpus", "")))) * 1000 - cpu_used
         mem_free = info.get("memory_bytes", 0) - mem_used
-        if exclusive and placed.get(numa):
+        if query.exclusive and placed.get(numa):
             continue
-        if any(is_numa_exclusive_pod(p) for p in placed.get(numa, [])):
+        if any(views.of(p).numa_exclusive for p in placed.get(numa, [])):
             continue
         if requests.get("cpu", 0) > cpu_free or (info.get("memory_bytes") and requests.get("memory", 0) > mem_free):
             continue
         fitting.append((-(cpu_free - requests.get("cpu", 0)), numa))   # most free CPU left first, then lowest id
     if not fitting:
         return {"numa": None, "reason": "no NUMA node satisfies the pod's resources and microtopology rules"}
-    entries, zones = _placed_entries(placed), _zone_table(sockets)
+    entries, zones = _placed_entries(placed, views), _zone_table(sockets)
     scored = sorted(fitting, key=lambda item: (-_preferred_score(query, item[1], entries, zones), item[0], item[1]))
     return _binding(numa_nodes[scored[0][1]])
 

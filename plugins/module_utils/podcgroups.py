@@ -9,41 +9,25 @@ Katalyst only understands the cgroupfs naming (node spec §7.6); we resolve both
 
 from __future__ import annotations
 
+from .podview import as_view
+
 
 def qos_class(pod):
-    """The Kubernetes QoS class: Guaranteed, Burstable or BestEffort (status.qosClass when set)."""
-    reported = (pod.get("status") or {}).get("qosClass")
-    if reported:
-        return reported
-    containers = (pod.get("spec") or {}).get("containers", []) + (pod.get("spec") or {}).get("initContainers", [])
-    any_set, guaranteed = False, bool(containers)
-    for container in containers:
-        resources = container.get("resources") or {}
-        requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
-        if requests or limits:
-            any_set = True
-        for name in ("cpu", "memory"):
-            if name not in limits or str(requests.get(name, limits[name])) != str(limits[name]):
-                guaranteed = False
-    if not any_set:
-        return "BestEffort"
-    return "Guaranteed" if guaranteed else "Burstable"
+    """The Kubernetes QoS class of a pod or its PodView: Guaranteed, Burstable or BestEffort (status.qosClass when set)."""
+    return as_view(pod).qos_class
 
 
 def container_ids(pod):
     """{container name: runtime id} from status.containerStatuses (``containerd://<id>`` -> ``<id>``)."""
-    ids = {}
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        raw = status.get("containerID") or ""
-        if raw:
-            ids[status["name"]] = raw.split("://", 1)[-1]
-    return ids
+    return dict(as_view(pod).container_ids)
 
 
 def pod_cgroup_path(pod, driver="cgroupfs"):
-    """Relative cgroup path of the pod."""
-    uid = pod["metadata"]["uid"]
-    klass = qos_class(pod)
+    """Relative cgroup path of the pod (or its PodView)."""
+    view = as_view(pod)
+    if view.uid is None:
+        raise KeyError("uid")       # no cgroup can be named without it
+    uid, klass = view.uid, view.qos_class
     if driver == "systemd":
         escaped = uid.replace("-", "_")
         if klass == "Guaranteed":
@@ -56,9 +40,10 @@ def pod_cgroup_path(pod, driver="cgroupfs"):
 
 
 def container_cgroup_paths(pod, driver="cgroupfs", runtime_prefix="cri-containerd"):
-    """{container name: relative cgroup path} for containers that have a runtime id."""
-    base = pod_cgroup_path(pod, driver)
+    """{container name: relative cgroup path} for containers (of a pod or its PodView) that have a runtime id."""
+    view = as_view(pod)
+    base = pod_cgroup_path(view, driver)
     paths = {}
-    for name, cid in container_ids(pod).items():
+    for name, cid in view.container_ids.items():
         paths[name] = "%s/%s-%s.scope" % (base, runtime_prefix, cid) if driver == "systemd" else "%s/%s" % (base, cid)
     return paths

@@ -130,6 +130,11 @@ def pod_oom_priority(annotations):
     except QoSError as exc:
         return INVALID_LEVEL_OOM_PRIORITY, str(exc)
     values, problems = memory_enhancement(annotations)
+    return enhanced_oom_priority(level, values, problems)
+
+
+def enhanced_oom_priority(level, values, problems):
+    """``pod_oom_priority`` of a valid QoS level and the parsed memory_enhancement (``parse_enhancement``'s pair)."""
     for problem in problems:
         if "%r" % OOM_PRIORITY_KEY in problem or "valid JSON" in problem or "JSON object" in problem:
             return align_oom_priority(level), problem

@@ -8,9 +8,9 @@ import re
 import pytest
 from hypothesis import given, strategies as st
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import nodeinfo, oom, placement, qos
+from ansible_collections.katalyst.colocation.plugins.module_utils import nodeinfo, oom, placement, podview, qos
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import agent_numa
-from ansible_collections.katalyst.colocation.plugins.module_utils.placement import AFFINITY_KEY, ANTI_AFFINITY_KEY, AffinityError
+from ansible_collections.katalyst.colocation.plugins.module_utils.podview import AFFINITY_KEY, ANTI_AFFINITY_KEY, AffinityError
 from ansible_collections.katalyst.colocation.plugins.module_utils.qos import (
     CPU_ENHANCEMENT_KEY, MEMORY_ENHANCEMENT_KEY, NUMA_BIND_RESULT_KEY, QOS_LEVEL_KEY, QoSError)
 
@@ -116,7 +116,7 @@ def test_numa_bind_result_parses_or_says_why_and_other_pods_keep_their_numas(tex
 @FUZZ
 @given(text=MICROTOPOLOGY, key=st.sampled_from([AFFINITY_KEY, ANTI_AFFINITY_KEY]))
 def test_microtopology_annotation_parses_or_says_why_and_other_pods_still_place(text, key):
-    parsed = parsed_or_none(placement.parse_microtopology, AffinityError, key, {key: text}, key)
+    parsed = parsed_or_none(podview.parse_microtopology, AffinityError, key, {key: text}, key)
     if parsed is not None:
         assert set(parsed) == {"required", "preferred"}
     bad = pod("bad", cpu="0", memory="0", bound="0", **{key: text})

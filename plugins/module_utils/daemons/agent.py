@@ -29,6 +29,7 @@ from .token_renewal import DEFAULTS as TOKEN_RENEWAL_DEFAULTS, daemon_api_client
 from .informer import Informer
 from .pod_events import PodWarnings, pod_uid
 from .. import bpf, cgroups, cnr, memorypressure, nodeinfo, oom, oomgather, oomobserver, overcommit, podcgroups, qos, sysctl, tcpmem
+from ..podview import pod_view
 from ..kube import KubeClient
 from ..nodeinfo import parse_cpu_list
 from ..quantity import parse_quantity
@@ -381,26 +382,22 @@ class Agent:
         if self.metrics:
             self.metrics["oom_passes"].labels("full").inc()
         for pod in pods:
-            annotations = pod["metadata"].get("annotations") or {}
-            priority, problem = qos.pod_oom_priority(annotations)
+            view = pod_view(pod)
+            priority, problem = view.oom_priority, view.oom_priority_problem
             if problem:
                 self.warnings.report(self.kube, pod, "InvalidOOMPriority", problem, "oom_priority")
             name = "%s/%s" % (pod["metadata"].get("namespace"), pod["metadata"]["name"])
             pod_of[name] = pod
-            cgroup_dir = memory_root + self.cgroup_prefix() + podcgroups.pod_cgroup_path(pod, self.config["cgroup_driver"])
+            cgroup_dir = memory_root + self.cgroup_prefix() + podcgroups.pod_cgroup_path(view, self.config["cgroup_driver"])
             exists = fs.isdir(cgroup_dir)
             pod_dirs += [cgroup_dir] if exists else []
             group = oomgather.read_group(fs, name, priority, [cgroup_dir] if exists else [])
             groups.append(group)
-            try:
-                qos_level = qos.resolve_qos_level(annotations)
-            except ValueError:
-                qos_level = "shared_cores"
             container_dirs = [memory_root + self.cgroup_prefix() + path
-                              for path in podcgroups.container_cgroup_paths(pod, self.config["cgroup_driver"]).values()] if observing else []
+                              for path in podcgroups.container_cgroup_paths(view, self.config["cgroup_driver"]).values()] if observing else []
             own = oomgather.own_processes(fs, container_dirs, group.processes) if observing else set()
             views.append(oomobserver.PodView(
-                name, qos_level, priority, oomgather.cgroup_tree_ids(fs, cgroup_dir) if exists else set(), set(group.processes),
+                name, view.qos_level, priority, oomgather.cgroup_tree_ids(fs, cgroup_dir) if exists else set(), set(group.processes),
                 oomgather.cgroup_lineage(fs, cgroup_dir, memory_root) if exists else [],
                 bool(own) if observing else bool(group.processes), own))
         totalpages = oomgather.shared_domain_pages(fs, pod_dirs, memory_root, oomgather.node_totalpages(fs))

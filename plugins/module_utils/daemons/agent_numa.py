@@ -25,7 +25,8 @@ import time
 
 from .. import cgroups, cnr, headroom, memorypressure, memprovision, nodeinfo, placement, podcgroups
 from ..kube import KubeError
-from ..qos import NUMA_BIND_RESULT_KEY, QoSError, resolve_qos_level
+from ..podview import AffinityError, as_view, pod_view
+from ..qos import NUMA_BIND_RESULT_KEY
 from ..quantity import parse_quantity
 from ..reconcile import Change, Plan, PlanError
 from .pod_events import PodWarnings, pod_uid
@@ -215,57 +216,40 @@ def read_container_metrics(fs, path, version, numa_ids, numa_stat=read_numa_stat
     return metrics
 
 
-def _request_bytes(container):
-    value = ((container.get("resources") or {}).get("requests") or {}).get("memory")
-    if value is None:
-        value = ((container.get("resources") or {}).get("limits") or {}).get("memory")
-    try:
-        return parse_quantity(str(value)).value() if value is not None else 0
-    except ValueError:
-        return 0
-
-
-def pod_qos_level(pod):
-    try:
-        return resolve_qos_level((pod.get("metadata") or {}).get("annotations") or {})
-    except QoSError:
-        return headroom.SHARED_CORES
-
-
 def bind_result(pod):
-    """NUMA ids of the pod's ``numa_bind_result`` as a list (None when absent or malformed: ``placement.bind_result``)."""
-    numas = placement.bind_result(pod)
+    """NUMA ids of the pod's ``numa_bind_result`` as a list (None when absent or malformed: ``PodView.bind_result``);
+    ``pod``: a pod or its PodView."""
+    numas = as_view(pod).bind_result
     return None if numas is None else list(numas)
 
 
 def container_dicts(pods, facts, fs, driver="cgroupfs", cgroup_prefix="", numa_stat=read_numa_stat):
-    """The engine's container dicts (see ``headroom``) for the pods on this node, with real cgroup metrics
-    (``numa_stat``: see ``read_container_metrics``)."""
+    """The engine's container dicts (see ``headroom``) for the pods (or their PodViews) on this node, with real cgroup
+    metrics (``numa_stat``: see ``read_container_metrics``)."""
     numa_ids = [n["id"] for n in facts["numa_nodes"]]
     version = _cgroup_version(facts)
     base = _memory_base(version) + cgroup_prefix
     out = []
     for pod in pods:
-        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
-        if not meta.get("uid"):
+        view = as_view(pod)
+        if not view.uid:
             continue
-        level = pod_qos_level(pod)
-        bound = bind_result(pod)
-        binding = placement.is_numa_binding_pod(pod)
-        exclusive = placement.is_numa_exclusive_pod(pod)
-        paths = podcgroups.container_cgroup_paths(pod, driver) if meta.get("uid") else {}
-        main = placement.main_container(pod).get("name")
-        running = (pod.get("status") or {}).get("phase") == "Running"
-        for container in spec.get("containers") or []:
-            name = container.get("name")
+        level = view.qos_level
+        bound = bind_result(view)
+        binding, exclusive = view.numa_binding, view.numa_exclusive
+        paths = podcgroups.container_cgroup_paths(view, driver)
+        main = view.main_container_name
+        running = view.phase == "Running"
+        for container in view.containers:
+            name = container.name
             metrics = {}
             if name in paths:
                 metrics = read_container_metrics(fs, base + paths[name], version, numa_ids, numa_stat)
             if level == headroom.RECLAIMED_CORES and "numa_total" not in metrics:
                 metrics["numa_total"] = {n: 0 for n in numa_ids}     # no cgroup yet: it uses no memory
             assignments = bound if bound else (None if binding else list(numa_ids))
-            out.append({"pod_uid": meta["uid"], "container_name": name, "qos_level": level, "main": name == main,
-                        "memory_request": _request_bytes(container), "numa_assignments": assignments,
+            out.append({"pod_uid": view.uid, "container_name": name, "qos_level": level, "main": name == main,
+                        "memory_request": container.memory_request_bytes, "numa_assignments": assignments,
                         "ramp_up": not running or (binding and not bound), "numa_exclusive": exclusive,
                         "numa_hint": bound if level == headroom.RECLAIMED_CORES and bound else [],
                         "metrics": metrics})
@@ -273,13 +257,15 @@ def container_dicts(pods, facts, fs, driver="cgroupfs", cgroup_prefix="", numa_s
 
 
 def reclaim_pool_cpus(facts, pods):
-    """The reclaim pool per NUMA: the NUMA's CPUs minus whole CPUs held by dedicated_cores pods bound there."""
+    """The reclaim pool per NUMA: the NUMA's CPUs minus whole CPUs held by dedicated_cores pods bound there
+    (``pods``: pods or their PodViews)."""
     held = {}
     for pod in pods:
-        numas = bind_result(pod)
-        if not numas or pod_qos_level(pod) != headroom.DEDICATED_CORES or not headroom.pod_is_active(pod):
+        view = as_view(pod)
+        numas = view.bind_result
+        if not numas or view.qos_level != headroom.DEDICATED_CORES or not view.pod_is_active:
             continue
-        cpus = placement.pod_requests(pod).get("cpu", 0)
+        cpus = view.requests.get("cpu", 0)
         for numa in numas:
             held[numa] = held.get(numa, 0) + int(math.ceil(cpus / 1000.0 / len(numas)))
     pool = {}
@@ -290,11 +276,13 @@ def reclaim_pool_cpus(facts, pods):
 
 
 def binding_numas(pods):
-    """NUMAs with a NUMA-bound non-system pod (dedicated, or shared/reclaimed with a ``numa_bind_result``)."""
+    """NUMAs with a NUMA-bound non-system pod (dedicated, or shared/reclaimed with a ``numa_bind_result``); ``pods``:
+    pods or their PodViews."""
     numas = set()
     for pod in pods:
-        if headroom.pod_is_active(pod) and pod_qos_level(pod) != headroom.SYSTEM_CORES:
-            numas.update(bind_result(pod) or [])
+        view = as_view(pod)
+        if view.pod_is_active and view.qos_level != headroom.SYSTEM_CORES:
+            numas.update(view.bind_result or [])
     return numas
 
 
@@ -410,7 +398,8 @@ class NumaLoops:
 
     def desired_status(self, fs, facts, pods, config, now):
         """The CNR status (reclaimed resources and NUMA zones) or None while the windows fill."""
-        pods_by_uid = {(p.get("metadata") or {}).get("uid"): p for p in pods}
+        pods = [pod_view(p) for p in pods]      # each pod read once for every engine below
+        pods_by_uid = {p.uid: p for p in pods}
         containers = container_dicts(pods, facts, fs, config["cgroup_driver"], config["cgroup_root"].rstrip("/"), self.numa_stat)
         all_numas = [n["id"] for n in facts["numa_nodes"]]
         sockets = numa_socket_ids(facts)
@@ -493,8 +482,9 @@ class NumaLoops:
     # -- memory provision -------------------------------------------------------------------------
     def provision_inputs(self, fs, facts, pods, config):
         """The readings one memory provision pass works from: containers, pods by uid, NUMA metrics, scale factor, and
-        the available NUMA nodes and reclaimed containers (``headroom.get_available_numas_and_reclaimed``)."""
-        pods_by_uid = {(p.get("metadata") or {}).get("uid"): p for p in pods}
+        the available NUMA nodes and reclaimed containers (``headroom.get_available_numas_and_reclaimed``); pods as PodViews."""
+        pods = [pod_view(p) for p in pods]
+        pods_by_uid = {p.uid: p for p in pods}
         containers = container_dicts(pods, facts, fs, config["cgroup_driver"], config["cgroup_root"].rstrip("/"), self.numa_stat)
         all_numas = [n["id"] for n in facts["numa_nodes"]]
         enable = bool(config["reclaim_enabled"])
@@ -636,13 +626,14 @@ class NumaLoops:
         self.report_bind_results(kube, pods)
         applied, failed, failing = [], [], set()
         for pod in order:
-            if (pod.get("status") or {}).get("phase") != "Running" or not placement.is_numa_binding_pod(pod):
+            view = pod_view(pod)      # read again for each pod: the passes before may have written a numa_bind_result
+            if view.phase != "Running" or not view.numa_binding:
                 continue
-            if placement.bind_result_problem(pod) is not None:
+            if view.bind_result_problem is not None:
                 continue        # reported above; neither re-pinned nor moved until the annotation is fixed
             try:
                 choice = placement.choose_numa_for_pod(pod, facts, pods)
-            except placement.AffinityError as exc:
+            except AffinityError as exc:
                 self.report(kube, pod, "InvalidMicrotopology", "NUMA binding refused: %s" % exc)
                 continue
             if choice.get("numa") is None:

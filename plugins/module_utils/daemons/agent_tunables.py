@@ -20,7 +20,8 @@ import logging
 
 from .service import prometheus_client
 from .pod_events import pod_uid
-from .. import cpuburst, hostwatermark, nodeinfo, numaids, podcgroups, qos
+from .. import cpuburst, hostwatermark, nodeinfo, numaids, podcgroups
+from ..podview import pod_view
 from ..reconcile import Plan
 from ..sysctl import proc_path
 from ..sysfs import SysFSError
@@ -51,15 +52,11 @@ def pod_name(pod):
 def burst_entry(pod):
     """``(entry, problems)``: the pod as ``cpuburst.plan_container_bursts`` takes it, without containers, and what is
     wrong with its ``cpu_enhancement`` annotation (a non-string value is dropped from the map and said here)."""
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    enhancement, problems = qos.cpu_enhancement(annotations)
+    view = pod_view(pod)
+    enhancement = dict(view.cpu_enhancement)
     # the annotation as a whole unusable, or a burst key dropped; other keys' problems are not this loop's business
-    problems = [problem for problem in problems if not enhancement or "cpu_burst" in problem]
-    try:
-        qos_level = qos.resolve_qos_level(annotations)
-    except qos.QoSError:
-        qos_level = qos.DEFAULT_QOS_LEVEL
-    return {"name": pod_name(pod), "qos_level": qos_level, "cpu_enhancement": enhancement, "containers": []}, list(problems)
+    problems = [problem for problem in view.cpu_enhancement_problems if not enhancement or "cpu_burst" in problem]
+    return {"name": pod_name(pod), "qos_level": view.qos_level, "cpu_enhancement": enhancement, "containers": []}, problems
 
 
 def numa_problem(pod, machine_numas):

@@ -36,7 +36,7 @@ import logging
 import operator
 import threading
 
-from .. import placement
+from .. import placement, podview
 from ..kube import KubeClient
 from ..overcommit import SUCCESS, UNSCHEDULABLE
 from ..qos import RECLAIMED_CORES
@@ -256,7 +256,7 @@ def pod_signature(pod):
     """What NUMA decisions read from a pending pod: replicas of one template share it (an equivalence class)."""
     meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith("katalyst.kubewharf.io/")
-                   or k == placement.MAIN_CONTAINER_KEY}
+                   or k == podview.MAIN_CONTAINER_KEY}
     containers = [(c.get("name"), c.get("resources")) for c in spec.get("containers") or []]
     init = [(c.get("name"), c.get("resources")) for c in spec.get("initContainers") or []]
     return json.dumps([meta.get("namespace"), meta.get("labels"), annotations, containers, init, spec.get("overhead"),

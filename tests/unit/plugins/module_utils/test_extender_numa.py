@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import placement
+from ansible_collections.katalyst.colocation.plugins.module_utils import placement, podview
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.extender import ClusterCache, SchedulerExtender
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.extender_numa import NumaPlugin, pod_signature
 
@@ -207,7 +207,7 @@ def test_exclusive_pod_with_required_affinity_is_unschedulable_with_an_event_onc
     exclusive = pod("x", {"role": "db"})
     exclusive["metadata"]["annotations"].update({
         "katalyst.kubewharf.io/memory_enhancement": json.dumps({"numa_binding": "true", "numa_exclusive": "true"}),
-        placement.AFFINITY_KEY: json.dumps({"required": [{"matchLabels": {"role": "db"}}]})})
+        podview.AFFINITY_KEY: json.dumps({"required": [{"matchLabels": {"role": "db"}}]})})
     reason = "a numa_exclusive pod cannot have required microtopology affinity"
     for _attempt in range(2):
         assert plugin.filter(exclusive, [node("a"), node("b")], cache) == {"a": ("Unschedulable", reason), "b": ("Unschedulable", reason)}

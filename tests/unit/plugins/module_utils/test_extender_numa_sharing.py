@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import placement
+from ansible_collections.katalyst.colocation.plugins.module_utils import placement, podview
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.extender import ClusterCache
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.extender_numa import NumaPlugin
 from tests.unit.plugins.module_utils.test_placement import cnr, pod
@@ -29,7 +29,7 @@ def term(rng, kind):
 
 def random_pod(rng, name, bound=None):
     annotations = {}
-    for key in (placement.AFFINITY_KEY, placement.ANTI_AFFINITY_KEY):
+    for key in (podview.AFFINITY_KEY, podview.ANTI_AFFINITY_KEY):
         if rng.random() < 0.4:
             annotations[key] = json.dumps({k: [term(rng, k) for _n in range(rng.randint(0, 2))] for k in ("required", "preferred")})
     if bound is not None:

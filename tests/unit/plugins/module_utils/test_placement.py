@@ -9,10 +9,10 @@ import json
 import pytest
 
 from ansible_collections.katalyst.colocation.plugins.module_utils.placement import (
-    AFFINITY_KEY, ANTI_AFFINITY_KEY, DEFAULT_ALIGNED_RESOURCES, AffinityError, UNSCHEDULABLE_AFFINITY, aligned_resource_names, bind_result,
-    bind_result_problem, bind_result_problems, choose_numa_for_pod, filter_pod, node_view, normalize_scores, numa_resource_fit,
-    parse_microtopology, reclaimed_resource_fit, score_pod,
+    DEFAULT_ALIGNED_RESOURCES, UNSCHEDULABLE_AFFINITY, aligned_resource_names, bind_result, bind_result_problem, bind_result_problems,
+    choose_numa_for_pod, filter_pod, node_view, normalize_scores, numa_resource_fit, reclaimed_resource_fit, score_pod,
 )
+from ansible_collections.katalyst.colocation.plugins.module_utils.podview import AFFINITY_KEY, ANTI_AFFINITY_KEY, AffinityError, parse_microtopology
 
 GI = 1 << 30
 BINDING = json.dumps({"numa_binding": "true"})
