@@ -44,17 +44,13 @@ options:
     default: false
 extends_documentation_fragment:
   - katalyst.colocation.auth
+  - katalyst.colocation.attributes
+  - katalyst.colocation.attributes.kubernetes
 attributes:
   check_mode:
-    support: full
     description: Uses server-side dry-run; reports what would change without changing it.
   diff_mode:
-    support: full
     description: Shows each CRD's definition before and after.
-  platform:
-    support: full
-    description: Runs against the Kubernetes API.
-    platforms: kubernetes
 author:
   - katalyst.colocation developers (@katalyst-colocation)
 """

@@ -24,6 +24,7 @@ description:
     PodDisruptionBudgets hold). With C(--check --diff) it previews which pods would go.
 extends_documentation_fragment:
   - katalyst.colocation.auth
+  - katalyst.colocation.attributes
 options:
   node_name:
     description: The node whose pods are considered (field selector C(spec.nodeName)).
@@ -103,10 +104,8 @@ options:
     default: false
 attributes:
   check_mode:
-    support: full
     description: Plans and reports; never evicts.
   diff_mode:
-    support: full
     description: The node's running pods before and after the planned evictions.
   platform:
     support: full

@@ -28,12 +28,11 @@ options:
     default: []
 extends_documentation_fragment:
   - katalyst.colocation.auth
+  - katalyst.colocation.attributes
 attributes:
   check_mode:
-    support: full
     description: Reports what would be removed without writing.
   diff_mode:
-    support: full
     description: Shows each Node's keys before and after.
   platform:
     support: full

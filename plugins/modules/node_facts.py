@@ -25,20 +25,17 @@ options:
       - Ask C(bpftool feature probe) which BPF program types the kernel supports (real nodes only).
     type: bool
     default: true
+extends_documentation_fragment:
+  - katalyst.colocation.attributes.info_module
+  - katalyst.colocation.attributes.node_files
 attributes:
   check_mode:
-    support: full
     description: Only reads.
   diff_mode:
-    support: none
     description: Nothing changes.
   facts:
     support: full
     description: Sets C(ansible_facts.katalyst).
-  platform:
-    support: full
-    description: Runs against a Linux node's kernel files (or a sandbox sysroot).
-    platforms: posix
 author:
   - katalyst.colocation developers (@katalyst-colocation)
 """

@@ -35,17 +35,13 @@ options:
     default: dynamic
 extends_documentation_fragment:
   - katalyst.colocation.auth
+  - katalyst.colocation.attributes.info_module
+  - katalyst.colocation.attributes.kubernetes
 attributes:
   check_mode:
-    support: full
     description: Reads only; runs the same in check mode.
   diff_mode:
-    support: none
     description: Reads only.
-  platform:
-    support: full
-    description: Runs against the Kubernetes API.
-    platforms: kubernetes
 author:
   - katalyst.colocation developers (@katalyst-colocation)
 """

@@ -49,12 +49,12 @@ options:
     description: With O(state=absent), leave the priority map pinned (for a kernel policy that reads it).
     type: bool
     default: false
+extends_documentation_fragment:
+  - katalyst.colocation.attributes
 attributes:
   check_mode:
-    support: full
     description: Reports whether it would build, load or unload.
   diff_mode:
-    support: full
     description: Shows the attached programs before and after.
   platform:
     support: full

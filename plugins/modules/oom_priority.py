@@ -52,12 +52,12 @@ options:
     description: Root under which C(/proc) and C(/sys) are read and written.
     type: path
     default: /
+extends_documentation_fragment:
+  - katalyst.colocation.attributes
 attributes:
   check_mode:
-    support: full
     description: Computes and reports without writing.
   diff_mode:
-    support: full
     description: Shows each process's old and new oom_score_adj.
   platform:
     support: full

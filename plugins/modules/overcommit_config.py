@@ -61,17 +61,13 @@ options:
     default: true
 extends_documentation_fragment:
   - katalyst.colocation.auth
+  - katalyst.colocation.attributes
+  - katalyst.colocation.attributes.kubernetes
 attributes:
   check_mode:
-    support: full
     description: Plans the pass and reports it without writing anything.
   diff_mode:
-    support: full
     description: Shows the config's spec and each changed node's ratios and overcommitted allocatable and capacity, and the refusals.
-  platform:
-    support: full
-    description: Runs against the Kubernetes API.
-    platforms: kubernetes
 author:
   - katalyst.colocation developers (@katalyst-colocation)
 """

@@ -47,17 +47,14 @@ options:
     description: CPUs (kernel list syntax) kept out of the per-NUMA reclaimed cpusets, for example the system-reserved ones.
     type: str
     default: ""
+extends_documentation_fragment:
+  - katalyst.colocation.attributes
+  - katalyst.colocation.attributes.node_files
 attributes:
   check_mode:
-    support: full
     description: Reports what would change without writing.
   diff_mode:
-    support: full
     description: Shows every cgroup file before and after.
-  platform:
-    support: full
-    description: Runs against a Linux node's kernel files (or a sandbox sysroot).
-    platforms: posix
 author:
   - katalyst.colocation developers (@katalyst-colocation)
 """

@@ -81,18 +81,14 @@ options:
     default: true
 extends_documentation_fragment:
   - katalyst.colocation.auth
+  - katalyst.colocation.attributes
+  - katalyst.colocation.attributes.kubernetes
 attributes:
   check_mode:
-    support: full
     description: Reports what it would create, update or delete, and writes nothing.
   diff_mode:
-    support: full
     description: Shows each object's name, labels and RBAC fields (rules, roleRef, subjects; the spec of the admission policy
       and its binding) before and after.
-  platform:
-    support: full
-    description: Runs against the Kubernetes API.
-    platforms: kubernetes
 notes:
   - Granting a permission needs that permission (or the C(escalate) and C(bind) verbs); run it with the cluster admin's credentials.
 author:

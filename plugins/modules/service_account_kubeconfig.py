@@ -96,12 +96,11 @@ options:
     type: path
 extends_documentation_fragment:
   - katalyst.colocation.auth
+  - katalyst.colocation.attributes
 attributes:
   check_mode:
-    support: full
     description: Reports whether it would request a token and write the files, and writes nothing (no token is requested).
   diff_mode:
-    support: full
     description: Shows the credential before and after (server, user, namespace, ServiceAccount, expiry), never the token.
   platform:
     support: full

@@ -48,17 +48,14 @@ options:
     type: list
     elements: str
     default: []
+extends_documentation_fragment:
+  - katalyst.colocation.attributes
+  - katalyst.colocation.attributes.node_files
 attributes:
   check_mode:
-    support: full
     description: Reports what would change without writing.
   diff_mode:
-    support: full
     description: Shows each sysctl and the drop-in file before and after.
-  platform:
-    support: full
-    description: Runs against a Linux node's kernel files (or a sandbox sysroot).
-    platforms: posix
 author:
   - katalyst.colocation developers (@katalyst-colocation)
 """

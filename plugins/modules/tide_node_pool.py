@@ -54,7 +54,7 @@ options:
     description:
       - Label of online nodes. Katalyst's default is C(tide.katalyst.kubewharf.io/node-type=online).
     type: dict
-    suboptions:
+    suboptions: &label
       key:
         description: Label key.
         type: str
@@ -67,34 +67,18 @@ options:
     description:
       - Label of offline nodes. Katalyst's default is C(tide.katalyst.kubewharf.io/node-type=offline).
     type: dict
-    suboptions:
-      key:
-        description: Label key.
-        type: str
-        required: true
-      value:
-        description: Label value.
-        type: str
-        required: true
+    suboptions: *label
   tide_label:
     description:
       - Label of tide nodes. Katalyst's default is C(tide.katalyst.kubewharf.io/tide=true).
     type: dict
-    suboptions:
-      key:
-        description: Label key.
-        type: str
-        required: true
-      value:
-        description: Label value.
-        type: str
-        required: true
+    suboptions: *label
   evict_online_pod_taint:
     description:
       - Taint put on offline tide nodes so online pods leave them.
         Katalyst's default is C(tide.katalyst.kubewharf.io/online-not-used=true:NoExecute).
     type: dict
-    suboptions:
+    suboptions: &taint
       key:
         description: Taint key.
         type: str
@@ -113,20 +97,7 @@ options:
       - Taint put on online tide nodes so offline pods leave them.
         Katalyst's default is C(tide.katalyst.kubewharf.io/offline-not-used=true:NoExecute).
     type: dict
-    suboptions:
-      key:
-        description: Taint key.
-        type: str
-        required: true
-      value:
-        description: Taint value.
-        type: str
-        required: true
-      effect:
-        description: Taint effect.
-        type: str
-        choices: [NoSchedule, PreferNoSchedule, NoExecute]
-        default: NoExecute
+    suboptions: *taint
   cooldown_seconds:
     description:
       - Minimum time between two flips of the same node (katalyst.colocation's C(spec.cooldownSeconds)). 0 means none.
@@ -144,17 +115,13 @@ options:
     default: false
 extends_documentation_fragment:
   - katalyst.colocation.auth
+  - katalyst.colocation.attributes
+  - katalyst.colocation.attributes.kubernetes
 attributes:
   check_mode:
-    support: full
     description: Plans the pass and reports it without writing anything.
   diff_mode:
-    support: full
     description: Shows the pool's spec and every node's role, tide labels and taints before and after, with the reason.
-  platform:
-    support: full
-    description: Runs against the Kubernetes API.
-    platforms: kubernetes
 author:
   - katalyst.colocation developers (@katalyst-colocation)
 """

@@ -27,17 +27,13 @@ options:
     type: dict
 extends_documentation_fragment:
   - katalyst.colocation.auth
+  - katalyst.colocation.attributes.info_module
+  - katalyst.colocation.attributes.kubernetes
 attributes:
   check_mode:
-    support: full
     description: Never changes anything.
   diff_mode:
-    support: none
     description: Reads only; the plan itself is the result.
-  platform:
-    support: full
-    description: Runs against the Kubernetes API.
-    platforms: kubernetes
 author:
   - katalyst.colocation developers (@katalyst-colocation)
 """

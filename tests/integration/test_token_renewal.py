@@ -96,7 +96,7 @@ def renewals(daemon, result="renewed"):
 
 
 class RunningController:
-    """The controller (tide, leader election on its Lease in `default`, short timings) as Controller.run() drives it,
+    """The controller (tide, leader election on its Lease in `default`, short timings) as Controller.start() drives it,
     without the signal handlers and the HTTP server."""
 
     def __init__(self, tmp_path, kubeconfig, renewal):

@@ -12,15 +12,13 @@ configuration on SIGHUP and stops cleanly on SIGTERM.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import logging
 import os
-import sys
 import threading
 import time
 
-from . import service
+from . import entrypoint, service
 from .agent_eviction import DEFAULTS as EVICTION_DEFAULTS, EvictionManager
 from .agent_numa import DEFAULTS as NUMA_DEFAULTS, NumaLoops
 from .agent_tunables import CPU_BURST_LOOP, CPU_BURST_NOT_SET, HOST_WATERMARK_LOOP, INVALID_CPU_BURST, INVALID_NUMA_IDS, TunableLoops
@@ -252,7 +250,7 @@ class Agent:
             self.config = fresh
             self._node_facts = None
             self.oom_last_full = None
-        logging.getLogger().setLevel(getattr(logging, str(fresh["log_level"]).upper(), logging.INFO))
+        service.set_log_level(fresh["log_level"])
 
     def node_facts(self):
         """Topology, cgroup mode and capabilities: read once (and again after a reload), not on every pass of the
@@ -637,33 +635,23 @@ class Agent:
             if loop.name in ("oom_priority", "tcp_memory", "numa_binding", CPU_BURST_LOOP):
                 loop.trigger()
 
-    def run(self):
-        # first: a SIGHUP/SIGTERM that arrives once we announce ourselves must find the handlers
-        self.daemon.install_signal_handlers()
-        port = self.daemon.serve_http(self.config["listen_address"], int(self.config["port"]))
-        LOG.info("katalyst-agent for node %s serving /healthz and /metrics on %s:%d", self.config["node_name"],
-                 self.config["listen_address"], port, extra={"node": self.config["node_name"]})
+    def start(self):
+        """Serve /healthz and /metrics and start the informers (after build()); returns the port."""
+        port = entrypoint.serve_health(self, LOG, "katalyst-agent for node %s" % self.config["node_name"], extra={"node": self.config["node_name"]})
         for informer in (self.pods, self.node):
             if informer is not None:
                 informer.start(self.daemon.stop_event)
-        self.daemon.run_forever()
+        return port
+
+    def stop(self):
+        """Stop the informers (once the loops have stopped)."""
         for informer in (self.pods, self.node):
             if informer is not None:
                 informer.stop()
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="katalyst-agent")
-    parser.add_argument("--config", required=True)
-    args = parser.parse_args(argv)
-    try:
-        agent = Agent(args.config)
-    except (OSError, ValueError) as exc:
-        sys.stderr.write("katalyst-agent: %s\n" % exc)
-        return 2
-    service.setup_logging(agent.config["log_level"], agent.config["json_logs"])
-    agent.build().run()
-    return service.exit_cleanly(0)
+    return entrypoint.run_daemon("katalyst-agent", Agent, argv, build=Agent.build)
 
 
 if __name__ == "__main__":

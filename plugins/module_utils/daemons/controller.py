@@ -31,16 +31,14 @@ never run concurrently with itself. Add an informer to ``INFORMERS`` if a reconc
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import functools
 import logging
 import socket
-import sys
 import threading
 import uuid
 
-from . import service
+from . import entrypoint, service
 from .token_renewal import DEFAULTS as TOKEN_RENEWAL_DEFAULTS, daemon_api_client
 from .informer import Informer
 from .leader import LeaderElector
@@ -175,6 +173,7 @@ class Controller:
         self.loops = {}
         self.leading = threading.Event()
         self.elector = None
+        self.elector_thread = None
         self.metrics = {}
         if prometheus_client is not None:
             self.metrics["leader"] = prometheus_client.Gauge(
@@ -198,7 +197,7 @@ class Controller:
         if fresh["controllers"] != self.config["controllers"]:
             raise ValueError("controllers cannot change on reload (restart katalyst-controller instead)")
         self.config = fresh
-        logging.getLogger().setLevel(getattr(logging, str(fresh["log_level"]).upper(), logging.INFO))
+        service.set_log_level(fresh["log_level"])
 
     # -- wiring -------------------------------------------------------------------------------
     def build(self):
@@ -285,37 +284,26 @@ class Controller:
         for informer in self.informers.values():
             informer.start(stop)
 
-    def run(self):
-        stop = self.daemon.stop_event
-        # first: a SIGHUP/SIGTERM that arrives once we announce ourselves must find the handlers
-        self.daemon.install_signal_handlers()
-        port = self.daemon.serve_http(self.config["listen_address"], int(self.config["port"]))
-        LOG.info("katalyst-controller (%s) serving /healthz and /metrics on %s:%d", ", ".join(self.config["controllers"]),
-                 self.config["listen_address"], port)
-        self.start_informers(stop)
-        elector_thread = None
+    def start(self):
+        """Serve /healthz and /metrics, start the informers and the leader election (after build()); returns the port."""
+        port = entrypoint.serve_health(self, LOG, "katalyst-controller (%s)" % ", ".join(self.config["controllers"]))
+        self.start_informers(self.daemon.stop_event)
         if self.elector is not None:
-            elector_thread = threading.Thread(target=self.elector.run, args=(stop, self._lead), name="leader-election", daemon=True)
-            elector_thread.start()
-        self.daemon.run_forever()
-        if elector_thread is not None:
-            elector_thread.join(timeout=10)     # the elector releases the Lease once stop is set
+            self.elector_thread = threading.Thread(target=self.elector.run, args=(self.daemon.stop_event, self._lead), name="leader-election",
+                                                   daemon=True)
+            self.elector_thread.start()
+        return port
+
+    def stop(self):
+        """Once the loops have stopped: wait for the elector to release the Lease, stop the informers."""
+        if self.elector_thread is not None:
+            self.elector_thread.join(timeout=10)     # the elector releases the Lease once stop is set
         for informer in self.informers.values():
             informer.stop()
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="katalyst-controller")
-    parser.add_argument("--config", required=True)
-    args = parser.parse_args(argv)
-    try:
-        controller = Controller(args.config)
-    except (OSError, ValueError) as exc:
-        sys.stderr.write("katalyst-controller: %s\n" % exc)
-        return 2
-    service.setup_logging(controller.config["log_level"], controller.config["json_logs"])
-    controller.build().run()
-    return service.exit_cleanly(0)
+    return entrypoint.run_daemon("katalyst-controller", Controller, argv, build=Controller.build)
 
 
 if __name__ == "__main__":

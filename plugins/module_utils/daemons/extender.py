@@ -17,18 +17,16 @@ are on the same port.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import gc
 import itertools
 import logging
 import operator
-import sys
 import threading
 import time
 
-from . import service
-from .http_server import KeepAliveServer, json_bytes, parse_json, server_ssl_context
+from . import entrypoint, service
+from .http_server import KeepAliveServer, answer_object, server_ssl_context
 from .extender_numa import NumaPlugin
 from .informer import Informer, object_key
 from .token_renewal import DEFAULTS as TOKEN_RENEWAL_DEFAULTS, daemon_api_client
@@ -363,10 +361,7 @@ class SchedulerExtender:
 
 class ExtenderDaemon:
     def __init__(self, config, api_client=None, cache=None):
-        self.config = dict(DEFAULTS, **(config or {}))
-        unknown = sorted(set(self.config) - set(DEFAULTS))
-        if unknown:
-            raise ValueError("unknown setting(s): %s" % ", ".join(unknown))
+        self.config = service.with_defaults(config or {}, DEFAULTS)
         if self.config["error_policy"] not in ("error", "fail_node"):
             raise ValueError("error_policy must be error or fail_node")
         try:
@@ -395,21 +390,11 @@ class ExtenderDaemon:
 
     def filter_raw(self, raw):
         """POST <urlPrefix>/filter: an ExtenderFilterResult as JSON bytes (400 when the body is not a JSON object)."""
-        return self._answer(raw, self.extender.filter)
+        return answer_object(raw, self.extender.filter)
 
     def prioritize_raw(self, raw):
         """POST <urlPrefix>/prioritize: a HostPriorityList as JSON bytes."""
-        return self._answer(raw, self.extender.prioritize)
-
-    @staticmethod
-    def _answer(raw, verb):
-        try:
-            body = parse_json(raw or b"{}")
-            if not isinstance(body, dict):
-                raise ValueError("expected a JSON object")
-        except ValueError as exc:
-            return 400, json_bytes({"error": "invalid JSON body: %s" % exc})
-        return 200, json_bytes(verb(body))
+        return answer_object(raw, self.extender.prioritize)
 
     def start(self, wait_synced=30.0):
         """Start informers (when there is an API client) and the HTTP server; returns the port."""
@@ -444,6 +429,11 @@ class ExtenderDaemon:
         self.server.stop()
 
 
+def load(config_path):
+    """The extender of a config file (main's)."""
+    return ExtenderDaemon(service.load_config(config_path, DEFAULTS))
+
+
 def freeze_heap():
     """Collect once, then leave everything alive now (the synced informer caches and parsed node states, which
     live as long as the process) out of the garbage collector's passes. Python's full collection walks every
@@ -454,21 +444,7 @@ def freeze_heap():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="katalyst-scheduler-extender")
-    parser.add_argument("--config", required=True)
-    args = parser.parse_args(argv)
-    try:
-        extender = ExtenderDaemon(service.load_config(args.config, DEFAULTS))
-    except (OSError, ValueError) as exc:
-        sys.stderr.write("katalyst-scheduler-extender: %s\n" % exc)
-        return 2
-    service.setup_logging(extender.config["log_level"], extender.config["json_logs"])
-    extender.daemon.install_signal_handlers()   # before start(): a signal right after the first log line is handled
-    extender.start()
-    freeze_heap()
-    extender.daemon.run_forever()
-    extender.stop()
-    return service.exit_cleanly(0)
+    return entrypoint.run_daemon("katalyst-scheduler-extender", load, argv, settle=freeze_heap)
 
 
 if __name__ == "__main__":

@@ -214,6 +214,17 @@ def parse_json(raw):
     return json.loads(raw)
 
 
+def answer_object(raw, answer):
+    """(200, ``answer(body)`` as JSON) for a request body holding a JSON object, else (400, the error as JSON)."""
+    try:
+        body = parse_json(raw or b"{}")
+        if not isinstance(body, dict):
+            raise ValueError("expected a JSON object")
+    except ValueError as exc:
+        return 400, json_bytes({"error": "invalid JSON body: %s" % exc})
+    return 200, json_bytes(answer(body))
+
+
 def json_bytes(payload):
     """Compact JSON of an answer; orjson when installed (an extender answer lists up to every node's name), the stdlib
     for anything orjson refuses (integers past 64 bits, non-string keys)."""

@@ -75,9 +75,13 @@ def set_gauge_series(gauge, values, previous=()):
 def setup_logging(level="info", json_logs=True):
     handler = logging.StreamHandler()
     handler.setFormatter(JSONFormatter() if json_logs else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, str(level).upper(), logging.INFO))
+    logging.getLogger().handlers[:] = [handler]
+    set_log_level(level)
+
+
+def set_log_level(level):
+    """The root logger's level from a config's ``log_level`` (INFO for a name logging does not know); SIGHUP changes it."""
+    logging.getLogger().setLevel(getattr(logging, str(level).upper(), logging.INFO))
 
 
 def load_config(path, defaults):
@@ -86,11 +90,19 @@ def load_config(path, defaults):
         loaded = yaml.safe_load(handle) or {}
     if not isinstance(loaded, dict):
         raise ValueError("%s: expected a mapping at the top level" % path)
-    unknown = sorted(set(loaded) - set(defaults))
+    try:
+        return with_defaults(loaded, defaults)
+    except ValueError as exc:
+        raise ValueError("%s: %s" % (path, exc)) from None
+
+
+def with_defaults(settings, defaults):
+    """``defaults`` updated with ``settings``; a setting ``defaults`` does not have is an error (typos must not pass)."""
+    unknown = sorted(set(settings) - set(defaults))
     if unknown:
-        raise ValueError("%s: unknown setting(s): %s" % (path, ", ".join(unknown)))
+        raise ValueError("unknown setting(s): %s" % ", ".join(unknown))
     config = dict(defaults)
-    config.update(loaded)
+    config.update(settings)
     return config
 
 

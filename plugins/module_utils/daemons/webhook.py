@@ -15,16 +15,15 @@ It never denies: a node it cannot read is allowed unchanged (register it with ``
 
 from __future__ import annotations
 
-import argparse
 import base64
+import functools
 import gc
 import ipaddress
 import json
 import logging
-import sys
 
-from . import service
-from .http_server import KeepAliveServer, json_bytes, parse_json, server_ssl_context
+from . import entrypoint, service
+from .http_server import KeepAliveServer, answer_object, server_ssl_context
 from .. import overcommit
 
 try:
@@ -176,10 +175,7 @@ def review(admission_review, counter=None):
 
 class WebhookDaemon:
     def __init__(self, config):
-        self.config = dict(DEFAULTS, **(config or {}))
-        unknown = sorted(set(self.config) - set(DEFAULTS))
-        if unknown:
-            raise ValueError("unknown setting(s): %s" % ", ".join(unknown))
+        self.config = service.with_defaults(config or {}, DEFAULTS)
         context = None
         if self.config["tls_cert_file"] and self.config["tls_key_file"]:
             context = server_ssl_context(self.config["tls_cert_file"], self.config["tls_key_file"])
@@ -198,13 +194,7 @@ class WebhookDaemon:
 
     def handle_raw(self, raw):
         """POST /node: the AdmissionReview answer to a request body, as JSON bytes (400 when it is not a JSON object)."""
-        try:
-            body = parse_json(raw or b"{}")
-            if not isinstance(body, dict):
-                raise ValueError("expected a JSON object")
-        except ValueError as exc:
-            return 400, json_bytes({"error": "invalid JSON body: %s" % exc})
-        return 200, json_bytes(review(body, self.counter))
+        return answer_object(raw, functools.partial(review, counter=self.counter))
 
     def reload_tls(self):
         """SIGHUP: load a renewed certificate into the running server."""
@@ -222,6 +212,11 @@ class WebhookDaemon:
         self.server.stop()
 
 
+def load(config_path):
+    """The webhook of a config file (main's)."""
+    return WebhookDaemon(service.load_config(config_path, DEFAULTS))
+
+
 GC_THRESHOLDS = (20000, 20, 20)
 
 
@@ -236,21 +231,7 @@ def tune_gc(thresholds=GC_THRESHOLDS):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="katalyst-webhook")
-    parser.add_argument("--config", required=True)
-    args = parser.parse_args(argv)
-    try:
-        webhook = WebhookDaemon(service.load_config(args.config, DEFAULTS))
-    except (OSError, ValueError) as exc:
-        sys.stderr.write("katalyst-webhook: %s\n" % exc)
-        return 2
-    service.setup_logging(webhook.config["log_level"], webhook.config["json_logs"])
-    webhook.daemon.install_signal_handlers()    # before start(): a signal right after the first log line is handled
-    webhook.start()
-    tune_gc()
-    webhook.daemon.run_forever()
-    webhook.stop()
-    return service.exit_cleanly(0)
+    return entrypoint.run_daemon("katalyst-webhook", load, argv, settle=tune_gc)
 
 
 if __name__ == "__main__":
