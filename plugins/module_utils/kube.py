@@ -100,6 +100,11 @@ def require_kubernetes(module):
                          % KUBERNETES_IMPORT_ERROR)
 
 
+# Auth options copied as they are onto the client Configuration when set.
+AUTH_CONFIGURATION_ATTRIBUTES = (("ca_cert", "ssl_ca_cert"), ("client_cert", "cert_file"), ("client_key", "key_file"),
+                                 ("proxy", "proxy"), ("no_proxy", "no_proxy"), ("proxy_headers", "proxy_headers"))
+
+
 def build_api_client(auth):
     """A ``kubernetes.client.ApiClient`` from resolved auth settings."""
     if not HAS_KUBERNETES:
@@ -128,18 +133,9 @@ def build_api_client(auth):
         configuration.password = auth.get("password")
     if "validate_certs" in auth:
         configuration.verify_ssl = bool(auth["validate_certs"])
-    if auth.get("ca_cert"):
-        configuration.ssl_ca_cert = auth["ca_cert"]
-    if auth.get("client_cert"):
-        configuration.cert_file = auth["client_cert"]
-    if auth.get("client_key"):
-        configuration.key_file = auth["client_key"]
-    if auth.get("proxy"):
-        configuration.proxy = auth["proxy"]
-    if auth.get("no_proxy"):
-        configuration.no_proxy = auth["no_proxy"]
-    if auth.get("proxy_headers"):
-        configuration.proxy_headers = auth["proxy_headers"]
+    for option, attribute in AUTH_CONFIGURATION_ATTRIBUTES:
+        if auth.get(option):
+            setattr(configuration, attribute, auth[option])
     api_client = kube_client.ApiClient(configuration)
     if auth.get("impersonate_user"):
         api_client.set_default_header("Impersonate-User", auth["impersonate_user"])

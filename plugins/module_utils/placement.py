@@ -273,6 +273,13 @@ def bind_result_problems(pods, views=None):
     return found
 
 
+def _consumer_pod(consumer, by_uid, by_key):
+    """The pod a CNR allocation consumer (``ns/name/uid``) names: by its uid, else by ``ns/name``; None when neither is known."""
+    parts = consumer.split("/")
+    pod = by_uid.get(parts[2]) if len(parts) >= 3 else None
+    return pod or by_key.get("/".join(parts[:2]))
+
+
 def pods_by_numa(topology, pods_on_node, views=None):
     """Which active pods sit on which NUMA node: CNR allocation consumers (``ns/name/uid``) and ``numa_bind_result``."""
     views = _Views() if views is None else views
@@ -286,9 +293,7 @@ def pods_by_numa(topology, pods_on_node, views=None):
     placed = {numa: {} for numa in topology["numas"]}
     for numa, zone in topology["numas"].items():
         for consumer, _requests in zone["allocations"]:
-            parts = consumer.split("/")
-            pod = by_uid.get(parts[2]) if len(parts) >= 3 else None
-            pod = pod or by_key.get("/".join(parts[:2]))
+            pod = _consumer_pod(consumer, by_uid, by_key)
             if pod is not None:
                 placed[numa][views.of(pod).key] = pod
     for key, pod in by_key.items():
@@ -312,9 +317,7 @@ def numa_available(topology, pods_on_node, policy=DYNAMIC, views=None):
     used = {numa: {} for numa in topology["numas"]}
     for numa, zone in topology["numas"].items():
         for consumer, requests in zone["allocations"]:
-            parts = consumer.split("/")
-            pod = by_uid.get(parts[2]) if len(parts) >= 3 else None
-            pod = pod or active.get("/".join(parts[:2]))
+            pod = _consumer_pod(consumer, by_uid, active)
             if policy == DYNAMIC and (pod is None or _qos(views.of(pod)) != DEDICATED_CORES):
                 continue
             if pod is not None:

@@ -176,22 +176,23 @@ def _truncate(product):
     return int(product)
 
 
+def _multiply(quantity, ratio, units, build):
+    """``units()`` of ``quantity`` times ``ratio`` (double), truncated, as ``build(units, format)``; 0 and 1 as katalyst treats them."""
+    if ratio == 0:
+        return build(0, quantity.format)
+    if ratio == 1 or units() == 0:
+        return quantity
+    return build(_truncate(float(units()) * float(ratio)), quantity.format)
+
+
 def multiply_milli_quantity(quantity, ratio):
     """katalyst ``MultiplyMilliQuantity``: milli units times ``ratio`` (double), truncated."""
-    if ratio == 0:
-        return new_milli_quantity(0, quantity.format)
-    if ratio == 1 or quantity.milli_value() == 0:
-        return quantity
-    return new_milli_quantity(_truncate(float(quantity.milli_value()) * float(ratio)), quantity.format)
+    return _multiply(quantity, ratio, quantity.milli_value, new_milli_quantity)
 
 
 def multiply_quantity(quantity, ratio):
     """katalyst ``MultiplyQuantity``: base units (``Value()``, rounded up) times ``ratio``, truncated."""
-    if ratio == 0:
-        return new_quantity(0, quantity.format)
-    if ratio == 1 or quantity.value() == 0:
-        return quantity
-    return new_quantity(_truncate(float(quantity.value()) * float(ratio)), quantity.format)
+    return _multiply(quantity, ratio, quantity.value, new_quantity)
 
 
 def multiply_resource_quantity(resource_name, quantity, ratio):

@@ -273,12 +273,7 @@ class KubeAPI:
             if rtype.kind == "CustomResourceDefinition":
                 obj = self._establish_crd(obj)
             obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
-            if dry_run:
-                return obj
-            stored = self.store.put(rtype.storage_key, obj, "ADDED")
-            if rtype.kind == "CustomResourceDefinition":
-                self.registry.register_crd(stored)
-            return stored
+            return self._store(rtype, obj, "ADDED", dry_run)
 
     def update(self, rtype, namespace, name, body, dry_run=False, subresource="", options=None):
         options = options or WriteOptions(dry_run)
@@ -400,12 +395,7 @@ class KubeAPI:
             return self._remove(rtype, new)
         if _comparable(new) == _comparable(self._present(rtype, json_copy(old))):
             return self._present(rtype, old)      # a no-op keeps the resourceVersion, as on a real server
-        if dry_run:
-            return new
-        stored = self.store.put(rtype.storage_key, new, "MODIFIED")
-        if rtype.kind == "CustomResourceDefinition":
-            self.registry.register_crd(stored)
-        return stored
+        return self._store(rtype, new, "MODIFIED", dry_run)
 
     def _admit_and_validate(self, rtype, obj, old, operation, subresource, dry_run):
         """Mutating webhooks, then the CRD schema, then validating webhooks: the real server's order."""
@@ -451,6 +441,15 @@ class KubeAPI:
             # keep transition times when nothing changed, so re-applying a CRD is a no-op
             crd["status"]["conditions"] = old["status"]["conditions"]
         return crd
+
+    def _store(self, rtype, obj, event, dry_run):
+        """Store a created or updated object (a CRD's kind is served from then on); a dry run returns it unstored."""
+        if dry_run:
+            return obj
+        stored = self.store.put(rtype.storage_key, obj, event)
+        if rtype.kind == "CustomResourceDefinition":
+            self.registry.register_crd(stored)
+        return stored
 
     def _remove(self, rtype, obj):
         meta = obj["metadata"]
