@@ -117,6 +117,13 @@ class Plan:
     def as_list(self):
         return [change.as_dict() for change in self.changes]
 
+    def module_result(self, diff, **extra):
+        """What an Ansible module returns for this plan: ``changed``, ``changes`` and ``extra``, with the ``diff`` when asked."""
+        result = dict(extra, changed=self.changed, changes=self.as_list())
+        if diff:
+            result["diff"] = self.diff()
+        return result
+
     def apply(self, applier, dry_run=False, rollback=True):
         """Apply every change with ``applier(change)``; returns the list of applied changes.
 

@@ -184,12 +184,9 @@ def main():
                 time.sleep(0.5)
     except (KubeError, PlanError) as exc:
         module.fail_json(msg=str(exc))
-    result = {"changed": plan.changed, "changes": plan.as_list(),
-              "crds": [{"name": crd["metadata"]["name"],
-                        "action": next((c.action for c in plan if c.target == crd["metadata"]["name"]), "none")} for crd in desired]}
-    if module._diff:
-        result["diff"] = plan.diff()
-    module.exit_json(**result)
+    module.exit_json(**plan.module_result(module._diff, crds=[
+        {"name": crd["metadata"]["name"], "action": next((c.action for c in plan if c.target == crd["metadata"]["name"]), "none")}
+        for crd in desired]))
 
 
 if __name__ == "__main__":

@@ -138,11 +138,7 @@ def main():
         module.fail_json(msg="%s; %d write(s) undone" % (exc, len(exc.rolled_back)), changes=plan.as_list())
     for warning in plan.warnings:
         module.warn(warning)
-    result = {"changed": plan.changed, "changes": plan.as_list(), "adjustments": adjustments, "priorities": priorities,
-              "totalpages": totalpages}
-    if module._diff:
-        result["diff"] = plan.diff()
-    module.exit_json(**result)
+    module.exit_json(**plan.module_result(module._diff, adjustments=adjustments, priorities=priorities, totalpages=totalpages))
 
 
 if __name__ == "__main__":

@@ -111,10 +111,7 @@ def main():
     except PlanError as exc:
         module.fail_json(msg="%s; %d change(s) already made were undone" % (exc, len(exc.rolled_back)),
                          changes=[c.as_dict() for c in exc.applied])
-    result = {"changed": plan.changed, "changes": plan.as_list(), "cgroup_version": desired["version"]}
-    if module._diff:
-        result["diff"] = plan.diff()
-    module.exit_json(**result)
+    module.exit_json(**plan.module_result(module._diff, cgroup_version=desired["version"]))
 
 
 if __name__ == "__main__":

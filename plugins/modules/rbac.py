@@ -220,13 +220,10 @@ def main():
     for warning in warnings + plan.warnings:
         module.warn(warning)
     actions = {change.target: change.action for change in plan}
-    result = {"changed": plan.changed, "changes": plan.as_list(),
-              "objects": [describe(obj, actions.get(rbac.object_key(obj), "none")) for obj in desired],
-              "service_accounts": [{"component": component, "namespace": params["namespace"], "name": component}
-                                   for component in rbac.check_components(params["components"])]}
-    if module._diff:
-        result["diff"] = plan.diff()
-    module.exit_json(**result)
+    module.exit_json(**plan.module_result(
+        module._diff, objects=[describe(obj, actions.get(rbac.object_key(obj), "none")) for obj in desired],
+        service_accounts=[{"component": component, "namespace": params["namespace"], "name": component}
+                          for component in rbac.check_components(params["components"])]))
 
 
 if __name__ == "__main__":

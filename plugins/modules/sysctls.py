@@ -115,10 +115,7 @@ def main():
         module.fail_json(msg="%s; %d change(s) already made were undone" % (exc, len(exc.rolled_back)))
     for warning in plan.warnings:
         module.warn(warning)
-    result = {"changed": plan.changed, "changes": plan.as_list(), "values": desired}
-    if module._diff:
-        result["diff"] = plan.diff()
-    module.exit_json(**result)
+    module.exit_json(**plan.module_result(module._diff, values=desired))
 
 
 if __name__ == "__main__":
