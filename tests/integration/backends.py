@@ -127,6 +127,17 @@ def _wait(check, timeout, what):
         time.sleep(0.2)
 
 
+def get_cluster_object(kube_client, group, plural, name, version="v1alpha1"):
+    """The cluster-scoped custom object ``name``, or None when there is none."""
+    import kubernetes  # pylint: disable=import-outside-toplevel
+    try:
+        return kubernetes.client.CustomObjectsApi(kube_client).get_cluster_custom_object(group, version, plural, name)
+    except kubernetes.client.exceptions.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
 def install_crds(kube_client, names=None, timeout=120.0):
     """Create our CRDs (all, or those named) and wait until each is Established and its objects can be listed: a real
     apiserver serves a new CRD a moment after accepting it, and a test's first write must not race that."""

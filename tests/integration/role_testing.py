@@ -1,12 +1,13 @@
 """What the role tests share: the one-role plays, a free local port, stopping a daemon under the sandbox's service
-stand-in, and the check that a role's systemd unit is hardened."""
+stand-in, rendering a role's systemd unit and the check that it is hardened."""
 
+import json
 import re
 import socket
 import subprocess
 import sys
 
-from tests.integration.ansible_runner import REPO
+from tests.integration.ansible_runner import REPO, run_playbook
 
 
 def role_play(role):
@@ -43,6 +44,17 @@ def stop_sandbox_service(state_dir, name, timeout=60):
     """Stop the daemon ``name`` that `python -m sandbox service` runs from ``state_dir`` (nothing when it does not run)."""
     subprocess.run([sys.executable, "-m", "sandbox", "service", "--state-dir", str(state_dir), "stop", name],
                    cwd=REPO, capture_output=True, check=False, timeout=timeout)
+
+
+def render_unit(role, tmp_path, unit_name, **role_vars):
+    """Render only the systemd unit ``unit_name`` of ``katalyst.colocation.<role>`` into ``tmp_path``, as for a system
+    Python under systemd, with ``role_vars`` on top; the template's validate runs systemd-analyze verify. Returns its path."""
+    extra = {role + "_systemd_unit_dir": str(tmp_path), role + "_python_mode": "system", role + "_service_manager": "sandbox",
+             role + "_bundle": {"stdout": json.dumps({"version": "x"})}}
+    extra.update(role_vars)
+    rc, _tasks, out = run_playbook(unit_play(role), tmp_path, [], extra)
+    assert rc == 0, out[-3000:]
+    return tmp_path / unit_name
 
 
 def assert_unit_hardened(unit, most_exposed=2.0):

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 from kubernetes import client
@@ -15,6 +14,7 @@ from kubernetes import client
 from sandbox.sysroot import build_sysroot
 from tests.integration.ansible_runner import REPO
 from tests.integration.waiting import wait_until
+from tests.unit.plugins.module_utils.test_service import http_get
 
 NODE = "agent-node"
 
@@ -57,14 +57,6 @@ def read(sysroot, path):
         return handle.read().strip()
 
 
-def get(port, path):
-    try:
-        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 def test_agent_keeps_cgroups_converged_and_reports(agent):
     sysroot = agent["sysroot"]
     shares = "/sys/fs/cgroup/cpu/kubepods/besteffort/cpu.shares"
@@ -73,9 +65,9 @@ def test_agent_keeps_cgroups_converged_and_reports(agent):
     with open(sysroot + shares, "w") as handle:   # someone changes it behind our back
         handle.write("1024")
     wait_until(lambda: read(sysroot, shares) == "2", what="the drift to be corrected")
-    status, body = get(agent["port"], "/healthz")
+    status, body = http_get(agent["port"], "/healthz")
     assert status == 200 and json.loads(body)["ok"]
-    status, body = get(agent["port"], "/metrics")
+    status, body = http_get(agent["port"], "/metrics")
     assert 'katalyst_agent_writes_total{loop="qos_cgroups"}' in body
 
 

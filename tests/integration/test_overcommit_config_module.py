@@ -4,7 +4,7 @@ the converge pass, idempotence, the decrease guard, strict ratio validation, abs
 from kubernetes import client
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import overcommit
-from tests.integration.backends import install_crds
+from tests.integration.backends import get_cluster_object, install_crds
 from tests.integration.ansible_runner import run_playbook
 
 PREFIX = "katalyst.kubewharf.io/"
@@ -42,13 +42,7 @@ def annotations(core, name):
 
 
 def get_noc(kube_client):
-    try:
-        return client.CustomObjectsApi(kube_client).get_cluster_custom_object("overcommit.katalyst.kubewharf.io", "v1alpha1",
-                                                                              "nodeovercommitconfigs", "web")
-    except client.exceptions.ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    return get_cluster_object(kube_client, "overcommit.katalyst.kubewharf.io", "nodeovercommitconfigs", "web")
 
 
 def test_check_mode_diff_apply_idempotent_guard_and_absent(kubeapi, kube_client, tmp_path):

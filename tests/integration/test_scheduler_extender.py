@@ -40,19 +40,24 @@ def pod_body(name, cpu, guaranteed=False, node=None):
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": spec}
 
 
-@pytest.fixture
-def cluster(kube_client):
+def make_cluster(kube_client, node_without_cnr):
+    """Three nodes overcommitted 2x, and their CNRs; returns the CoreV1Api. a-static: kubelet says 16 cpus, amplified to
+    32; 8 of them are held by a cpuset-bound pod; b-plain: no static CPU manager; ``node_without_cnr``: no CNR."""
     install_crds(kube_client, ["customnoderesources"])
     core, custom = client.CoreV1Api(kube_client), client.CustomObjectsApi(kube_client)
     ratio = {PREFIX + "cpu_overcommit_ratio": "2", PREFIX + "memory_overcommit_ratio": "1"}
-    # a-static: kubelet says 16 cpus, amplified to 32; 8 of them are held by a cpuset-bound pod
     make_node(core, "a-static", "32", dict(ratio, **{PREFIX + "original_allocatable_cpu": "16"}))
     make_node(core, "b-plain", "32", dict(ratio, **{PREFIX + "original_allocatable_cpu": "16"}))
-    make_node(core, "c-unknown", "32", dict(ratio))
+    make_node(core, node_without_cnr, "32", dict(ratio))
     make_cnr(custom, "a-static", "static", "8")
     make_cnr(custom, "b-plain", "none", "0")
     core.create_namespaced_pod("default", pod_body("bound", "8", guaranteed=True, node="a-static"))
     return core
+
+
+@pytest.fixture
+def cluster(kube_client):
+    return make_cluster(kube_client, "c-unknown")
 
 
 @pytest.fixture

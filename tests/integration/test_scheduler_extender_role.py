@@ -2,7 +2,6 @@
 the KubeSchedulerConfiguration, configures the sandbox scheduler with it, and the sandbox scheduler's extender
 client (kube-scheduler's JSON and verbs) places a pod through it; idempotent; the systemd unit verifies."""
 
-import json
 import shutil
 import threading
 
@@ -13,13 +12,12 @@ from kubernetes import client
 from sandbox.scheduler import ExtenderError, SandboxScheduler, load_extenders
 from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import REPO, run_playbook
-from tests.integration.role_testing import assert_unit_hardened, free_port, role_play, stop_sandbox_service, unit_play
+from tests.integration.role_testing import assert_unit_hardened, free_port, render_unit, role_play, stop_sandbox_service
 from tests.integration import waiting
 from tests.integration.test_extender_numa import CNR_ARGS, GPU, gpu_body, gpu_cnr_status
+from tests.integration.test_scheduler_extender import make_cluster, make_node, pod_body
 
-PREFIX = "katalyst.kubewharf.io/"
 PLAY = role_play("scheduler_extender")
-UNIT_PLAY = unit_play("scheduler_extender")
 SERVICE_TASK = "katalyst.colocation.scheduler_extender : Run katalyst-scheduler-extender on the sandbox"
 
 
@@ -28,41 +26,13 @@ def wait_until(predicate, timeout=30.0, what="condition"):
     waiting.wait_until(predicate, timeout=timeout, what=what, interval=0.2, ignore=(ExtenderError,))
 
 
-def make_node(core, name, cpu, annotations):
-    core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "annotations": annotations}})
-    core.patch_node_status(name, {"status": {"capacity": {"cpu": cpu, "memory": "64Gi", "pods": "110"},
-                                             "allocatable": {"cpu": cpu, "memory": "64Gi", "pods": "110"}}})
-
-
-def pod_body(name, cpu, guaranteed=False, node=None):
-    resources = {"requests": {"cpu": cpu, "memory": "1Gi"}}
-    if guaranteed:
-        resources["limits"] = {"cpu": cpu, "memory": "1Gi"}
-    spec = {"containers": [{"name": "app", "image": "app", "resources": resources}]}
-    if node:
-        spec["nodeName"] = node
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": spec}
-
-
 def stop_service(tmp_path):
     stop_sandbox_service(tmp_path / "sandbox", "katalyst-scheduler-extender-localhost")
 
 
 def test_role_runs_the_extender_that_the_sandbox_scheduler_calls(kubeapi, kube_client, tmp_path):
-    install_crds(kube_client, ["customnoderesources"])
-    core, custom = client.CoreV1Api(kube_client), client.CustomObjectsApi(kube_client)
-    ratio = {PREFIX + "cpu_overcommit_ratio": "2", PREFIX + "memory_overcommit_ratio": "1"}
-    # a-static: 16 real cpus amplified to 32, 8 held by a cpuset-bound pod; b-plain: no static CPU manager;
     # c-new: no CNR yet (the extender knows nothing about it: with error_policy fail_node only that node fails)
-    make_node(core, "a-static", "32", dict(ratio, **{PREFIX + "original_allocatable_cpu": "16"}))
-    make_node(core, "b-plain", "32", dict(ratio, **{PREFIX + "original_allocatable_cpu": "16"}))
-    make_node(core, "c-new", "32", dict(ratio))
-    for name, manager, guaranteed in (("a-static", "static", "8"), ("b-plain", "none", "0")):
-        custom.create_cluster_custom_object("node.katalyst.kubewharf.io", "v1alpha1", "customnoderesources", {
-            "apiVersion": "node.katalyst.kubewharf.io/v1alpha1", "kind": "CustomNodeResource",
-            "metadata": {"name": name, "annotations": {PREFIX + "overcommit_cpu_manager": manager,
-                                                       PREFIX + "overcommit_memory_manager": "None", PREFIX + "guaranteed_cpus": guaranteed}}})
-    core.create_namespaced_pod("default", pod_body("bound", "8", guaranteed=True, node="a-static"))
+    core = make_cluster(kube_client, "c-new")
 
     port = free_port()
     (tmp_path / "sandbox").mkdir()
@@ -159,12 +129,9 @@ def test_role_passes_the_numa_aligned_resources_to_the_extender(kubeapi, kube_cl
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_unit_verifies_and_is_hardened(tmp_path):
-    extra = {"scheduler_extender_systemd_unit_dir": str(tmp_path), "scheduler_extender_python_mode": "system",
-             "scheduler_extender_service_manager": "sandbox", "scheduler_extender_bundle": {"stdout": json.dumps({"version": "x"})},
-             "scheduler_extender_tls_cert_path": "/etc/katalyst/pki/webhook.crt", "scheduler_extender_tls_key_path": "/etc/katalyst/pki/webhook.key"}
-    rc, _tasks, out = run_playbook(UNIT_PLAY, tmp_path, [], extra)
-    assert rc == 0, out[-3000:]
-    unit = tmp_path / "katalyst-scheduler-extender.service"
+    unit = render_unit("scheduler_extender", tmp_path, "katalyst-scheduler-extender.service",
+                       scheduler_extender_tls_cert_path="/etc/katalyst/pki/webhook.crt",
+                       scheduler_extender_tls_key_path="/etc/katalyst/pki/webhook.key")
     text = unit.read_text()
     assert "LoadCredential=kubeconfig:/etc/katalyst/credentials/scheduler-extender.kubeconfig" in text
     assert "LoadCredential=token:/etc/katalyst/credentials/scheduler-extender.token" in text

@@ -5,7 +5,7 @@ import json
 from kubernetes import client
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import tide
-from tests.integration.backends import install_crds
+from tests.integration.backends import get_cluster_object, install_crds
 from tests.integration.ansible_runner import run_playbook
 
 POOL_PLAY = """
@@ -55,12 +55,7 @@ def roles(core):
 
 
 def get_pool(kube_client):
-    try:
-        return client.CustomObjectsApi(kube_client).get_cluster_custom_object(tide.GROUP, "v1alpha1", tide.PLURAL, "web")
-    except client.exceptions.ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    return get_cluster_object(kube_client, tide.GROUP, tide.PLURAL, "web")
 
 
 def test_check_mode_diff_previews_roles_and_the_next_flip_without_writing(kubeapi, kube_client, tmp_path):

@@ -1,7 +1,6 @@
 """The tide role: installs katalyst-controller with the tide reconciler and runs it (sandbox service
 stand-in) against the emulator; idempotent; the systemd unit verifies and is hardened."""
 
-import json
 import shutil
 
 import pytest
@@ -10,13 +9,12 @@ from kubernetes import client
 from ansible_collections.katalyst.colocation.plugins.module_utils import tide
 from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import REPO, run_playbook
-from tests.integration.role_testing import assert_unit_hardened, role_play, stop_sandbox_service, unit_play
+from tests.integration.role_testing import assert_unit_hardened, render_unit, role_play, stop_sandbox_service
 from tests.integration.waiting import wait_until
 
 PLAY = role_play("tide")
 
 SERVICE_TASK = "katalyst.colocation.tide : Run katalyst-controller on the sandbox"
-UNIT_PLAY = unit_play("tide")
 
 
 def role_vars(tmp_path, kubeconfig):
@@ -70,11 +68,7 @@ def test_role_runs_the_controller_which_converges_a_pool_and_is_idempotent(kubea
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_unit_verifies_and_is_hardened(tmp_path):
-    extra = {"tide_systemd_unit_dir": str(tmp_path), "tide_python_mode": "system", "tide_service_manager": "sandbox",
-             "tide_bundle": {"stdout": json.dumps({"version": "x"})}}
-    rc, tasks, out = run_playbook(UNIT_PLAY, tmp_path, [], extra)
-    assert rc == 0, out[-3000:]                                         # the template's validate ran systemd-analyze verify
-    unit = tmp_path / "katalyst-controller.service"
+    unit = render_unit("tide", tmp_path, "katalyst-controller.service")
     text = unit.read_text()
     assert "DynamicUser=yes" in text and "LoadCredential=kubeconfig:/etc/katalyst/credentials/controller.kubeconfig" in text
     # its own ServiceAccount token (the default credential), and a private place for the token it renews itself

@@ -13,12 +13,11 @@ from kubernetes import client
 
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.webhook import WEBHOOK_CONFIGURATION_NAME
 from tests.integration.ansible_runner import REPO, run_playbook
-from tests.integration.role_testing import assert_unit_hardened, free_port, role_play, stop_sandbox_service, unit_play
+from tests.integration.role_testing import assert_unit_hardened, free_port, render_unit, role_play, stop_sandbox_service
 from tests.integration.tlsutil import make_ca_and_server_cert
 
 PREFIX = "katalyst.kubewharf.io/"
 PLAY = role_play("webhook")
-UNIT_PLAY = unit_play("webhook")
 SERVICE_TASK = "katalyst.colocation.webhook : Run katalyst-webhook on the sandbox"
 REGISTER_TASK = "katalyst.colocation.webhook : Register the MutatingWebhookConfiguration with the CA bundle"
 
@@ -120,11 +119,7 @@ def test_role_installs_the_users_certificate(kubeapi, kube_client, tmp_path):
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_unit_verifies_and_is_hardened(tmp_path):
-    extra = {"webhook_systemd_unit_dir": str(tmp_path), "webhook_python_mode": "system", "webhook_service_manager": "sandbox",
-             "webhook_bundle": {"stdout": json.dumps({"version": "x"})}}
-    rc, _tasks, out = run_playbook(UNIT_PLAY, tmp_path, [], extra)
-    assert rc == 0, out[-3000:]                                   # the template's validate ran systemd-analyze verify
-    unit = tmp_path / "katalyst-webhook.service"
+    unit = render_unit("webhook", tmp_path, "katalyst-webhook.service")
     text = unit.read_text()
     assert "DynamicUser=yes" in text and "LoadCredential=tls.key:/etc/katalyst/pki/webhook.key" in text
     assert "ExecStart=/usr/bin/python3 -m katalyst_colocation.daemons.webhook --config /etc/katalyst/webhook.yaml" in text

@@ -81,7 +81,19 @@ def test_kubeconfig_reads_an_absolute_token_file_and_embeds_the_ca(tmp_path):
                      "namespace": "katalyst-system", "service_account": "katalyst-agent", "expires": "2027-01-15T08:00:00Z"}
 
 
-class RecordingAPI(ThreadingHTTPServer):
+class LocalServer(ThreadingHTTPServer):
+    """An HTTP server on a free 127.0.0.1 port, answering from a daemon thread until ``close()``."""
+
+    def __init__(self, handler):
+        super().__init__(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.shutdown()
+        self.server_close()
+
+
+class RecordingAPI(LocalServer):
     """Answers every GET with an empty ConfigMapList and records the Authorization header it came with."""
 
     EMPTY_LIST = json.dumps({"kind": "ConfigMapList", "apiVersion": "v1", "metadata": {}, "items": []}).encode()
@@ -99,16 +111,14 @@ class RecordingAPI(ThreadingHTTPServer):
 
             def log_message(self, *args):
                 pass
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
 
 @pytest.fixture
 def recording_api():
     server = RecordingAPI()
     yield server
-    server.shutdown()
-    server.server_close()
+    server.close()
 
 
 def replace_token(path, token):

@@ -25,7 +25,8 @@ def test_json_log_lines_carry_extra_fields():
     assert entry["msg"] == "wrote x" and entry["level"] == "warning" and entry["node"] == "n1"
 
 
-def _get(port, path):
+def http_get(port, path):
+    """GET ``path`` on 127.0.0.1:``port``: (HTTP status, body), an error status included."""
     try:
         with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as response:
             return response.status, response.read().decode()
@@ -47,15 +48,15 @@ def test_loops_health_metrics_and_stop():
     port = daemon.serve_http("127.0.0.1", 0)
     threads = daemon.start()
     assert ran.wait(5)
-    status, body = _get(port, "/healthz")
+    status, body = http_get(port, "/healthz")
     assert status == 200 and json.loads(body)["loops"]["work"]["healthy"]
-    status, body = _get(port, "/metrics")
+    status, body = http_get(port, "/metrics")
     assert status == 200 and 'katalyst_loop_runs_total{daemon="test-daemon",loop="work",outcome="success"}' in body
     fail["on"] = True
     loop.last_success = daemon.clock() - 10  # the last success is now far outside tolerance x period
     loop.trigger()
     for _attempt in range(250):   # unhealthy at once (old success); the failing run's error follows
-        status, body = _get(port, "/healthz")
+        status, body = http_get(port, "/healthz")
         if status == 503 and json.loads(body)["loops"]["work"]["last_error"]:
             break
         threading.Event().wait(0.02)

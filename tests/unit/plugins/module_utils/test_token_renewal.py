@@ -9,14 +9,14 @@ import os
 import re
 import stat
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import prometheus_client
 import pytest
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import credentials
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import service, token_renewal
-from tests.unit.plugins.module_utils.test_credentials import NOW, jwt, replace_token, sa_token
+from tests.unit.plugins.module_utils.test_credentials import NOW, LocalServer, jwt, replace_token, sa_token
 
 DAY = 86400
 
@@ -79,7 +79,7 @@ def test_nothing_to_renew_without_a_service_account_token_that_expires():
 
 
 # -- the loop's pass, over HTTP --------------------------------------------------------------------------------------
-class TokenAPI(ThreadingHTTPServer):
+class TokenAPI(LocalServer):
     """GET: an empty list; POST .../serviceaccounts/<name>/token: a new token of that ServiceAccount (the uid of
     ``uid``), or ``refuse`` (an HTTP status) with a Status. Records (method, path, Authorization, body)."""
 
@@ -117,8 +117,7 @@ class TokenAPI(ThreadingHTTPServer):
 
             def log_message(self, *args):
                 pass
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     def authorizations(self, method="GET"):
         return [request[2] for request in self.requests if request[0] == method]
@@ -128,8 +127,7 @@ class TokenAPI(ThreadingHTTPServer):
 def token_api():
     server = TokenAPI()
     yield server
-    server.shutdown()
-    server.server_close()
+    server.close()
 
 
 @pytest.fixture
