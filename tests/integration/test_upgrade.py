@@ -1,4 +1,5 @@
-"""The way up: on a sandbox, the previous release (the git tag 0.1.0, extracted into a collection tree of its own) runs
+"""The way up: on a sandbox, the previous release (tests/releases/: the git tag 0.1.0 as `git archive` wrote it, kept in
+the tree because a CI clone need not carry tags or history; extracted into a collection tree of its own) runs
 the demo (its site.yml and its sample workload); each sample pod gets a process in its pod and container cgroups of the
 node's sysroot (the sandbox kubelets run none), so that the agent gives each one its oom_score_adj and pins the NUMA
 pair's cpusets. Then this tree's site.yml converges over it while a thread reads those values, and the daemons' pids,
@@ -11,10 +12,12 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import urllib.request
 
+import pytest
 from kubernetes import client, config
 
 from tests.integration.ansible_runner import REPO
@@ -24,6 +27,7 @@ from tests.integration.test_uninstall import playbook, recap_changes
 from tests.integration.waiting import wait_until
 
 PREVIOUS_RELEASE = "0.1.0"
+RELEASE_ARCHIVE = os.path.join(REPO, "tests", "releases", "katalyst.colocation-%s.tar.xz" % PREVIOUS_RELEASE)
 DAEMONS = ("katalyst-agent-sandbox-node-1", "katalyst-agent-sandbox-node-2", "katalyst-agent-sandbox-node-3",
            "katalyst-controller-sandbox-control", "katalyst-webhook-sandbox-control", "katalyst-scheduler-extender-sandbox-control")
 NODES = ("sandbox-node-1", "sandbox-node-2", "sandbox-node-3")
@@ -39,12 +43,35 @@ def previous_release(tmp_path):
     """The tag's tree as the collection katalyst.colocation: (tree, its collections directory)."""
     tree = tmp_path / "previous"
     tree.mkdir()
-    archive = subprocess.run(["git", "-C", REPO, "archive", PREVIOUS_RELEASE], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    with tarfile.open(RELEASE_ARCHIVE) as archive:
+        archive.extractall(tree, filter="tar")
     collections = tmp_path / "previous-collections"
     (collections / "ansible_collections" / "katalyst").mkdir(parents=True)
     (collections / "ansible_collections" / "katalyst" / "colocation").symlink_to(tree)
     return tree, collections
+
+
+def archive_members(archive):
+    """{path: (mode, content or link target)} of a tar archive's files and links."""
+    members = {}
+    for member in archive.getmembers():
+        if member.isfile():
+            members[member.name] = (member.mode, archive.extractfile(member).read())
+        elif member.issym():
+            members[member.name] = (member.mode, member.linkname)
+    return members
+
+
+def test_the_kept_release_archive_is_the_tag(tmp_path):
+    """The archive in tests/releases holds exactly the tag's files (where this clone has the tag)."""
+    tagged = subprocess.run(["git", "-C", REPO, "archive", "--format=tar", "-o", str(tmp_path / "tag.tar"), PREVIOUS_RELEASE],
+                            capture_output=True, text=True, check=False)
+    if tagged.returncode != 0:
+        pytest.skip("this clone has no tag %s: %s" % (PREVIOUS_RELEASE, tagged.stderr.strip()))
+    with tarfile.open(RELEASE_ARCHIVE) as kept, tarfile.open(tmp_path / "tag.tar") as tag:
+        kept_members, tag_members = archive_members(kept), archive_members(tag)
+    assert sorted(kept_members) == sorted(tag_members)
+    assert [name for name in sorted(tag_members) if kept_members[name] != tag_members[name]] == []
 
 
 def previous_demo(tree, collections, state, *options):
