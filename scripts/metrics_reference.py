@@ -1,5 +1,6 @@
 """The metrics reference, generated from the code: every prometheus_client metric constructed under plugins/module_utils
 (name, type, labels, help, daemon), read from the source with `ast` so the table cannot drift from what /metrics shows.
+A metric is a prometheus_client.<Type>("name", "help", [labels]) call, or a row of a NAME_METRICS table (see agent.METRICS).
 
     python scripts/metrics_reference.py            # writes docs/metrics.md
     python scripts/metrics_reference.py --check    # exit 1 if docs/metrics.md is stale
@@ -46,6 +47,21 @@ def _argument(node, position, keyword):
     return next((kw.value for kw in node.keywords if kw.arg == keyword), None)
 
 
+def _declarations(tree, filename):
+    """(type, name node, documentation node, labelnames node, line) of each metric in one module: a prometheus_client.<Type>(...) call, or a
+    row (key, "<Type>", name, help, labels) of a table assigned to a NAME_METRICS constant that a loop registers."""
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SUFFIXES
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "prometheus_client"):
+            yield node.func.attr, _argument(node, 0, "name"), _argument(node, 1, "documentation"), _argument(node, 2, "labelnames"), node.lineno
+        elif (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+              and node.targets[0].id.endswith("METRICS") and isinstance(node.value, (ast.List, ast.Tuple))):
+            for row in node.value.elts:
+                if not (isinstance(row, ast.Tuple) and len(row.elts) == 5 and _text(row.elts[1]) in SUFFIXES):
+                    raise ValueError("%s:%d: a %s row is not (key, type, name, help, labels)" % (filename, row.lineno, node.targets[0].id))
+                yield _text(row.elts[1]), row.elts[2], row.elts[3], row.elts[4], row.lineno
+
+
 def scan():
     """One dict per metric (name as declared, type, labels, help, daemon, file), sorted by name."""
     metrics = []
@@ -53,18 +69,14 @@ def scan():
         filename = os.path.relpath(path, ROOT)
         with open(path, encoding="utf-8") as handle:
             tree = ast.parse(handle.read())
-        for node in ast.walk(tree):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SUFFIXES
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "prometheus_client"):
-                continue
-            name = _text(_argument(node, 0, "name"))
+        for kind, name_node, documentation, labelnames, lineno in _declarations(tree, filename):
+            name = _text(name_node)
             if name is None:
-                raise ValueError("%s:%d: a metric whose name is not a literal" % (filename, node.lineno))
+                raise ValueError("%s:%d: a metric whose name is not a literal" % (filename, lineno))
             if name not in DAEMON_OF_METRIC and os.path.basename(path) not in DAEMON_OF_MODULE:
                 raise ValueError("%s declares metrics but DAEMON_OF_MODULE does not say which daemon serves them" % filename)
-            labelnames = _argument(node, 2, "labelnames")
             labels = [_constant(item) for item in labelnames.elts] if isinstance(labelnames, (ast.List, ast.Tuple)) else []
-            metrics.append({"name": name, "type": node.func.attr, "labels": labels, "help": _text(_argument(node, 1, "documentation")) or "",
+            metrics.append({"name": name, "type": kind, "labels": labels, "help": _text(documentation) or "",
                             "daemon": DAEMON_OF_METRIC.get(name) or DAEMON_OF_MODULE[os.path.basename(path)], "file": filename})
     return sorted(metrics, key=lambda metric: metric["name"])
 

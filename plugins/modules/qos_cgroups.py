@@ -85,33 +85,28 @@ cgroup_version:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import cgroups, nodeinfo
-from ansible_collections.katalyst.colocation.plugins.module_utils.reconcile import PlanError
-from ansible_collections.katalyst.colocation.plugins.module_utils.sysfs import SysFS, SysFSError
+from ansible_collections.katalyst.colocation.plugins.module_utils.node_module import converge_node, node_argument_spec
 
 
 def main():
-    module = AnsibleModule(argument_spec={
-        "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-        "sysroot": {"type": "path", "default": "/"},
-        "driver": {"type": "str", "choices": ["cgroupfs", "systemd"], "default": "cgroupfs"},
-        "reclaim_root": {"type": "str", "default": "/kubepods/besteffort"},
-        "cpu_shares": {"type": "int", "default": 2},
-        "memory_limit_bytes": {"type": "int"},
-        "reserved_cpus": {"type": "str", "default": ""},
-    }, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=node_argument_spec(
+        driver={"type": "str", "choices": ["cgroupfs", "systemd"], "default": "cgroupfs"},
+        reclaim_root={"type": "str", "default": "/kubepods/besteffort"},
+        cpu_shares={"type": "int", "default": 2},
+        memory_limit_bytes={"type": "int"},
+        reserved_cpus={"type": "str", "default": ""},
+    ), supports_check_mode=True)
     params = module.params
-    fs = SysFS(params["sysroot"])
-    try:
+
+    def converge(fs):
         facts = nodeinfo.gather(fs)
         desired = cgroups.desired_qos_cgroups(facts, params["driver"], params["reclaim_root"], params["cpu_shares"],
                                               params["memory_limit_bytes"], params["reserved_cpus"])
         plan = cgroups.converge(fs, desired, params["state"], dry_run=module.check_mode)[0]
-    except (cgroups.CgroupError, SysFSError, ValueError) as exc:
-        module.fail_json(msg=str(exc))
-    except PlanError as exc:
-        module.fail_json(msg="%s; %d change(s) already made were undone" % (exc, len(exc.rolled_back)),
-                         changes=[c.as_dict() for c in exc.applied])
-    module.exit_json(**plan.module_result(module._diff, cgroup_version=desired["version"]))
+        return plan, {"cgroup_version": desired["version"]}
+
+    # a failed write also lists the changes made before it (undone)
+    converge_node(module, converge, changes_on_failure=True)
 
 
 if __name__ == "__main__":

@@ -85,23 +85,20 @@ values:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import nodeinfo, sysctl
-from ansible_collections.katalyst.colocation.plugins.module_utils.reconcile import PlanError
-from ansible_collections.katalyst.colocation.plugins.module_utils.sysfs import SysFS, SysFSError
+from ansible_collections.katalyst.colocation.plugins.module_utils.node_module import converge_node, node_argument_spec
 
 
 def main():
-    module = AnsibleModule(argument_spec={
-        "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-        "sysroot": {"type": "path", "default": "/"},
-        "tcp_mem_ratio": {"type": "int"},
-        "watermark_scale_factor": {"type": "int"},
-        "min_free_kbytes": {"type": "int"},
-        "settings": {"type": "dict", "default": {}},
-        "optional": {"type": "list", "elements": "str", "default": []},
-    }, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=node_argument_spec(
+        tcp_mem_ratio={"type": "int"},
+        watermark_scale_factor={"type": "int"},
+        min_free_kbytes={"type": "int"},
+        settings={"type": "dict", "default": {}},
+        optional={"type": "list", "elements": "str", "default": []},
+    ), supports_check_mode=True)
     params = module.params
-    fs = SysFS(params["sysroot"])
-    try:
+
+    def converge(fs):
         memory_bytes = nodeinfo.parse_meminfo(fs.read_text("/proc/meminfo")).get("MemTotal", 0)
         desired = sysctl.desired_sysctls(memory_bytes, params["tcp_mem_ratio"], params["watermark_scale_factor"],
                                          params["min_free_kbytes"], params["settings"])
@@ -109,13 +106,9 @@ def main():
                                          sysctl.read_sysctl_state(fs, []).get("record", {}))
         plan = sysctl.plan_sysctls(desired, state, params["optional"], params["state"])
         plan.apply(sysctl.applier(fs), dry_run=module.check_mode)
-    except (sysctl.SysctlError, SysFSError, ValueError) as exc:
-        module.fail_json(msg=str(exc))
-    except PlanError as exc:
-        module.fail_json(msg="%s; %d change(s) already made were undone" % (exc, len(exc.rolled_back)))
-    for warning in plan.warnings:
-        module.warn(warning)
-    module.exit_json(**plan.module_result(module._diff, values=desired))
+        return plan, {"values": desired}
+
+    converge_node(module, converge)
 
 
 if __name__ == "__main__":

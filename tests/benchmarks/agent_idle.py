@@ -20,14 +20,12 @@ a new pod turning Running -> every process of it has a positive oom_score_adj, a
 container's cgroup -> its positive oom_score_adj (p50/p95/max over --samples each). Prints numbers, asserts nothing.
 """
 
-import argparse
 import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,10 +33,9 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, ".build", "collections"))
 
 
-from tests.integration import oomlib  # noqa: E402  pylint: disable=wrong-import-position
+from tests.benchmarks.oombench import QOS, options, percentile, start_node, write_agent_config  # noqa: E402  pylint: disable=wrong-import-position
 
 NODE = "idle-node"
-QOS = "katalyst.kubewharf.io/qos_level"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # runs the agent's main with every thread's kernel name (comm, 15 characters) set to its Python name minus the daemon's
 LAUNCHER = """
@@ -77,11 +74,6 @@ def threads_cpu(pid):
     with open("/proc/%d/stat" % pid) as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
     return per, (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def percentile(values, fraction):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
 def wait_for(predicate, timeout, what):
@@ -161,9 +153,7 @@ def previous_collection(tmp):
 
 def measure(label, pythonpath, extra_config, node, reclaimed, args, tmp, kubeconfig):
     config = os.path.join(tmp, "agent-%s.yaml" % re.sub(r"\W", "-", label))
-    with open(config, "w") as handle:
-        handle.write('{"node_name": "%s", "kubeconfig": "%s", "port": 0, "cgroup_root": "%s", "qos_cgroups_enabled": false,'
-                     ' "json_logs": false%s}' % (NODE, kubeconfig, node.domain.path[len(oomlib.MEMORY_ROOT):], extra_config))
+    write_agent_config(config, NODE, kubeconfig, node.domain, extra_config)
     log_path = config[:-len(".yaml")] + ".log"
     agent = subprocess.Popen([sys.executable, "-c", LAUNCHER, "--config", config], stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
                              env=dict(os.environ, PYTHONPATH=pythonpath))
@@ -217,20 +207,14 @@ def report(label, result):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--pods", type=int, default=100)
-    parser.add_argument("--containers", type=int, default=2)
-    parser.add_argument("--window", type=float, default=20.0, help="seconds of nothing changing over which CPU is measured")
+    parser = options(20.0, "seconds of nothing changing over which CPU is measured")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after the node is ordered before the window")
     parser.add_argument("--samples", type=int, default=10, help="new pods (and new processes) timed per agent")
     args = parser.parse_args()
-    reason = oomlib.usable()
-    if reason:
-        print("agent_idle: skipped (%s)" % reason)
+    started = start_node("agent_idle", "idle-bench", NODE)
+    if started is None:
         return 0
-    tmp = tempfile.mkdtemp(prefix="agent-idle-")
-    server, kubeconfig, core = oomlib.emulator_with_node(tmp, NODE)
-    domain = oomlib.Domain("katalyst-idle-bench-%d" % os.getpid(), 8 << 30)
+    tmp, server, kubeconfig, core, domain = started
     node = Node(core, domain)
     try:
         specs = [("web", "shared_cores")] + [("batch-%03d" % index, "reclaimed_cores") for index in range(args.pods - 1)]

@@ -13,13 +13,11 @@ loop at the default 1 s period, woken by pod events), real processes in real cgr
    /proc) over a window divided by the oom_priority reconciles it ran (its own loop counter).
 """
 
-import argparse
 import os
 import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -28,10 +26,9 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, ".build", "collections"))
 
 
-from tests.integration import oomlib  # noqa: E402  pylint: disable=wrong-import-position
+from tests.benchmarks.oombench import QOS, options, percentile, start_node, write_agent_config  # noqa: E402  pylint: disable=wrong-import-position
 
 NODE = "bench-node"
-QOS = "katalyst.kubewharf.io/qos_level"
 SLEEPER = "import time\nwhile True: time.sleep(3600)\n"
 
 
@@ -52,30 +49,16 @@ def adj(pid):
         return int(handle.read())
 
 
-def percentile(values, fraction):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
-
-
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--pods", type=int, default=100)
-    parser.add_argument("--containers", type=int, default=2)
-    parser.add_argument("--window", type=float, default=10.0, help="seconds over which reconcile CPU is measured")
-    args = parser.parse_args()
-    reason = oomlib.usable()
-    if reason:
-        print("oom_apply: skipped (%s)" % reason)
+    args = options(10.0, "seconds over which reconcile CPU is measured").parse_args()
+    started = start_node("oom_apply", "oom-bench", NODE)
+    if started is None:
         return 0
-    tmp = tempfile.mkdtemp(prefix="oom-bench-")
-    server, kubeconfig, core = oomlib.emulator_with_node(tmp, NODE)
-    domain = oomlib.Domain("katalyst-oom-bench-%d" % os.getpid(), 8 << 30)
+    tmp, server, kubeconfig, core, domain = started
     processes, agent = [], None
     try:
         config = os.path.join(tmp, "agent.yaml")
-        with open(config, "w") as handle:
-            handle.write('{"node_name": "%s", "kubeconfig": "%s", "port": 0, "cgroup_root": "%s", "qos_cgroups_enabled": false,'
-                         ' "json_logs": false}' % (NODE, kubeconfig, domain.path[len(oomlib.MEMORY_ROOT):]))
+        write_agent_config(config, NODE, kubeconfig, domain)
         log_path = os.path.join(tmp, "agent.log")
         agent = subprocess.Popen([sys.executable, "-m", "ansible_collections.katalyst.colocation.plugins.module_utils.daemons.agent",
                                   "--config", config], stdout=open(log_path, "w"), stderr=subprocess.STDOUT,

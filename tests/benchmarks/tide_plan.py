@@ -23,6 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path[:0] = [os.path.join(REPO, ".build", "collections"), REPO]
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import fit, tide  # noqa: E402  pylint: disable=wrong-import-position
+from tests.unit.plugins.module_utils.test_tide import pod_object  # noqa: E402  pylint: disable=wrong-import-position
 
 NOW = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
 ON_TOLERATION = {"key": tide.TAINT_EVICT_OFFLINE_POD, "operator": "Exists"}
@@ -52,15 +53,8 @@ def make_nodes(count, labelled):
 
 
 def pod(name, cpu, memory, node_name=None, online=True, pending=False):
-    result = {"metadata": {"name": name, "namespace": "default", "uid": name, "labels": {tide.LABEL_POD_TYPE: "online"} if online else {}},
-              "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu, "memory": memory}}}],
-                       "tolerations": [ON_TOLERATION if online else OFF_TOLERATION]},
-              "status": {"phase": "Pending" if pending else "Running"}}
-    if node_name:
-        result["spec"]["nodeName"] = node_name
-    if pending:
-        result["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]
-    return result
+    return pod_object(name, {"cpu": cpu, "memory": memory}, {tide.LABEL_POD_TYPE: "online"} if online else {},
+                      [ON_TOLERATION if online else OFF_TOLERATION], node_name, pending)
 
 
 def make_pods(nodes, count):

@@ -3,11 +3,17 @@ stand-in, rendering a role's systemd unit and the check that it is hardened."""
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
 
+import pytest
+
 from tests.integration.ansible_runner import REPO, run_playbook
+
+# the unit checks run systemd-analyze (verify when rendering, security for the rating)
+needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 
 
 def role_play(role):
@@ -64,3 +70,12 @@ def assert_unit_hardened(unit, most_exposed=2.0):
     assert match, report.stdout + report.stderr
     print("systemd-analyze security exposure: %s" % match.group(1))
     assert float(match.group(1)) <= most_exposed, report.stdout
+
+
+def assert_hardened_unit(role, tmp_path, unit_name, lines, **role_vars):
+    """The unit ``unit_name`` of ``role`` rendered as render_unit does has every one of ``lines`` and is hardened."""
+    unit = render_unit(role, tmp_path, unit_name, **role_vars)
+    text = unit.read_text()
+    for line in lines:
+        assert line in text, line
+    assert_unit_hardened(unit)

@@ -2,17 +2,15 @@
 the KubeSchedulerConfiguration, configures the sandbox scheduler with it, and the sandbox scheduler's extender
 client (kube-scheduler's JSON and verbs) places a pod through it; idempotent; the systemd unit verifies."""
 
-import shutil
 import threading
 
-import pytest
 import yaml
 from kubernetes import client
 
 from sandbox.scheduler import ExtenderError, SandboxScheduler, load_extenders
 from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import REPO, run_playbook
-from tests.integration.role_testing import assert_unit_hardened, free_port, render_unit, role_play, stop_sandbox_service
+from tests.integration.role_testing import assert_hardened_unit, free_port, needs_systemd_analyze, role_play, stop_sandbox_service
 from tests.integration import waiting
 from tests.integration.test_extender_numa import CNR_ARGS, GPU, gpu_body, gpu_cnr_status
 from tests.integration.test_scheduler_extender import make_cluster, make_node, pod_body
@@ -127,14 +125,10 @@ def test_role_passes_the_numa_aligned_resources_to_the_extender(kubeapi, kube_cl
         stop_service(tmp_path)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+@needs_systemd_analyze
 def test_unit_verifies_and_is_hardened(tmp_path):
-    unit = render_unit("scheduler_extender", tmp_path, "katalyst-scheduler-extender.service",
-                       scheduler_extender_tls_cert_path="/etc/katalyst/pki/webhook.crt",
-                       scheduler_extender_tls_key_path="/etc/katalyst/pki/webhook.key")
-    text = unit.read_text()
-    assert "LoadCredential=kubeconfig:/etc/katalyst/credentials/scheduler-extender.kubeconfig" in text
-    assert "LoadCredential=token:/etc/katalyst/credentials/scheduler-extender.token" in text
-    assert "StateDirectory=katalyst-scheduler-extender" in text and "StateDirectoryMode=0700" in text
-    assert "LoadCredential=tls.key:/etc/katalyst/pki/webhook.key" in text
-    assert_unit_hardened(unit)
+    assert_hardened_unit("scheduler_extender", tmp_path, "katalyst-scheduler-extender.service", [
+        "LoadCredential=kubeconfig:/etc/katalyst/credentials/scheduler-extender.kubeconfig",
+        "LoadCredential=token:/etc/katalyst/credentials/scheduler-extender.token",
+        "StateDirectory=katalyst-scheduler-extender", "StateDirectoryMode=0700", "LoadCredential=tls.key:/etc/katalyst/pki/webhook.key",
+    ], scheduler_extender_tls_cert_path="/etc/katalyst/pki/webhook.crt", scheduler_extender_tls_key_path="/etc/katalyst/pki/webhook.key")

@@ -1,15 +1,12 @@
 """The tide role: installs katalyst-controller with the tide reconciler and runs it (sandbox service
 stand-in) against the emulator; idempotent; the systemd unit verifies and is hardened."""
 
-import shutil
-
-import pytest
 from kubernetes import client
 
 from ansible_collections.katalyst.colocation.plugins.module_utils import tide
 from tests.integration.backends import install_crds
 from tests.integration.ansible_runner import REPO, run_playbook
-from tests.integration.role_testing import assert_unit_hardened, render_unit, role_play, stop_sandbox_service
+from tests.integration.role_testing import assert_hardened_unit, needs_systemd_analyze, role_play, stop_sandbox_service
 from tests.integration.waiting import wait_until
 
 PLAY = role_play("tide")
@@ -66,13 +63,10 @@ def test_role_runs_the_controller_which_converges_a_pool_and_is_idempotent(kubea
         stop_service(tmp_path)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+@needs_systemd_analyze
 def test_unit_verifies_and_is_hardened(tmp_path):
-    unit = render_unit("tide", tmp_path, "katalyst-controller.service")
-    text = unit.read_text()
-    assert "DynamicUser=yes" in text and "LoadCredential=kubeconfig:/etc/katalyst/credentials/controller.kubeconfig" in text
-    # its own ServiceAccount token (the default credential), and a private place for the token it renews itself
-    assert "LoadCredential=token:/etc/katalyst/credentials/controller.token" in text
-    assert "StateDirectory=katalyst-controller" in text and "StateDirectoryMode=0700" in text
-    assert "ExecStart=/usr/bin/python3 -m katalyst_colocation.daemons.controller --config /etc/katalyst/controller.yaml" in text
-    assert_unit_hardened(unit)
+    assert_hardened_unit("tide", tmp_path, "katalyst-controller.service", [
+        "DynamicUser=yes", "LoadCredential=kubeconfig:/etc/katalyst/credentials/controller.kubeconfig",
+        # its own ServiceAccount token (the default credential), and a private place for the token it renews itself
+        "LoadCredential=token:/etc/katalyst/credentials/controller.token", "StateDirectory=katalyst-controller", "StateDirectoryMode=0700",
+        "ExecStart=/usr/bin/python3 -m katalyst_colocation.daemons.controller --config /etc/katalyst/controller.yaml"])

@@ -4,7 +4,6 @@ emulator come back amplified; idempotent; check mode writes nothing; the systemd
 
 import base64
 import json
-import shutil
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from kubernetes import client
 
 from ansible_collections.katalyst.colocation.plugins.module_utils.daemons.webhook import WEBHOOK_CONFIGURATION_NAME
 from tests.integration.ansible_runner import REPO, run_playbook
-from tests.integration.role_testing import assert_unit_hardened, free_port, render_unit, role_play, stop_sandbox_service
+from tests.integration.role_testing import assert_hardened_unit, free_port, needs_systemd_analyze, role_play, stop_sandbox_service
 from tests.integration.tlsutil import make_ca_and_server_cert
 
 PREFIX = "katalyst.kubewharf.io/"
@@ -117,13 +116,11 @@ def test_role_installs_the_users_certificate(kubeapi, kube_client, tmp_path):
         stop_service(tmp_path)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+@needs_systemd_analyze
 def test_unit_verifies_and_is_hardened(tmp_path):
-    unit = render_unit("webhook", tmp_path, "katalyst-webhook.service")
-    text = unit.read_text()
-    assert "DynamicUser=yes" in text and "LoadCredential=tls.key:/etc/katalyst/pki/webhook.key" in text
-    assert "ExecStart=/usr/bin/python3 -m katalyst_colocation.daemons.webhook --config /etc/katalyst/webhook.yaml" in text
-    assert_unit_hardened(unit)
+    assert_hardened_unit("webhook", tmp_path, "katalyst-webhook.service", [
+        "DynamicUser=yes", "LoadCredential=tls.key:/etc/katalyst/pki/webhook.key",
+        "ExecStart=/usr/bin/python3 -m katalyst_colocation.daemons.webhook --config /etc/katalyst/webhook.yaml"])
 
 
 TWO_HOSTS_PLAY = """

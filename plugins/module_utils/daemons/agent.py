@@ -50,6 +50,37 @@ PROCESS_RECHECK_PASSES = 5
 # How far back the OOM observer looks for a victim whose container is gone (events are read every second).
 VIEW_HISTORY_SECONDS = 30.0
 
+# The agent's own metrics, registered by one loop in Agent(): (key in Agent.metrics, prometheus_client type, name, help,
+# labels). scripts/metrics_reference.py reads this table (any NAME_METRICS table of such rows) for docs/metrics.md.
+METRICS = (
+    ("writes", "Counter", "katalyst_agent_writes_total", "Kernel or API writes by loop", ("loop",)),
+    ("plan_errors", "Counter", "katalyst_agent_plan_errors_total", "Plans that failed and were rolled back", ("loop",)),
+    ("oom_unordered", "Gauge", "katalyst_oom_priority_unenforceable", "1 when strict OOM priority order is impossible in the allowed "
+     "oom_score_adj range (see the log)", ()),
+    ("oom_kills", "Counter", "katalyst_oom_kills", "OOM kills seen by the BPF observer, by the victim's QoS level", ("qos_level",)),
+    ("oom_inversions", "Counter", "katalyst_oom_priority_inversions", "OOM kills while a strictly lower-priority pod in the same OOM domain was alive",
+     ()),
+    ("realtime_ratio", "Gauge", "katalyst_realtime_overcommit_ratio", "Realtime overcommit ratio reported on the CNR", ("resource",)),
+    ("memory_pressure", "Gauge", "katalyst_memory_pressure_state", "Memory pressure state per NUMA node: 0 no risk, 1 tune memcg, 2 drop cache "
+     "(Katalyst's MemoryPressureState)", ("numa",)),
+    ("oom_passes", "Counter", "katalyst_oom_priority_passes_total", "oom_priority passes: full (read, plan, write) or unchanged (inputs "
+     "as in the last full pass: nothing to do)", ("kind",)),
+    ("oom_map_entries", "Gauge", "katalyst_oom_priority_map_entries", "Entries in the pinned OOM priority BPF map", ()),
+    ("qos_cpu_shares", "Gauge", "katalyst_qos_cgroup_cpu_shares", "cpu.shares the qos_cgroups loop keeps on the QoS cgroups (cgroup v2: cpu.weight is "
+     "written from it), by QoS level and NUMA node (all: the QoS level's root cgroup)", ("qos_level", "numa")),
+    ("qos_cpuset_cpus", "Gauge", "katalyst_qos_cgroup_cpuset_cpus", "CPUs in the cpuset.cpus the qos_cgroups loop keeps on each per-NUMA QoS cgroup",
+     ("qos_level", "numa")),
+    ("qos_memory_limit", "Gauge", "katalyst_qos_cgroup_memory_limit_bytes", "Memory limit the memory_provision loop keeps on the QoS cgroups (v1 "
+     "memory.limit_in_bytes, v2 memory.max), by QoS level and NUMA node (all: the root)", ("qos_level", "numa")),
+    ("provision", "Gauge", "katalyst_memory_provision_bytes", "Memory provisioned for reclaimed pods per NUMA node (the canonical provision, "
+     "before the floor and the memory guard)", ("numa",)),
+    ("provision_floor", "Gauge", "katalyst_memory_provision_floor_bytes", "The floor below which the memory limit of a per-NUMA reclaimed cgroup is "
+     "never set", ("numa",)),
+    ("reclaimed_cpu", "Gauge", "katalyst_reclaimed_cpu_cores", "Reclaimed CPU per NUMA node reported in the CNR (reclaimed_millicpu / 1000)",
+     ("numa",)),
+    ("reclaimed_memory", "Gauge", "katalyst_reclaimed_memory_bytes", "Reclaimed memory per NUMA node reported in the CNR", ("numa",)),
+)
+
 DEFAULTS = {
     "node_name": "",
     "kubeconfig": "",
@@ -192,53 +223,8 @@ class Agent:
         self.numa = NumaLoops(self.config["node_name"])
         self.metrics = {}
         if prometheus_client is not None:
-            self.metrics["writes"] = prometheus_client.Counter(
-                "katalyst_agent_writes_total", "Kernel or API writes by loop", ["loop"], registry=self.daemon.registry)
-            self.metrics["plan_errors"] = prometheus_client.Counter(
-                "katalyst_agent_plan_errors_total", "Plans that failed and were rolled back", ["loop"], registry=self.daemon.registry)
-            self.metrics["oom_unordered"] = prometheus_client.Gauge(
-                "katalyst_oom_priority_unenforceable", "1 when strict OOM priority order is impossible in the allowed "
-                "oom_score_adj range (see the log)", registry=self.daemon.registry)
-            self.metrics["oom_kills"] = prometheus_client.Counter(
-                "katalyst_oom_kills", "OOM kills seen by the BPF observer, by the victim's QoS level", ["qos_level"],
-                registry=self.daemon.registry)
-            self.metrics["oom_inversions"] = prometheus_client.Counter(
-                "katalyst_oom_priority_inversions", "OOM kills while a strictly lower-priority pod in the same OOM domain was alive",
-                registry=self.daemon.registry)
-            self.metrics["realtime_ratio"] = prometheus_client.Gauge(
-                "katalyst_realtime_overcommit_ratio", "Realtime overcommit ratio reported on the CNR", ["resource"],
-                registry=self.daemon.registry)
-            self.metrics["memory_pressure"] = prometheus_client.Gauge(
-                "katalyst_memory_pressure_state", "Memory pressure state per NUMA node: 0 no risk, 1 tune memcg, 2 drop cache "
-                "(Katalyst's MemoryPressureState)", ["numa"], registry=self.daemon.registry)
-            self.metrics["oom_passes"] = prometheus_client.Counter(
-                "katalyst_oom_priority_passes_total", "oom_priority passes: full (read, plan, write) or unchanged (inputs "
-                "as in the last full pass: nothing to do)", ["kind"], registry=self.daemon.registry)
-            self.metrics["oom_map_entries"] = prometheus_client.Gauge(
-                "katalyst_oom_priority_map_entries", "Entries in the pinned OOM priority BPF map", registry=self.daemon.registry)
-            self.metrics["qos_cpu_shares"] = prometheus_client.Gauge(
-                "katalyst_qos_cgroup_cpu_shares", "cpu.shares the qos_cgroups loop keeps on the QoS cgroups (cgroup v2: cpu.weight is "
-                "written from it), by QoS level and NUMA node (all: the QoS level's root cgroup)", ["qos_level", "numa"],
-                registry=self.daemon.registry)
-            self.metrics["qos_cpuset_cpus"] = prometheus_client.Gauge(
-                "katalyst_qos_cgroup_cpuset_cpus", "CPUs in the cpuset.cpus the qos_cgroups loop keeps on each per-NUMA QoS cgroup",
-                ["qos_level", "numa"], registry=self.daemon.registry)
-            self.metrics["qos_memory_limit"] = prometheus_client.Gauge(
-                "katalyst_qos_cgroup_memory_limit_bytes", "Memory limit the memory_provision loop keeps on the QoS cgroups (v1 "
-                "memory.limit_in_bytes, v2 memory.max), by QoS level and NUMA node (all: the root)", ["qos_level", "numa"],
-                registry=self.daemon.registry)
-            self.metrics["provision"] = prometheus_client.Gauge(
-                "katalyst_memory_provision_bytes", "Memory provisioned for reclaimed pods per NUMA node (the canonical provision, "
-                "before the floor and the memory guard)", ["numa"], registry=self.daemon.registry)
-            self.metrics["provision_floor"] = prometheus_client.Gauge(
-                "katalyst_memory_provision_floor_bytes", "The floor below which the memory limit of a per-NUMA reclaimed cgroup is "
-                "never set", ["numa"], registry=self.daemon.registry)
-            self.metrics["reclaimed_cpu"] = prometheus_client.Gauge(
-                "katalyst_reclaimed_cpu_cores", "Reclaimed CPU per NUMA node reported in the CNR (reclaimed_millicpu / 1000)", ["numa"],
-                registry=self.daemon.registry)
-            self.metrics["reclaimed_memory"] = prometheus_client.Gauge(
-                "katalyst_reclaimed_memory_bytes", "Reclaimed memory per NUMA node reported in the CNR", ["numa"],
-                registry=self.daemon.registry)
+            for key, kind, name, documentation, labels in METRICS:
+                self.metrics[key] = getattr(prometheus_client, kind)(name, documentation, labels, registry=self.daemon.registry)
         self.series = collections.defaultdict(set)      # metric key -> label values set by the last pass
 
     # -- configuration ------------------------------------------------------------------------

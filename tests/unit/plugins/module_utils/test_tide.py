@@ -40,18 +40,25 @@ def tide_node(name, online, pool_name="np1", **kwargs):
     return node(name, labels=labels, taints=[OFF_TAINT if online else ON_TAINT], **kwargs)
 
 
-def online_pod(name, millicpu, memory, node_name=None, pending=None):
-    """Go's buildOnlinePod: labelled online, tolerates offline-not-used, PodScheduled=False/Unschedulable."""
-    pending = node_name is None if pending is None else pending
-    pod = {"metadata": {"name": name, "namespace": "default", "uid": name, "labels": {tide.LABEL_POD_TYPE: "online"}},
-           "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "%dm" % millicpu, "memory": str(memory)}}}],
-                    "tolerations": [dict(OFF_TAINT, operator="Equal")]},
+def pod_object(name, requests, labels, tolerations, node_name=None, pending=False):
+    """A pod (uid: its name) in the default namespace with one container of ``requests``, on ``node_name`` if given;
+    ``pending``: Pending with PodScheduled=False/Unschedulable, as the scheduler leaves a pod it cannot place.
+    tests/benchmarks/tide_plan.py builds its pods with it too."""
+    pod = {"metadata": {"name": name, "namespace": "default", "uid": name, "labels": labels},
+           "spec": {"containers": [{"name": "c", "resources": {"requests": requests}}], "tolerations": tolerations},
            "status": {"phase": "Pending" if pending else "Running"}}
     if node_name:
         pod["spec"]["nodeName"] = node_name
     if pending:
         pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]
     return pod
+
+
+def online_pod(name, millicpu, memory, node_name=None, pending=None):
+    """Go's buildOnlinePod: labelled online, tolerates offline-not-used, PodScheduled=False/Unschedulable."""
+    pending = node_name is None if pending is None else pending
+    return pod_object(name, {"cpu": "%dm" % millicpu, "memory": str(memory)}, {tide.LABEL_POD_TYPE: "online"},
+                      [dict(OFF_TAINT, operator="Equal")], node_name, pending)
 
 
 def offline_pod(name, node_name, millicpu=100, memory=100):
