@@ -28,7 +28,7 @@ from collections import namedtuple
 from dataclasses import dataclass
 
 from .placement import pod_key
-from .podview import pod_view
+from .podview import as_view
 from .qos import RECLAIMED_CORES, SYSTEM_CORES
 from .quantity import parse_quantity
 
@@ -225,41 +225,36 @@ def _meta(pod):
     return (pod or {}).get("metadata") or {}
 
 
-def _annotations(pod):
-    return _meta(pod).get("annotations") or {}
-
-
 def pod_uid(pod):
     return _meta(pod).get("uid")
 
 
 def pod_priority(pod):
     """``corev1helpers.PodPriority``: ``spec.priority``, 0 when unset."""
-    priority = ((pod or {}).get("spec") or {}).get("priority")
-    return priority if isinstance(priority, int) else 0
+    return as_view(pod or {}).priority
 
 
 def is_reclaimed(pod):
     """``CheckReclaimedQoSForPod``; an invalid qos_level is not reclaimed (Katalyst logs the error and says false)."""
-    return pod_view(pod).qos_level == RECLAIMED_CORES      # an invalid level reads as the default, shared_cores
+    return as_view(pod).qos_level == RECLAIMED_CORES      # an invalid level reads as the default, shared_cores
 
 
 def is_critical_pod(pod):
     """kubelet ``IsCriticalPod``: static pod, mirror pod, or priority >= system-critical (2e9).
 
-    Katalyst's manager drops these before asking any plugin (``FilterOutSkipEvictionPods``).
+    Katalyst's manager drops these before asking any plugin (``FilterOutSkipEvictionPods``). ``pod``: a pod or its PodView.
     """
-    annotations = _annotations(pod)
-    if MIRROR_POD_KEY in annotations:
+    view = as_view(pod or {})
+    if MIRROR_POD_KEY in view.annotations:
         return True
-    source = annotations.get(CONFIG_SOURCE_KEY)
+    source = view.annotations.get(CONFIG_SOURCE_KEY)
     if source is not None and source != "api":
         return True
-    return pod_priority(pod) >= SYSTEM_CRITICAL_PRIORITY
+    return view.priority >= SYSTEM_CRITICAL_PRIORITY
 
 
 def is_evictable(pod, skipped_annotation_keys=(), skipped_label_keys=()):
-    """Whether any plugin may pick this pod.
+    """Whether any plugin may pick this pod (or its PodView).
 
     Never: kubelet-critical pods (static/mirror/system-critical priority, as Katalyst), pods carrying one of the
     configured skip annotation or label keys (presence, as Katalyst's --eviction-skipped-annotation/-labels),
@@ -270,17 +265,17 @@ def is_evictable(pod, skipped_annotation_keys=(), skipped_label_keys=()):
     """
     if not pod:
         return False
-    annotations = _annotations(pod)
-    labels = _meta(pod).get("labels") or {}
-    if is_critical_pod(pod):
+    view = as_view(pod)
+    annotations = view.annotations
+    if is_critical_pod(view):
         return False
-    if any(key in annotations for key in skipped_annotation_keys) or any(key in labels for key in skipped_label_keys):
+    if any(key in annotations for key in skipped_annotation_keys) or any(key in view.labels for key in skipped_label_keys):
         return False
     if str(annotations.get(DO_NOT_EVICT_KEY, "")).lower() == "true":
         return False
     # Katalyst quirk: Katalyst does not exclude system_cores pods (full eviction may pick them); we never do.
     # An invalid qos_level reads as the default, shared_cores: not reclaimed, not protected.
-    return pod_view(pod).qos_level != SYSTEM_CORES
+    return view.qos_level != SYSTEM_CORES
 
 
 def evictable_pods(pods, skipped_annotation_keys=(), skipped_label_keys=()):
@@ -294,11 +289,11 @@ def evictable_pods(pods, skipped_annotation_keys=(), skipped_label_keys=()):
 
 def make_eviction(pod, plugin, threshold, reading, reason, grace_period):
     """Build an :class:`Eviction`; a grace period <= 0 becomes None (the pod's own), like DeletionOptions."""
-    meta = _meta(pod)
+    view = as_view(pod)
     message = "%s: %s (threshold %s, reading %s)" % (plugin, reason, threshold, reading)
     grace = grace_period if grace_period is not None and grace_period > 0 else None
-    return Eviction(pod_key=pod_key(pod), namespace=meta.get("namespace") or "default", name=meta.get("name"),
-                    uid=meta.get("uid"), plugin=plugin, threshold=threshold, reading=reading,
+    return Eviction(pod_key=view.key, namespace=view.namespace or "default", name=view.name,
+                    uid=view.uid, plugin=plugin, threshold=threshold, reading=reading,
                     reason_message=message, grace_period_seconds=grace)
 
 
@@ -564,6 +559,12 @@ def numa_candidates(pods, total, pod_usage, min_ratio=NUMA_VICTIM_MIN_UTILIZATIO
     return result
 
 
+def _victim_rank(view, usage):
+    """The sort key of ``rank_victims`` (one view per pod: it reads the QoS level, priority, uid and key)."""
+    used = (usage or {}).get(view.uid)
+    return (view.qos_level != RECLAIMED_CORES, view.priority, used is None, -(used or 0), view.key)
+
+
 def rank_victims(pods, action, usage, top_n):
     """filterPods + the ranking ``qos.pod, priority.pod, <usage>``: reclaimed first, lower priority first,
     higher usage first; then the first ``top_n``. ``none`` selects nobody, reclaimed eviction only reclaimed pods.
@@ -574,9 +575,7 @@ def rank_victims(pods, action, usage, top_n):
         return []
     # Katalyst quirk: MultiSorter uses sort.Sort (unstable); we add namespace/name as a deterministic last key.
     # A pod without a usage reading sorts after those with one (CmpBool(!found)).
-    ordered = sorted(pods, key=lambda pod: (not is_reclaimed(pod), pod_priority(pod),
-                                            (usage or {}).get(pod_uid(pod)) is None,
-                                            -((usage or {}).get(pod_uid(pod)) or 0), pod_key(pod)))
+    ordered = sorted(pods, key=lambda pod: _victim_rank(as_view(pod), usage))
     return ordered[:max(0, top_n)]
 
 

@@ -2,14 +2,17 @@
 # Apache License 2.0 (see LICENSE)
 """One pod as the engines and daemons read it: ``pod_view(pod)`` interprets a pod (Kubernetes JSON) once.
 
-A ``PodView`` holds everything the QoS, placement, cgroup, headroom and NUMA code reads from a pod: who it is, its
-QoS level and enhancement annotations (with the OOM priority they give), NUMA binding and exclusivity, the
-microtopology (anti-)affinity terms, the ``numa_bind_result``, its containers with their requests and limits, what
-the kubelet's cgroup paths are made of (Kubernetes QoS class, uid, container ids) and whether it is active.
+A ``PodView`` holds everything the QoS, placement, cgroup, headroom, NUMA and eviction code reads from a pod: who it is
+(with its priority and creation time), its QoS level and enhancement annotations (with the OOM priority they give), NUMA
+binding and exclusivity, the microtopology (anti-)affinity terms, the ``numa_bind_result``, its containers with their
+requests and limits, what the kubelet's cgroup paths are made of (Kubernetes QoS class, uid, container ids) and whether
+it is active.
 
 A malformed annotation does not raise here: the view holds what the callers fall back to (the default QoS level, no
 NUMA flag, no bind result, no terms) and ``errors`` lists why, in the words of the parsers. Each annotation is read in
-this module only; the text parsers stay with their topic (``qos``) or live here (microtopology terms).
+this module only; the text parsers stay with their topic (``qos``) or live here (microtopology terms). The keys that
+only one topic reads (the eviction protections, ``numaids``) are looked up by that topic in ``annotations``, the read-only
+map of them all: what they mean is its business (``numaids`` also needs the machine's NUMA nodes to judge them).
 
 Annotation texts are parsed through caches keyed by the text (pods of one template repeat a few texts); views are not
 cached by pod: callers change pods in place between reads (the agent writes ``numa_bind_result`` into its copy).
@@ -238,8 +241,11 @@ class PodView:
     name: Optional[str]
     namespace: Optional[str]
     uid: Optional[str]
+    created: Optional[str]               # metadata.creationTimestamp as written
     node_name: Optional[str]
+    priority: int                        # spec.priority, 0 when unset (corev1helpers.PodPriority)
     labels: Mapping[str, str]
+    annotations: Mapping[str, str]       # every annotation as written (read-only), for the keys one topic reads
     phase: Optional[str]
     deleting: bool                       # metadata.deletionTimestamp is set
     container_running: bool              # some container status is in state running
@@ -339,9 +345,12 @@ def pod_view(pod):
             ids[container_status["name"]] = raw.split("://", 1)[-1]
     errors = [qos_error] + list(memory_problems) + list(cpu_problems) + [bind_problem]
     errors += [str(error) for error in (affinity_error, anti_affinity_error) if error is not None]
+    spec_priority = spec.get("priority")
     return _frozen(
-        PodView, name=meta.get("name"), namespace=meta.get("namespace"), uid=meta.get("uid"), node_name=spec.get("nodeName"),
-        labels=types.MappingProxyType(dict(meta.get("labels") or {})), phase=status.get("phase"),
+        PodView, name=meta.get("name"), namespace=meta.get("namespace"), uid=meta.get("uid"), created=meta.get("creationTimestamp"),
+        node_name=spec.get("nodeName"), priority=spec_priority if isinstance(spec_priority, int) else 0,
+        labels=types.MappingProxyType(dict(meta.get("labels") or {})), annotations=types.MappingProxyType(dict(annotations)),
+        phase=status.get("phase"),
         deleting=bool(meta.get("deletionTimestamp")),
         container_running=any("running" in (s.get("state") or {}) for s in status.get("containerStatuses") or []),
         qos_level=level, qos_error=qos_error, memory_enhancement=memory, cpu_enhancement=cpu,

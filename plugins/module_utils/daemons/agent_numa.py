@@ -622,7 +622,7 @@ class NumaLoops:
         facts = nodeinfo.gather(fs)
         version = _cgroup_version(facts)
         pods = [dict(p, metadata=dict(p.get("metadata") or {})) for p in pods]
-        order = sorted(pods, key=lambda p: ((p["metadata"].get("creationTimestamp") or ""), placement.pod_key(p)))
+        order = sorted(pods, key=_binding_order)
         self.report_bind_results(kube, pods)
         applied, failed, failing = [], [], set()
         for pod in order:
@@ -639,27 +639,33 @@ class NumaLoops:
             if choice.get("numa") is None:
                 self.report(kube, pod, "NUMABindingFailed", choice.get("reason") or "no NUMA node fits")
                 continue
-            annotations = dict(pod["metadata"].get("annotations") or {})
             wanted = choice["annotations"][NUMA_BIND_RESULT_KEY]
-            if annotations.get(NUMA_BIND_RESULT_KEY) != wanted:
+            if view.annotations.get(NUMA_BIND_RESULT_KEY) != wanted:
                 if kube is None:
                     continue
-                kube.patch("v1", "Pod", pod["metadata"]["name"], {"metadata": {"annotations": {NUMA_BIND_RESULT_KEY: wanted}}},
-                           namespace=pod["metadata"].get("namespace"))
+                kube.patch("v1", "Pod", view.name, {"metadata": {"annotations": {NUMA_BIND_RESULT_KEY: wanted}}}, namespace=view.namespace)
+                # written into this pass's copy of the pod: the next pods' choices and views see the result
+                annotations = dict(view.annotations)
                 annotations[NUMA_BIND_RESULT_KEY] = wanted
                 pod["metadata"]["annotations"] = annotations
-                applied.append(Change("api", "Pod/%s" % placement.pod_key(pod), "set", None, wanted, "numa_bind_result"))
+                applied.append(Change("api", "Pod/%s" % view.key, "set", None, wanted, "numa_bind_result"))
             plan = plan_cpuset(fs, pod, version, config, choice)
             try:
                 applied.extend(plan.apply(cgroups.applier(fs)))
             except PlanError as exc:
                 # this pod's cpusets are rolled back; the next pods are pinned all the same
-                failed.append("%s: %s" % (placement.pod_key(pod), exc))
+                failed.append("%s: %s" % (view.key, exc))
                 self.report(kube, pod, "NUMABindingNotApplied", "pinning to NUMA %s failed: %s" % (choice["numa"], exc))
                 failing.add(pod_uid(pod))
         self.warnings.settle("NUMABindingNotApplied", failing)
         self.binding_failures = failed
         return applied
+
+
+def _binding_order(pod):
+    """Oldest pod first (by creationTimestamp), then by namespace/name: the order pods are bound in."""
+    view = pod_view(pod)
+    return (view.created or "", view.key)
 
 
 def plan_cpuset(fs, pod, version, config, choice):

@@ -18,6 +18,7 @@ import logging
 from .. import overcommit, podcgroups
 from ..fit import pod_requests
 from ..kube import KubeError
+from ..podview import pod_view
 from ..sysfs import SysFSError
 
 LOG = logging.getLogger("katalyst.agent")
@@ -85,12 +86,13 @@ class RealtimeOvercommit:
         """(cpu cores, memory bytes) used by the pods, CPU as a rate since the previous pass."""
         cpu_cores, memory_bytes, seen = 0.0, 0, {}
         for pod in pods:
-            uid = pod["metadata"].get("uid")
-            relative = self.agent.cgroup_prefix() + podcgroups.pod_cgroup_path(pod, self.agent.config["cgroup_driver"])
+            view = pod_view(pod)
+            uid = view.uid
+            relative = self.agent.cgroup_prefix() + podcgroups.pod_cgroup_path(view, self.agent.config["cgroup_driver"])
             used = cpu_usage_seconds(fs, facts, relative)
             if used is None:
-                LOG.debug("pod %s/%s has no CPU counter yet (cgroup %s): counted as zero usage", pod["metadata"].get("namespace"),
-                          pod["metadata"].get("name"), relative, extra={"loop": "realtime_overcommit"})
+                LOG.debug("pod %s/%s has no CPU counter yet (cgroup %s): counted as zero usage", view.namespace,
+                          view.name, relative, extra={"loop": "realtime_overcommit"})
             else:
                 seen[uid] = (used, now)
                 before = self.previous_cpu.get(uid)

@@ -21,7 +21,7 @@ import logging
 from .service import prometheus_client
 from .pod_events import pod_uid
 from .. import cpuburst, hostwatermark, nodeinfo, numaids, podcgroups
-from ..podview import pod_view
+from ..podview import as_view, pod_view
 from ..reconcile import Plan
 from ..sysctl import proc_path
 from ..sysfs import SysFSError
@@ -45,25 +45,26 @@ def cgroup_version(facts):
 
 
 def pod_name(pod):
-    meta = pod.get("metadata") or {}
-    return "%s/%s" % (meta.get("namespace"), meta.get("name"))
+    """``namespace/name`` of a pod or its PodView (``None/name`` when the namespace is not set, as always written here)."""
+    view = as_view(pod)
+    return "%s/%s" % (view.namespace, view.name)
 
 
 def burst_entry(pod):
     """``(entry, problems)``: the pod as ``cpuburst.plan_container_bursts`` takes it, without containers, and what is
-    wrong with its ``cpu_enhancement`` annotation (a non-string value is dropped from the map and said here)."""
-    view = pod_view(pod)
+    wrong with its ``cpu_enhancement`` annotation (a non-string value is dropped from the map and said here). ``pod``: a pod
+    or its PodView."""
+    view = as_view(pod)
     enhancement = dict(view.cpu_enhancement)
     # the annotation as a whole unusable, or a burst key dropped; other keys' problems are not this loop's business
     problems = [problem for problem in view.cpu_enhancement_problems if not enhancement or "cpu_burst" in problem]
-    return {"name": pod_name(pod), "qos_level": view.qos_level, "cpu_enhancement": enhancement, "containers": []}, problems
+    return {"name": pod_name(view), "qos_level": view.qos_level, "cpu_enhancement": enhancement, "containers": []}, problems
 
 
 def numa_problem(pod, machine_numas):
     """The problem with the pod's ``numa_ids`` / ``numa_number`` (as the cpu plugin's hint handler reads them: a non-empty
-    ``numa_ids`` wins and ``numa_number`` is then not read), or None."""
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    return numaids.pod_numa_request(annotations, machine_numas)[2]
+    ``numa_ids`` wins and ``numa_number`` is then not read), or None. ``pod``: a pod or its PodView."""
+    return numaids.pod_numa_request(as_view(pod).annotations, machine_numas)[2]
 
 
 def first_numa_total(meminfo_text):
@@ -142,10 +143,11 @@ class TunableLoops:
         machine_numas = [numa["id"] for numa in facts["numa_nodes"]]
         found = BurstPass()
         for pod in pods:
-            problem = numa_problem(pod, machine_numas)
+            view = pod_view(pod)        # both checks below read the pod's annotations
+            problem = numa_problem(view, machine_numas)
             if problem:
                 found.invalid_numa[pod_uid(pod)] = (pod, problem)
-            entry, problems = burst_entry(pod)
+            entry, problems = burst_entry(view)
             if cpuburst.burst_policy(entry["qos_level"], entry["cpu_enhancement"]) in MANAGED_POLICIES:
                 entry["containers"] = self.read_containers(fs, pod, version, driver, cgroup_prefix, found)
             plan = cpuburst.plan_container_bursts([entry], version)

@@ -46,10 +46,6 @@ LOG = logging.getLogger("katalyst.extender.numa")
 STATE_SIGNATURES = 64     # pod signatures whose per-state decisions are kept (as many as per-node memos: ClusterCache.memo)
 
 
-def _meta(obj):
-    return (obj or {}).get("metadata") or {}
-
-
 class NumaPlugin:
     name = "NUMA"
 
@@ -191,7 +187,8 @@ class NumaPlugin:
 
     def report(self, pod, problems, reason="InvalidMicrotopology"):
         """A log line and a Warning Event on ``pod`` for each problem, once per (pod, problem)."""
-        uid = _meta(pod).get("uid") or placement.pod_key(pod)
+        view = podview.pod_view(pod)
+        uid = view.uid or view.key
         for problem in problems:
             with self.lock:
                 if (uid, problem) in self.reported:
@@ -199,8 +196,8 @@ class NumaPlugin:
                 self.reported[(uid, problem)] = True
                 while len(self.reported) > 4096:
                     self.reported.popitem(last=False)
-            LOG.warning("pod %s: %s", placement.pod_key(pod), problem)
-            if self.kube is not None and _meta(pod).get("name"):
+            LOG.warning("pod %s: %s", view.key, problem)
+            if self.kube is not None and view.name:
                 self.kube.emit_event(dict(pod, apiVersion="v1", kind="Pod"), reason, problem, "Warning", "katalyst-scheduler-extender")
 
     # -- verbs -------------------------------------------------------------------------------------
@@ -224,7 +221,7 @@ class NumaPlugin:
         return {name: value[0] for name, value in zip(names, found) if value[0][0] != SUCCESS}
 
     def _filter(self, pod, nodes, cache, query, names):
-        names, found, distinct = self.decisions(pod, pod_signature(pod), nodes, cache, query, names)
+        names, found, distinct = self.decisions(pod, pod_signature(pod, query.view), nodes, cache, query, names)
         problems = set()
         for _verdict, _numas, node_problems, _score in distinct:
             problems.update(node_problems)
@@ -240,7 +237,7 @@ class NumaPlugin:
         query = placement.PodQuery(pod, self.policy)
         if not self.applies(pod, query) or query.qos == RECLAIMED_CORES:
             return {}
-        names, found, distinct = self.decisions(pod, pod_signature(pod), nodes, cache, query, names)
+        names, found, distinct = self.decisions(pod, pod_signature(pod, query.view), nodes, cache, query, names)
         if not names:
             return {}
         # placement.normalize_scores, its scale read from the distinct decisions (every node's score is one of theirs)
@@ -252,12 +249,14 @@ _STATE_KEY, _KEYS = operator.itemgetter("state_key"), operator.itemgetter("keys"
 _VERDICT, _SCORE = operator.itemgetter(0), operator.itemgetter(3)
 
 
-def pod_signature(pod):
-    """What NUMA decisions read from a pending pod: replicas of one template share it (an equivalence class)."""
-    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith("katalyst.kubewharf.io/")
-                   or k == podview.MAIN_CONTAINER_KEY}
+def pod_signature(pod, view=None):
+    """What NUMA decisions read from a pending pod: replicas of one template share it (an equivalence class).
+
+    ``view``: the pod's PodView when the caller has it (the query's), else it is built here."""
+    view = podview.pod_view(pod) if view is None else view
+    spec = pod.get("spec") or {}
+    annotations = {k: v for k, v in view.annotations.items() if k.startswith("katalyst.kubewharf.io/") or k == podview.MAIN_CONTAINER_KEY}
     containers = [(c.get("name"), c.get("resources")) for c in spec.get("containers") or []]
     init = [(c.get("name"), c.get("resources")) for c in spec.get("initContainers") or []]
-    return json.dumps([meta.get("namespace"), meta.get("labels"), annotations, containers, init, spec.get("overhead"),
+    return json.dumps([view.namespace, dict(view.labels), annotations, containers, init, spec.get("overhead"),
                        (pod.get("status") or {}).get("qosClass")], sort_keys=True, default=str)

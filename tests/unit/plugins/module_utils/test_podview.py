@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from ansible_collections.katalyst.colocation.plugins.module_utils import headroom, nodeinfo, placement, podcgroups, qos
-from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import agent_numa
+from ansible_collections.katalyst.colocation.plugins.module_utils import eviction, headroom, nodeinfo, numaids, placement, podcgroups, qos
+from ansible_collections.katalyst.colocation.plugins.module_utils.daemons import agent_numa, agent_tunables
 from ansible_collections.katalyst.colocation.plugins.module_utils.fit import pod_requests
 from ansible_collections.katalyst.colocation.plugins.module_utils.podview import (
     AFFINITY_KEY, ANTI_AFFINITY_KEY, MAIN_CONTAINER_KEY, AffinityError, PodView, as_view, parse_microtopology, pod_view,
@@ -79,6 +79,48 @@ def test_defaults_of_a_bare_pod():
     assert view.affinity == {"required": [], "preferred": []} == view.anti_affinity
     assert view.bind_result is None and view.main_container is None and view.main_container_name is None
     assert view.containers == () and view.requests == {} and view.qos_class == "BestEffort" and view.errors == ()
+
+
+def test_annotations_priority_and_creation_time():
+    pod = db_pod(**{numaids.NUMA_IDS_KEY: "0-1", eviction.MIRROR_POD_KEY: "x"})
+    pod["metadata"]["creationTimestamp"] = "2024-01-01T00:00:00Z"
+    pod["spec"]["priority"] = 2000000000
+    view = pod_view(pod)
+    assert view.annotations == pod["metadata"]["annotations"] and view.annotations is not pod["metadata"]["annotations"]
+    assert (view.priority, view.created) == (2000000000, "2024-01-01T00:00:00Z")
+    bare = pod_view({"metadata": {"name": "p"}})
+    assert (bare.annotations, bare.priority, bare.created) == ({}, 0, None)
+    for odd in (None, "7", 1.5):      # not an int: 0, as corev1helpers.PodPriority reads an unset one
+        assert pod_view({"spec": {"priority": odd}}).priority == 0
+
+
+@pytest.mark.parametrize("annotations, labels", [
+    ({}, {}),
+    ({eviction.MIRROR_POD_KEY: ""}, {}),
+    ({eviction.CONFIG_SOURCE_KEY: "file"}, {}),
+    ({eviction.CONFIG_SOURCE_KEY: "api"}, {}),
+    ({eviction.DO_NOT_EVICT_KEY: "True"}, {}),
+    ({"example.com/keep": "1"}, {}),
+    ({}, {"example.com/keep": "1"}),
+    ({PREFIX + "qos_level": "system_cores"}, {}),
+])
+def test_eviction_protections_from_a_pod_and_from_its_view(annotations, labels):
+    pod = {"metadata": {"name": "p", "uid": "u", "annotations": annotations, "labels": labels}, "spec": {"priority": 5}}
+    view = pod_view(pod)
+    assert eviction.is_critical_pod(pod) == eviction.is_critical_pod(view)
+    assert eviction.pod_priority(pod) == eviction.pod_priority(view) == 5
+    for keys in ((), ("example.com/keep",)):
+        assert eviction.is_evictable(pod, keys, keys) == eviction.is_evictable(view, keys, keys)
+    assert eviction.make_eviction(pod, "p", "t", "r", "m", 1) == eviction.make_eviction(view, "p", "t", "r", "m", 1)
+
+
+@pytest.mark.parametrize("annotations", [{}, {numaids.NUMA_IDS_KEY: "0-1"}, {numaids.NUMA_IDS_KEY: "7"}, {numaids.NUMA_NUMBER_KEY: "x"}])
+def test_the_tunables_checks_from_a_pod_and_from_its_view(annotations):
+    pod = db_pod(**annotations)
+    view = pod_view(pod)
+    assert agent_tunables.numa_problem(pod, [0, 1]) == agent_tunables.numa_problem(view, [0, 1])
+    assert agent_tunables.burst_entry(pod) == agent_tunables.burst_entry(view)
+    assert agent_tunables.pod_name(view) == "prod/db-0"
 
 
 def test_main_container_falls_back_to_the_first_one():
@@ -181,7 +223,7 @@ def test_the_view_is_immutable_and_a_snapshot():
         view.qos_level = "reclaimed_cores"
     with pytest.raises(dataclasses.FrozenInstanceError):
         view.containers[0].name = "other"
-    for mapping in (view.labels, view.memory_enhancement, view.cpu_enhancement, view.container_ids, view.containers[0].requests,
+    for mapping in (view.labels, view.annotations, view.memory_enhancement, view.cpu_enhancement, view.container_ids, view.containers[0].requests,
                     view.main_container.request_amounts, view.requests):
         with pytest.raises(TypeError):
             mapping["x"] = "y"
@@ -189,6 +231,7 @@ def test_the_view_is_immutable_and_a_snapshot():
     pod["metadata"]["annotations"][PREFIX + "numa_bind_result"] = "0"
     pod["spec"]["containers"][1]["resources"]["requests"]["cpu"] = "8"
     assert view.labels == {"app": "db"} and view.bind_result == (1,) and view.containers[1].requests["cpu"] == "4"
+    assert view.annotations[PREFIX + "numa_bind_result"] == "1"
     assert pod_view(pod).bind_result == (0,)      # a new read sees the change: views are not cached by pod
 
 
