@@ -74,10 +74,6 @@ def _meta(obj):
     return (obj or {}).get("metadata") or {}
 
 
-def _annotations(pod):
-    return _meta(pod).get("annotations") or {}
-
-
 def pod_key(pod):
     meta = _meta(pod)
     return "%s/%s" % (meta.get("namespace") or "default", meta.get("name"))
@@ -454,10 +450,10 @@ def _state_key(policy, cnr, topology, available, placed, existing, views):
     for numa, numa_pods in sorted(placed.items()):
         rows = []
         for other in numa_pods:
-            anti = _annotations(other).get(ANTI_AFFINITY_KEY)
+            view = views.of(other)
+            anti = view.annotations.get(ANTI_AFFINITY_KEY)
             if anti is not None and not isinstance(anti, str):
                 anti = json.dumps(anti, sort_keys=True, default=str)
-            view = views.of(other)
             rows.append((_labels_key(view.labels), anti, view.numa_exclusive))
         pods.append((numa, sorted(rows, key=repr)))
     problems = sorted(set(problem for _numa, _key, _terms, problem in existing["anti"] if problem))
