@@ -13,6 +13,26 @@ import errno
 import os
 
 
+READ_CHUNK = 65536
+
+
+def _read_whole(fd, limit):
+    """The file's content (up to ``limit`` bytes) in as few read() calls as it takes: a short read is the end.
+
+    The kernel builds a /proc or cgroup file's text on each read() call and hands out the part at the caller's offset,
+    so reading on until an empty read (what a buffered file object does) joins two texts when the value changes in
+    between: "0\n" then the tail of "1000\n" gives "0\n00\n". One call gets one text whole; a regular file (a
+    sandbox sysroot) returns a short read only at its end."""
+    chunks = []
+    while limit > 0:
+        chunk = os.read(fd, READ_CHUNK)
+        chunks.append(chunk)
+        limit -= len(chunk)
+        if len(chunk) < READ_CHUNK:
+            break
+    return b"".join(chunks)
+
+
 class SysFSError(Exception):
     """A kernel file could not be read or written; the message names the file and the cause."""
 
@@ -65,15 +85,7 @@ class SysFS:
         except OSError:
             return None
         try:
-            chunks = []
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
-                limit -= len(chunk)
-                if limit <= 0:
-                    return b"".join(chunks)
+            return _read_whole(fd, limit)
         except OSError:
             return None
         finally:
@@ -82,8 +94,11 @@ class SysFS:
     def read_text(self, kernel_path, default=None):
         """File content without the trailing newline; ``default`` when the file is absent."""
         try:
-            with open(self.path(kernel_path), "r") as handle:
-                return handle.read().rstrip("\n")
+            fd = os.open(self.path(kernel_path), os.O_RDONLY)
+            try:
+                return _read_whole(fd, 1 << 30).decode().rstrip("\n")
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             if default is not None:
                 return default

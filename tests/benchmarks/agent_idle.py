@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.join(REPO, ".build", "collections"))
 
 
 from tests.benchmarks.oombench import QOS, options, percentile, start_node, write_agent_config  # noqa: E402  pylint: disable=wrong-import-position
+from tests.integration import oomlib  # noqa: E402  pylint: disable=wrong-import-position
 
 NODE = "idle-node"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -53,8 +54,7 @@ sys.exit(agent.main(sys.argv[1:]))
 
 def adj(pid):
     try:
-        with open("/proc/%d/oom_score_adj" % pid) as handle:
-            return int(handle.read())
+        return oomlib.oom_score_adj(pid)
     except OSError:
         return None
 

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(REPO, ".build", "collections"))
 
 
 from tests.benchmarks.oombench import QOS, options, percentile, start_node, write_agent_config  # noqa: E402  pylint: disable=wrong-import-position
+from tests.integration import oomlib  # noqa: E402  pylint: disable=wrong-import-position
 
 NODE = "bench-node"
 SLEEPER = "import time\nwhile True: time.sleep(3600)\n"
@@ -42,11 +43,6 @@ def metric(port, name, labels):
     text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode()
     found = re.search(r"^%s\{%s\} (\S+)$" % (re.escape(name), re.escape(labels)), text, re.M)
     return float(found.group(1)) if found else 0.0
-
-
-def adj(pid):
-    with open("/proc/%d/oom_score_adj" % pid) as handle:
-        return int(handle.read())
 
 
 def main():
@@ -88,7 +84,7 @@ def main():
             core.patch_namespaced_pod_status(name, "default", {"status": {"phase": "Running", "qosClass": qos_class}})
             if name == "web":
                 continue
-            while not all(adj(pid) > 0 for pid in pids):
+            while not all(oomlib.oom_score_adj(pid) > 0 for pid in pids):
                 if time.monotonic() - start > 30:
                     raise RuntimeError("pod %s not ordered after 30 s; agent log:\n%s" % (name, open(log_path).read()[-2000:]))
                 time.sleep(0.002)

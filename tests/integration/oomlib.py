@@ -28,6 +28,16 @@ time.sleep(60)
 """
 
 
+def oom_score_adj(pid):
+    """A process's oom_score_adj in one read() call (OSError when it is gone): a buffered read while the agent writes
+    the value can join two of them ("0\n00", see sysfs._read_whole)."""
+    fd = os.open("/proc/%d/oom_score_adj" % pid, os.O_RDONLY)
+    try:
+        return int(os.read(fd, 64))
+    finally:
+        os.close(fd)
+
+
 def usable():
     """None when real OOM tests can run here, else the reason they cannot."""
     if os.geteuid() != 0:

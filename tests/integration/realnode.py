@@ -14,6 +14,7 @@ import tempfile
 import pytest
 
 from sandbox.kube import node as kube_node
+from tests.integration.oomlib import oom_score_adj
 from tests.integration.realcluster import BIN_DIR, DOWN_TIMEOUT, UP_TIMEOUT, cluster_cli, cluster_down
 
 NODE_NAME = "kube-node-0"
@@ -201,11 +202,6 @@ def pod_pids(uid):
                 with open(os.path.join(dirpath, "cgroup.procs"), encoding="utf-8") as handle:
                     pids += [int(p) for p in handle.read().split()]
     return pids
-
-
-def oom_score_adj(pid):
-    with open("/proc/%d/oom_score_adj" % pid, encoding="utf-8") as handle:
-        return int(handle.read())
 
 
 def pods_oom_score_adj(uids):

@@ -79,8 +79,7 @@ def run_scenario(kubeapi, kube_client, tmp_path, pins, oom_score_adj_enabled=Tru
                                  env=dict(os.environ, PYTHONPATH="%s/.build/collections" % REPO))
 
         def adj(name):
-            with open("/proc/%d/oom_score_adj" % processes[name].pid) as handle:
-                return int(handle.read())
+            return oomlib.oom_score_adj(processes[name].pid)
 
         # the agent is ready when the priority map holds every pod (and, with the plan, the order is in place)
         expected_map = {cgroup_ids[name]: qos.pod_oom_priority(annotations)[0] for name, annotations, _s, _g in SPECS}
