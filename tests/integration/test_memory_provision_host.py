@@ -63,7 +63,7 @@ class HostFS(SysFS):
         super().__init__("/")
         self.directory = directory
         self.overlay = set()
-        self.last_read = {}
+        self.pass_read = {}
 
     def path(self, kernel_path):
         if kernel_path in self.overlay or (kernel_path + "/").startswith("/var/lib/katalyst/"):
@@ -82,19 +82,24 @@ class HostFS(SysFS):
     def real_meminfo(self):
         self.overlay.clear()
 
+    def begin_pass(self):
+        self.pass_read = {}
+
     def read_text(self, kernel_path, default=None):
         text = super().read_text(kernel_path, default)
-        self.last_read[kernel_path] = text      # what the agent based its pass on (the host moves on between two readings)
+        # what the agent based its pass on: the host moves on between two readings, and the pass takes a NUMA node's
+        # MemFree from its first reading (nodeinfo.gather) while a later check (require_numa_memory) reads the file again
+        self.pass_read.setdefault(kernel_path, text)
         return text
 
     def meminfo_read(self, numas):
-        """``{numa: {"MemTotal", "MemFree", ...}}`` (bytes) as the agent last read them."""
-        return {n: nodeinfo.parse_node_meminfo(self.last_read["/sys/devices/system/node/node%d/meminfo" % n]) for n in numas}
+        """``{numa: {"MemTotal", "MemFree", ...}}`` (bytes) as the agent's last pass read them."""
+        return {n: nodeinfo.parse_node_meminfo(self.pass_read["/sys/devices/system/node/node%d/meminfo" % n]) for n in numas}
 
     def usage_read(self, root, numas):
-        """The guard's ``mem.total.numa.cgroup`` readings as the agent last read them: ``{"root": {numa: bytes}, numa: {...}}``."""
+        """The guard's ``mem.total.numa.cgroup`` readings as the agent's last pass read them: ``{"root": {numa: bytes}, numa: {...}}``."""
         def parse(cgroup):
-            text = self.last_read["%s%s%s/memory.numa_stat" % (MEMORY_ROOT, root, cgroup)]
+            text = self.pass_read["%s%s%s/memory.numa_stat" % (MEMORY_ROOT, root, cgroup)]
             return parse_numa_total(text.split("\n")[0], numas)
         return {"root": parse(""), **{n: parse("-%d" % n) for n in numas}}
 
@@ -118,6 +123,7 @@ class HostAgent(Agent):
         super().record(loop, applied)
 
     def provision(self):
+        self.host_fs.begin_pass()
         self.converge_memory_provision()
         return self.applied.pop("memory_provision")
 
